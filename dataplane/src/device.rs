@@ -1,0 +1,492 @@
+//! The device: a TUN interface, a UDP socket, the peer table, and three
+//! workers (outbound, inbound, timers). Configuration goes through
+//! [`Device::apply`] (the same model as the UAPI `set`) and is read back with
+//! [`Device::info`].
+
+use crate::allowed_ips::AllowedIps;
+use crate::config::{DeviceInfo, DeviceUpdate, PeerInfo, PeerUpdate};
+use crate::key::{PrivateKey, PublicKey};
+use crate::peer::{Peer, StaticIdentity};
+use crate::udp::UdpSocket;
+use crate::{inbound, outbound, timers};
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+/// Handshake initiations we accept per second before demanding cookies.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// How a device is created.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    /// Interface name, at most 15 bytes.
+    pub name: String,
+    /// Interface MTU; 1420 fits WireGuard over a 1500-byte path on IPv6.
+    pub mtu: u16,
+    /// Ask the kernel for TSO/USO super-packets and hand it GRO-coalesced ones.
+    pub offload: bool,
+}
+
+impl DeviceOptions {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            mtu: 1420,
+            offload: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("invalid interface name {0:?}: 1 to 15 characters, no '/', whitespace or ':'")]
+    InvalidName(String),
+    #[error("cannot create TUN interface {name}: {source}")]
+    Tun { name: String, source: io::Error },
+    #[error("cannot bind UDP port {port}: {source}")]
+    Bind { port: u16, source: io::Error },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl DeviceError {
+    /// The errno a UAPI client is told.
+    pub fn errno(&self) -> i32 {
+        match self {
+            DeviceError::Bind { source, .. } => source.raw_os_error().unwrap_or(libc::EADDRINUSE),
+            DeviceError::InvalidName(_) => libc::EINVAL,
+            _ => libc::EIO,
+        }
+    }
+}
+
+pub(crate) struct State {
+    pub(crate) identity: Option<StaticIdentity>,
+    private_key: Option<PrivateKey>,
+    listen_port: u16,
+    fwmark: u32,
+    pub(crate) udp: Arc<UdpSocket>,
+    pub(crate) rate_limiter: Arc<RateLimiter>,
+    pub(crate) peers: HashMap<PublicKey, Arc<Peer>>,
+    pub(crate) by_index: HashMap<u32, Arc<Peer>>,
+    pub(crate) allowed_ips: AllowedIps<Arc<Peer>>,
+    next_index: u32,
+}
+
+/// An eventfd used as a level-triggered flag that workers poll alongside their
+/// socket or TUN descriptor.
+pub(crate) struct EventFd(RawFd);
+
+impl EventFd {
+    fn new() -> io::Result<Self> {
+        // SAFETY: eventfd(2) with valid flags.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self(fd))
+    }
+    pub(crate) fn raw(&self) -> RawFd {
+        self.0
+    }
+    pub(crate) fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.0, &one as *const u64 as *const libc::c_void, 8) };
+    }
+    pub(crate) fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes into a live u64 from our nonblocking eventfd.
+        unsafe { libc::read(self.0, &mut v as *mut u64 as *mut libc::c_void, 8) };
+    }
+}
+
+impl Drop for EventFd {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) tun: SyncDevice,
+    pub(crate) state: RwLock<State>,
+    pub(crate) stopping: AtomicBool,
+    /// Signalled once on stop and never drained, so every worker sees it.
+    pub(crate) stop_fd: EventFd,
+    /// Tells the inbound worker the socket was replaced.
+    pub(crate) rebind_fd: EventFd,
+    epoch: Instant,
+    stop_reason: Mutex<Option<String>>,
+    stopped: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn stop(&self, reason: &str) {
+        let mut r = self.stop_reason.lock();
+        if r.is_none() {
+            tracing::info!(interface = %self.name, "stopping: {reason}");
+            *r = Some(reason.to_string());
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop_fd.signal();
+        self.stopped.notify_all();
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// A running userspace WireGuard interface.
+pub struct Device {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+}
+
+impl Device {
+    /// Creates the TUN interface (down, like wireguard-go leaves it), binds a
+    /// random UDP port and starts the workers. The device has no key and no
+    /// peers until [`Device::apply`] gives it some.
+    pub fn create(options: &DeviceOptions) -> Result<Self, DeviceError> {
+        if !valid_ifname(&options.name) {
+            return Err(DeviceError::InvalidName(options.name.clone()));
+        }
+        let tun = open_tun(options)?;
+        tun.set_nonblocking(true)?;
+        let udp = UdpSocket::bind(0, 0).map_err(|source| DeviceError::Bind { port: 0, source })?;
+        tracing::info!(
+            interface = %options.name,
+            tun_offload = tun.tcp_gso(),
+            udp_gso_segments = udp.max_gso_segments(),
+            udp_gro_segments = udp.gro_segments(),
+            port = udp.port(),
+            "device created"
+        );
+        let placeholder = x25519::PublicKey::from([0u8; 32]);
+        let shared = Arc::new(Shared {
+            name: options.name.clone(),
+            tun,
+            state: RwLock::new(State {
+                identity: None,
+                private_key: None,
+                listen_port: 0,
+                fwmark: 0,
+                udp: Arc::new(udp),
+                rate_limiter: Arc::new(RateLimiter::new(&placeholder, HANDSHAKE_RATE_LIMIT)),
+                peers: HashMap::new(),
+                by_index: HashMap::new(),
+                allowed_ips: AllowedIps::new(),
+                next_index: random_u32() & 0x00ff_ffff,
+            }),
+            stopping: AtomicBool::new(false),
+            stop_fd: EventFd::new()?,
+            rebind_fd: EventFd::new()?,
+            epoch: Instant::now(),
+            stop_reason: Mutex::new(None),
+            stopped: Condvar::new(),
+        });
+        let mut workers = Vec::new();
+        let spawn = |name: &str, f: fn(Arc<Shared>)| {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || f(s))
+        };
+        workers.push(spawn("weft-outbound", outbound::run)?);
+        workers.push(spawn("weft-inbound", inbound::run)?);
+        workers.push(spawn("weft-timers", timers::run)?);
+        Ok(Self { shared, workers })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The TUN descriptor, e.g. to check it is still open.
+    pub fn tun_fd(&self) -> RawFd {
+        self.shared.tun.as_raw_fd()
+    }
+
+    /// Whether the TUN device hands us offloaded (TSO) super-packets.
+    pub fn offload(&self) -> bool {
+        self.shared.tun.tcp_gso()
+    }
+
+    /// Applies a configuration change atomically: on error nothing changed.
+    pub fn apply(&self, update: &DeviceUpdate) -> Result<(), DeviceError> {
+        let mut keepalives = Vec::new();
+        {
+            let mut st = self.shared.state.write();
+            // Binding a new socket is the only step that can fail, so it comes
+            // before anything is changed. Asking for the port we already hold
+            // (as `wg setconf` of a `wg showconf` does) keeps the socket.
+            let port = update.listen_port.unwrap_or(st.listen_port);
+            let fwmark = update.fwmark.unwrap_or(st.fwmark);
+            if port != 0 && port != st.udp.port() {
+                let udp = UdpSocket::bind(port, fwmark)
+                    .map_err(|source| DeviceError::Bind { port, source })?;
+                tracing::info!(port, fwmark, "listening");
+                st.udp = Arc::new(udp);
+                self.shared.rebind_fd.signal();
+            } else if fwmark != st.fwmark {
+                st.udp
+                    .set_fwmark(fwmark)
+                    .map_err(|source| DeviceError::Bind { port, source })?;
+            }
+            st.listen_port = port;
+            st.fwmark = fwmark;
+            if let Some(key) = &update.private_key {
+                set_private_key(&mut st, key);
+            }
+            if update.replace_peers {
+                st.peers.clear();
+                st.by_index.clear();
+                st.allowed_ips = AllowedIps::new();
+            }
+            for pu in &update.peers {
+                if let Some(peer) = apply_peer(&mut st, pu) {
+                    keepalives.push(peer);
+                }
+            }
+        }
+        // A newly set persistent keepalive is sent at once, which also starts
+        // the handshake, so a peer behind NAT becomes reachable right away.
+        for peer in keepalives {
+            outbound::send_keepalive(&self.shared, &peer);
+        }
+        Ok(())
+    }
+
+    /// The current configuration and counters.
+    pub fn info(&self) -> DeviceInfo {
+        let st = self.shared.state.read();
+        let mut allowed: HashMap<PublicKey, Vec<_>> = HashMap::new();
+        for (prefix, peer) in st.allowed_ips.iter() {
+            allowed.entry(peer.public_key).or_default().push(prefix);
+        }
+        let mut peers: Vec<PeerInfo> = st
+            .peers
+            .values()
+            .map(|p| {
+                let mut ips = allowed.remove(&p.public_key).unwrap_or_default();
+                ips.sort();
+                // Its own statement: a guard held across the struct literal
+                // would deadlock with last_handshake() below.
+                let preshared_key = p.tunnel.lock().preshared_key.filter(|k| !k.is_zero());
+                PeerInfo {
+                    public_key: p.public_key,
+                    preshared_key,
+                    endpoint: p.endpoint(),
+                    last_handshake: p.last_handshake(),
+                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                    persistent_keepalive: p.keepalive.load(Ordering::Relaxed),
+                    allowed_ips: ips,
+                }
+            })
+            .collect();
+        peers.sort_by_key(|p| p.public_key);
+        DeviceInfo {
+            private_key: st.private_key.clone(),
+            public_key: st.private_key.as_ref().map(PrivateKey::public_key),
+            listen_port: st.udp.port(),
+            fwmark: st.fwmark,
+            peers,
+        }
+    }
+
+    /// Blocks until the device stops (TUN removed or [`Device::stop`]) and
+    /// returns why.
+    pub fn wait(&self) -> String {
+        let mut r = self.shared.stop_reason.lock();
+        while r.is_none() {
+            self.shared.stopped.wait(&mut r);
+        }
+        r.clone().unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the device to stop; `None` if it is running.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<String> {
+        let mut r = self.shared.stop_reason.lock();
+        if r.is_none() {
+            self.shared.stopped.wait_for(&mut r, timeout);
+        }
+        r.clone()
+    }
+
+    /// Asks the workers to stop; the interface goes away when the device is dropped.
+    pub fn stop(&self, reason: &str) {
+        self.shared.stop(reason);
+    }
+
+    /// A handle that can stop the device from another thread (a signal handler).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shared.clone())
+    }
+}
+
+/// Stops a device from elsewhere.
+#[derive(Clone)]
+pub struct Stopper(Arc<Shared>);
+
+impl Stopper {
+    pub fn stop(&self, reason: &str) {
+        self.0.stop(reason);
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.shared.stop("device dropped");
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl crate::uapi::UapiHandler for Device {
+    fn get(&self) -> DeviceInfo {
+        self.info()
+    }
+    fn set(&self, update: DeviceUpdate) -> Result<(), i32> {
+        self.apply(&update).map_err(|e| {
+            tracing::warn!("uapi set failed: {e}");
+            e.errno()
+        })
+    }
+}
+
+fn open_tun(options: &DeviceOptions) -> Result<SyncDevice, DeviceError> {
+    let build = |offload: bool| {
+        DeviceBuilder::new()
+            .name(&options.name)
+            .mtu(options.mtu)
+            .offload(offload)
+            .enable(false)
+            .build_sync()
+    };
+    let tun_err = |source| DeviceError::Tun {
+        name: options.name.clone(),
+        source,
+    };
+    if options.offload {
+        match build(true) {
+            Ok(t) => return Ok(t),
+            Err(e) => tracing::warn!("TUN offload unavailable ({e}); one packet per read"),
+        }
+    }
+    build(false).map_err(tun_err)
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // A fixed start is acceptable if the OS has no randomness to give.
+    let _ = getrandom::fill(&mut b);
+    u32::from_le_bytes(b)
+}
+
+fn set_private_key(st: &mut State, key: &PrivateKey) {
+    if st.private_key.as_ref() == Some(key) || (key.is_zero() && st.private_key.is_none()) {
+        return;
+    }
+    if key.is_zero() {
+        st.private_key = None;
+        st.identity = None;
+    } else {
+        let secret = key.to_x25519();
+        let public = x25519::PublicKey::from(&secret);
+        // A peer with our own public key makes no sense; wg drops it too.
+        let own = PublicKey(public.to_bytes());
+        if let Some(p) = st.peers.remove(&own) {
+            remove_peer_routes(st, &p);
+        }
+        st.rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        st.private_key = Some(key.clone());
+        st.identity = Some(StaticIdentity { secret, public });
+    }
+    for peer in st.peers.values() {
+        peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter);
+    }
+}
+
+fn remove_peer_routes(st: &mut State, peer: &Arc<Peer>) {
+    st.by_index.remove(&peer.index);
+    st.allowed_ips.retain(|p| !Arc::ptr_eq(p, peer));
+}
+
+/// Applies one peer's changes; returns the peer if a keepalive should go out now.
+fn apply_peer(st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
+    if pu.remove {
+        if let Some(p) = st.peers.remove(&pu.public_key) {
+            remove_peer_routes(st, &p);
+        }
+        return None;
+    }
+    if st.identity.as_ref().map(|id| id.public.to_bytes()) == Some(pu.public_key.0) {
+        return None;
+    }
+    let peer = match st.peers.get(&pu.public_key) {
+        Some(p) => p.clone(),
+        None if pu.update_only => return None,
+        None => {
+            let mut index = st.next_index;
+            while st.by_index.contains_key(&index) {
+                index = (index + 1) & 0x00ff_ffff;
+            }
+            st.next_index = (index + 1) & 0x00ff_ffff;
+            let peer = Arc::new(Peer::new(pu.public_key, index));
+            peer.tunnel.lock().preshared_key = pu.preshared_key;
+            peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter);
+            st.peers.insert(pu.public_key, peer.clone());
+            st.by_index.insert(index, peer.clone());
+            peer
+        }
+    };
+    if let Some(psk) = pu.preshared_key {
+        let changed = peer.tunnel.lock().preshared_key != Some(psk);
+        if changed {
+            peer.tunnel.lock().preshared_key = Some(psk);
+            peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter);
+        }
+    }
+    if let Some(ep) = pu.endpoint {
+        *peer.endpoint.lock() = Some(ep);
+    }
+    if pu.replace_allowed_ips {
+        st.allowed_ips.retain(|p| !Arc::ptr_eq(p, &peer));
+    }
+    for prefix in &pu.allowed_ips {
+        st.allowed_ips.insert(*prefix, peer.clone());
+    }
+    match pu.persistent_keepalive {
+        Some(secs) => {
+            let old = peer.keepalive.swap(secs, Ordering::Relaxed);
+            (secs > 0 && old != secs).then_some(peer)
+        }
+        None => None,
+    }
+}

@@ -1,0 +1,298 @@
+//! The inbound worker: UDP -> decrypt -> source check -> TUN.
+//!
+//! One `recvmmsg` fills several 64 KiB buffers, each holding up to 64
+//! GRO-coalesced datagrams. Every datagram is decrypted straight into a TUN
+//! buffer behind room for the virtio-net header; a batch is then handed to
+//! tun-rs, which coalesces TCP segments of one flow back into a super-packet, so
+//! the kernel sees one large write rather than dozens.
+//!
+//! Everything from the network is untrusted: messages are parsed by length and
+//! type before any lookup, unknown indices and keys are dropped silently, and a
+//! decrypted packet must come from an address the peer is allowed to use.
+
+use crate::device::{Shared, State};
+use crate::key::PublicKey;
+use crate::outbound::is_tun_gone;
+use crate::peer::Peer;
+use crate::udp::{canonical, UdpSocket};
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, TunnResult};
+use quinn_udp::RecvMeta;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+/// Receive buffers per `recvmmsg`.
+const RECV_BATCH: usize = 16;
+/// One receive buffer: a full GRO super-datagram.
+const RECV_BUF: usize = 65_536;
+const TUN_BUF: usize = VIRTIO_NET_HDR_LEN + 65_535;
+
+const MSG_HANDSHAKE_INIT: u8 = 1;
+const MSG_HANDSHAKE_RESP: u8 = 2;
+const MSG_COOKIE_REPLY: u8 = 3;
+const MSG_DATA: u8 = 4;
+
+/// Decrypted packets waiting for one batched TUN write.
+struct TunBatch {
+    bufs: Vec<Vec<u8>>,
+    used: usize,
+    gro: GROTable,
+}
+
+impl TunBatch {
+    fn new() -> Self {
+        Self {
+            bufs: (0..IDEAL_BATCH_SIZE)
+                .map(|_| Vec::with_capacity(TUN_BUF))
+                .collect(),
+            used: 0,
+            gro: GROTable::default(),
+        }
+    }
+
+    /// A buffer with room for `len` bytes of packet after the virtio header.
+    fn next(&mut self, len: usize) -> &mut [u8] {
+        let b = &mut self.bufs[self.used];
+        b.clear();
+        b.resize(VIRTIO_NET_HDR_LEN + len, 0);
+        &mut b[VIRTIO_NET_HDR_LEN..]
+    }
+
+    /// Keeps the first `len` bytes written into `next()`; true when full.
+    fn commit(&mut self, len: usize) -> bool {
+        self.bufs[self.used].truncate(VIRTIO_NET_HDR_LEN + len);
+        self.used += 1;
+        self.used == self.bufs.len()
+    }
+
+    fn flush(&mut self, shared: &Shared) {
+        if self.used == 0 {
+            return;
+        }
+        // The virtio header of a plain (not coalesced) packet must be zero.
+        for b in &mut self.bufs[..self.used] {
+            b[..VIRTIO_NET_HDR_LEN].fill(0);
+        }
+        if let Err(e) = shared.tun.send_multiple(
+            &mut self.gro,
+            &mut self.bufs[..self.used],
+            VIRTIO_NET_HDR_LEN,
+        ) {
+            if is_tun_gone(&e) {
+                shared.stop("TUN interface removed");
+            } else {
+                tracing::debug!("TUN write: {e}");
+            }
+        }
+        self.used = 0;
+    }
+}
+
+pub(crate) fn run(shared: Arc<Shared>) {
+    let mut storage: [Vec<u8>; RECV_BATCH] = std::array::from_fn(|_| vec![0u8; RECV_BUF]);
+    let mut meta = [RecvMeta::default(); RECV_BATCH];
+    let mut tun_batch = TunBatch::new();
+    let mut scratch = vec![0u8; RECV_BUF];
+    while !shared.is_stopping() {
+        let udp = shared.state.read().udp.clone();
+        let mut fds = [
+            pollfd(udp.raw_fd()),
+            pollfd(shared.stop_fd.raw()),
+            pollfd(shared.rebind_fd.raw()),
+        ];
+        // SAFETY: three valid pollfds; the timeout bounds a missed wake-up.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, 1000) };
+        if rc <= 0 {
+            continue;
+        }
+        if fds[2].revents != 0 {
+            shared.rebind_fd.drain();
+            continue;
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        loop {
+            let n = {
+                let mut iov = storage
+                    .each_mut()
+                    .map(|b| IoSliceMut::new(b.as_mut_slice()));
+                match udp.recv(&mut iov, &mut meta) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::debug!("UDP receive: {e}");
+                        0
+                    }
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let st = shared.state.read();
+            for (m, buf) in meta[..n].iter().zip(&storage) {
+                let from = canonical(m.addr);
+                let stride = m.stride.max(1);
+                for datagram in buf[..m.len].chunks(stride) {
+                    handle_datagram(
+                        &shared,
+                        &st,
+                        &udp,
+                        from,
+                        datagram,
+                        &mut tun_batch,
+                        &mut scratch,
+                    );
+                }
+            }
+            drop(st);
+            tun_batch.flush(&shared);
+        }
+    }
+}
+
+fn pollfd(fd: i32) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Finds the peer a message is for, by receiver index or, for a handshake
+/// initiation, by the initiator's static key (which costs a DH, so it happens
+/// only after the rate limiter has checked mac1 and, under load, the cookie).
+fn find_peer<'a>(
+    st: &'a State,
+    udp: &UdpSocket,
+    from: SocketAddr,
+    datagram: &[u8],
+    scratch: &mut [u8],
+) -> Option<&'a Arc<Peer>> {
+    // The reserved bytes after the type must be zero.
+    if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
+        return None;
+    }
+    let receiver = match datagram[0] {
+        MSG_DATA | MSG_COOKIE_REPLY => le_u32(datagram, 4)?,
+        MSG_HANDSHAKE_RESP => le_u32(datagram, 8)?,
+        MSG_HANDSHAKE_INIT => {
+            let id = st.identity.as_ref()?;
+            let packet = match st
+                .rate_limiter
+                .verify_packet(Some(from.ip()), datagram, scratch)
+            {
+                Ok(p) => p,
+                Err(TunnResult::WriteToNetwork(cookie)) => {
+                    // Under load: answer with a cookie instead of doing the DH.
+                    let n = cookie.len();
+                    let _ = udp.send(from, &scratch[..n], n);
+                    return None;
+                }
+                Err(_) => return None,
+            };
+            let Packet::HandshakeInit(init) = packet else {
+                return None;
+            };
+            let half = parse_handshake_anon(&id.secret, &id.public, &init).ok()?;
+            return st.peers.get(&PublicKey(half.peer_static_public));
+        }
+        _ => return None,
+    };
+    st.by_index.get(&(receiver >> 8))
+}
+
+fn handle_datagram(
+    shared: &Shared,
+    st: &State,
+    udp: &UdpSocket,
+    from: SocketAddr,
+    datagram: &[u8],
+    tun_batch: &mut TunBatch,
+    scratch: &mut [u8],
+) {
+    let Some(peer) = find_peer(st, udp, from, datagram, scratch) else {
+        return;
+    };
+    let mut tunnel = peer.tunnel.lock();
+    let Some(tunn) = tunnel.tunn.as_mut() else {
+        return;
+    };
+    let out = tun_batch.next(datagram.len().max(256));
+    match tunn.decapsulate(Some(from.ip()), datagram, out) {
+        TunnResult::WriteToTunnelV4(packet, src) => {
+            let n = packet.len();
+            accept_packet(
+                shared,
+                st,
+                peer,
+                IpAddr::V4(src),
+                n,
+                from,
+                datagram.len(),
+                tun_batch,
+            );
+        }
+        TunnResult::WriteToTunnelV6(packet, src) => {
+            let n = packet.len();
+            accept_packet(
+                shared,
+                st,
+                peer,
+                IpAddr::V6(src),
+                n,
+                from,
+                datagram.len(),
+                tun_batch,
+            );
+        }
+        TunnResult::WriteToNetwork(reply) => {
+            // A handshake answer or the keepalive that confirms one; then the
+            // packets that waited for the session.
+            peer.received_from(from, datagram.len());
+            let n = reply.len();
+            let mut sent = udp.send(from, &out[..n], n).map(|_| n).unwrap_or(0);
+            while let TunnResult::WriteToNetwork(msg) = tunn.decapsulate(None, &[], scratch) {
+                let n = msg.len();
+                if udp.send(from, &scratch[..n], n).is_ok() {
+                    sent += n;
+                }
+            }
+            peer.sent(sent, shared.now_ms());
+        }
+        TunnResult::Done => peer.received_from(from, datagram.len()),
+        TunnResult::Err(e) => tracing::trace!(%from, "dropped message: {e:?}"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn accept_packet(
+    shared: &Shared,
+    st: &State,
+    peer: &Arc<Peer>,
+    src: IpAddr,
+    len: usize,
+    from: SocketAddr,
+    wire_len: usize,
+    tun_batch: &mut TunBatch,
+) {
+    // Cryptokey routing: the inner source must be one the peer owns.
+    if !st
+        .allowed_ips
+        .lookup(src)
+        .is_some_and(|owner| Arc::ptr_eq(owner, peer))
+    {
+        tracing::trace!(%src, peer = %peer.public_key, "source not in allowed IPs; dropped");
+        return;
+    }
+    peer.received_from(from, wire_len);
+    if tun_batch.commit(len) {
+        tun_batch.flush(shared);
+    }
+}

@@ -1,0 +1,311 @@
+//! The outbound worker: TUN -> route -> encrypt -> UDP.
+//!
+//! With offload on, one TUN read yields a TSO super-packet (up to 64 KiB) that
+//! tun-rs splits into MTU-sized segments. Consecutive segments for the same peer
+//! are encrypted back to back into one contiguous buffer, and the whole run
+//! leaves in a single UDP GSO `sendmsg`. So a 64 KiB burst costs two syscalls
+//! instead of ~90.
+
+use crate::device::Shared;
+use crate::peer::Peer;
+use crate::udp::{UdpSocket, MAX_GSO_BYTES};
+use boringtun::noise::{Tunn, TunnResult};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+/// WireGuard's per-message overhead: header (16) + AEAD tag (16).
+pub const DATA_OVERHEAD: usize = 32;
+/// The largest IP packet a TUN segment can hold.
+const MAX_PACKET: usize = 65_535;
+/// Room for a handshake message (148 bytes), which boringtun may write instead
+/// of a data message.
+const MIN_ROOM: usize = 256;
+
+/// Encrypted datagrams laid end to end for one GSO send. GSO requires every
+/// segment but the last to have the same size.
+pub struct GsoBatch {
+    buf: Vec<u8>,
+    len: usize,
+    segment_size: usize,
+    count: usize,
+    /// The last segment was shorter: nothing more may join.
+    closed: bool,
+    max_segments: usize,
+}
+
+impl GsoBatch {
+    pub fn new(max_segments: usize) -> Self {
+        Self {
+            buf: vec![0u8; MAX_GSO_BYTES + MAX_PACKET + DATA_OVERHEAD + MIN_ROOM],
+            len: 0,
+            segment_size: 0,
+            count: 0,
+            closed: false,
+            max_segments: max_segments.max(1),
+        }
+    }
+
+    pub fn set_max_segments(&mut self, n: usize) {
+        self.max_segments = n.max(1);
+    }
+
+    /// Whether a datagram of `size` bytes can join without a flush first.
+    pub fn fits(&self, size: usize) -> bool {
+        self.count == 0
+            || (!self.closed
+                && size <= self.segment_size
+                && self.count < self.max_segments
+                && self.len + size <= MAX_GSO_BYTES)
+    }
+
+    /// Scratch space at the end of the batch for the next datagram.
+    pub fn room(&mut self) -> &mut [u8] {
+        &mut self.buf[self.len..]
+    }
+
+    /// Takes the `size` bytes just written into `room()` into the batch.
+    pub fn commit(&mut self, size: usize) {
+        if self.count == 0 {
+            self.segment_size = size;
+        } else if size < self.segment_size {
+            self.closed = true;
+        }
+        self.len += size;
+        self.count += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn contents(&self) -> (&[u8], usize) {
+        (&self.buf[..self.len], self.segment_size)
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.count = 0;
+        self.segment_size = 0;
+        self.closed = false;
+    }
+}
+
+pub(crate) fn run(shared: Arc<Shared>) {
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
+    let mut segments = vec![vec![0u8; MAX_PACKET]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut batch = GsoBatch::new(1);
+    let tun_fd = shared.tun.as_raw_fd();
+    while !shared.is_stopping() {
+        if !wait_readable(tun_fd, shared.stop_fd.raw()) {
+            continue;
+        }
+        loop {
+            match shared
+                .tun
+                .recv_multiple(&mut original, &mut segments, &mut sizes, 0)
+            {
+                Ok(n) => encrypt_and_send(&shared, &segments, &sizes[..n], &mut batch),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_tun_gone(&e) => {
+                    shared.stop("TUN interface removed");
+                    return;
+                }
+                Err(e) => {
+                    // A malformed super-packet: it was consumed, drop it.
+                    tracing::debug!("TUN read: {e}");
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn is_tun_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD) | Some(libc::EBADF) | Some(libc::ENODEV) | Some(libc::EIO)
+    )
+}
+
+/// Polls `fd` for input together with the stop eventfd; true if `fd` is readable.
+pub(crate) fn wait_readable(fd: i32, stop_fd: i32) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: two valid pollfds. The timeout bounds how long a missed stop
+    // could go unnoticed.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+    rc > 0 && fds[0].revents != 0
+}
+
+fn encrypt_and_send(shared: &Shared, segments: &[Vec<u8>], sizes: &[usize], batch: &mut GsoBatch) {
+    let st = shared.state.read();
+    let udp = st.udp.clone();
+    batch.set_max_segments(udp.max_gso_segments());
+    let mut i = 0;
+    while i < sizes.len() {
+        let Some(peer) = route(&st.allowed_ips, &segments[i][..sizes[i]]) else {
+            i += 1;
+            continue;
+        };
+        // The run of packets for this peer.
+        let mut j = i + 1;
+        while j < sizes.len()
+            && route(&st.allowed_ips, &segments[j][..sizes[j]])
+                .is_some_and(|p| Arc::ptr_eq(p, peer))
+        {
+            j += 1;
+        }
+        let packets = segments[i..j]
+            .iter()
+            .zip(&sizes[i..j])
+            .map(|(b, n)| &b[..*n]);
+        encrypt_run(shared, &udp, peer, packets, batch);
+        i = j;
+    }
+}
+
+fn route<'a>(
+    table: &'a crate::allowed_ips::AllowedIps<Arc<Peer>>,
+    packet: &[u8],
+) -> Option<&'a Arc<Peer>> {
+    table.lookup(Tunn::dst_address(packet)?)
+}
+
+/// Encrypts packets for one peer and sends them in as few GSO sends as possible.
+pub(crate) fn encrypt_run<'p>(
+    shared: &Shared,
+    udp: &UdpSocket,
+    peer: &Peer,
+    packets: impl Iterator<Item = &'p [u8]>,
+    batch: &mut GsoBatch,
+) {
+    let Some(endpoint) = peer.endpoint() else {
+        // Nowhere to send: wg drops too, rather than queueing without end.
+        return;
+    };
+    let mut tunnel = peer.tunnel.lock();
+    let Some(tunn) = tunnel.tunn.as_mut() else {
+        return;
+    };
+    for packet in packets {
+        if !batch.fits(packet.len() + DATA_OVERHEAD) {
+            flush(shared, udp, peer, endpoint, batch);
+        }
+        match tunn.encapsulate(packet, batch.room()) {
+            TunnResult::WriteToNetwork(msg) if msg.first() == Some(&4) => {
+                let n = msg.len();
+                batch.commit(n);
+            }
+            TunnResult::WriteToNetwork(msg) => {
+                // A handshake initiation: the packet was queued until the
+                // session exists. Send the initiation on its own.
+                let n = msg.len();
+                send(shared, udp, peer, endpoint, msg, n);
+            }
+            TunnResult::Err(e) => tracing::trace!("encapsulate: {e:?}"),
+            _ => {}
+        }
+    }
+    drop(tunnel);
+    flush(shared, udp, peer, endpoint, batch);
+}
+
+fn flush(
+    shared: &Shared,
+    udp: &UdpSocket,
+    peer: &Peer,
+    endpoint: SocketAddr,
+    batch: &mut GsoBatch,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let (contents, segment) = batch.contents();
+    send(shared, udp, peer, endpoint, contents, segment);
+    batch.clear();
+}
+
+fn send(
+    shared: &Shared,
+    udp: &UdpSocket,
+    peer: &Peer,
+    endpoint: SocketAddr,
+    contents: &[u8],
+    segment: usize,
+) {
+    match udp.send(endpoint, contents, segment) {
+        Ok(()) => peer.sent(contents.len(), shared.now_ms()),
+        Err(e) => tracing::debug!(%endpoint, "send: {e}"),
+    }
+}
+
+/// Sends a keepalive (an empty data message) now, starting a handshake if
+/// there is no session yet.
+pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
+    let Some(endpoint) = peer.endpoint() else {
+        return;
+    };
+    let udp = shared.state.read().udp.clone();
+    let mut buf = [0u8; MIN_ROOM];
+    let mut tunnel = peer.tunnel.lock();
+    let Some(tunn) = tunnel.tunn.as_mut() else {
+        return;
+    };
+    if let TunnResult::WriteToNetwork(msg) = tunn.encapsulate(&[], &mut buf) {
+        let n = msg.len();
+        send(shared, &udp, peer, endpoint, msg, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_keeps_equal_segments_and_closes_on_a_short_one() {
+        let mut b = GsoBatch::new(64);
+        assert!(b.fits(1452));
+        b.commit(1452);
+        assert!(b.fits(1452));
+        b.commit(1452);
+        assert!(!b.fits(1453), "a longer segment cannot join");
+        assert!(b.fits(100));
+        b.commit(100);
+        assert!(!b.fits(100), "nothing may follow the short last segment");
+        assert_eq!(b.contents().0.len(), 1452 * 2 + 100);
+        assert_eq!(b.contents().1, 1452);
+        b.clear();
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn batch_respects_segment_and_byte_limits() {
+        let mut b = GsoBatch::new(3);
+        for _ in 0..3 {
+            assert!(b.fits(1000));
+            b.commit(1000);
+        }
+        assert!(!b.fits(1000));
+        let mut b = GsoBatch::new(1000);
+        let mut n = 0;
+        while b.fits(1452) {
+            b.commit(1452);
+            n += 1;
+        }
+        assert_eq!(n, MAX_GSO_BYTES / 1452);
+    }
+}

@@ -1,0 +1,108 @@
+//! One remote peer: its protocol state (a boringtun `Tunn`) and what we keep
+//! around it (endpoint, counters, persistent keepalive).
+//!
+//! The `Tunn` sits behind its own mutex so that the outbound and inbound
+//! workers contend only when they touch the same peer; counters and the
+//! keepalive interval are atomics read without any lock.
+
+use crate::key::{PresharedKey, PublicKey};
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::Tunn;
+use boringtun::x25519;
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub(crate) struct Tunnel {
+    /// `None` while the device has no private key.
+    pub(crate) tunn: Option<Tunn>,
+    pub(crate) preshared_key: Option<PresharedKey>,
+}
+
+pub(crate) struct Peer {
+    pub(crate) public_key: PublicKey,
+    /// Our 24-bit receiver index for this peer (boringtun adds 8 session bits).
+    pub(crate) index: u32,
+    pub(crate) tunnel: Mutex<Tunnel>,
+    pub(crate) endpoint: Mutex<Option<SocketAddr>>,
+    /// Seconds; 0 = off. Kept here rather than in `Tunn` so changing it never
+    /// resets the session.
+    pub(crate) keepalive: AtomicU16,
+    pub(crate) rx_bytes: AtomicU64,
+    pub(crate) tx_bytes: AtomicU64,
+    /// Milliseconds since the device started, of the last send to this peer.
+    pub(crate) last_sent_ms: AtomicU64,
+}
+
+/// Our static identity, as boringtun wants it.
+pub(crate) struct StaticIdentity {
+    pub(crate) secret: x25519::StaticSecret,
+    pub(crate) public: x25519::PublicKey,
+}
+
+impl Peer {
+    pub(crate) fn new(public_key: PublicKey, index: u32) -> Self {
+        Self {
+            public_key,
+            index,
+            tunnel: Mutex::new(Tunnel {
+                tunn: None,
+                preshared_key: None,
+            }),
+            endpoint: Mutex::new(None),
+            keepalive: AtomicU16::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            last_sent_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// (Re)creates the protocol state; any session in progress is dropped.
+    pub(crate) fn reset_tunnel(
+        &self,
+        identity: Option<&StaticIdentity>,
+        rate_limiter: &Arc<RateLimiter>,
+    ) {
+        let mut t = self.tunnel.lock();
+        t.tunn = identity.map(|id| {
+            Tunn::new(
+                id.secret.clone(),
+                self.public_key.to_x25519(),
+                t.preshared_key.filter(|k| !k.is_zero()).map(|k| k.0),
+                None,
+                self.index,
+                Some(rate_limiter.clone()),
+            )
+        });
+    }
+
+    pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
+        *self.endpoint.lock()
+    }
+
+    /// Records an authenticated message from `from`: counts it and follows the
+    /// peer if it moved (roaming).
+    pub(crate) fn received_from(&self, from: SocketAddr, bytes: usize) {
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let mut ep = self.endpoint.lock();
+        if *ep != Some(from) {
+            if ep.is_some() {
+                tracing::debug!(peer = %self.public_key, %from, "peer roamed");
+            }
+            *ep = Some(from);
+        }
+    }
+
+    pub(crate) fn sent(&self, bytes: usize, now_ms: u64) {
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.last_sent_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_handshake(&self) -> Option<SystemTime> {
+        let t = self.tunnel.lock();
+        let (since, ..) = t.tunn.as_ref()?.stats();
+        since.and_then(|d: Duration| SystemTime::now().checked_sub(d))
+    }
+}
