@@ -1,0 +1,227 @@
+//! weft-wg against real peers (Debian's wireguard-go and wg), in network
+//! namespaces this test creates and always removes.
+
+mod support;
+
+use support::*;
+use std::time::Duration;
+
+fn pair_works(ia: Implementation, ib: Implementation) {
+    if !can_run() {
+        return;
+    }
+    require("wg");
+    let t = Tunnel::new(ia, ib);
+    assert!(
+        t.pair.a.ping_within(TB, Duration::from_secs(10)),
+        "{ia:?} -> {ib:?}: no ping through the tunnel"
+    );
+    // Both ends report the handshake.
+    for w in [&t.wa, &t.wb] {
+        let hs: u64 = peer_dump_field(w, DUMP_LATEST_HANDSHAKE).parse().expect("number");
+        assert!(hs > 0, "{:?} shows no handshake", w.implementation);
+    }
+    let (sent, received) = tcp_transfer(&t.pair.a, &t.pair.b, TB, 100 << 20);
+    assert_eq!(sent, received, "{ia:?} -> {ib:?}: data corrupted in transit");
+    let (sent, received) = tcp_transfer(&t.pair.b, &t.pair.a, TA, 20 << 20);
+    assert_eq!(sent, received, "{ib:?} -> {ia:?}: data corrupted in transit");
+    // Counters: the sender's tx covers 100 MiB of payload plus overhead, and
+    // the receiver saw at least that much.
+    let tx: u64 = peer_dump_field(&t.wa, DUMP_TX).parse().expect("number");
+    let rx: u64 = peer_dump_field(&t.wb, DUMP_RX).parse().expect("number");
+    assert!(tx > 100 << 20, "tx counter {tx} too small");
+    assert!(rx > 100 << 20, "rx counter {rx} too small");
+}
+
+#[test]
+fn weft_with_weft() {
+    pair_works(Implementation::Weft, Implementation::Weft);
+}
+
+#[test]
+fn weft_initiates_to_wireguard_go() {
+    pair_works(Implementation::Weft, Implementation::WireguardGo);
+}
+
+#[test]
+fn wireguard_go_initiates_to_weft() {
+    pair_works(Implementation::WireguardGo, Implementation::Weft);
+}
+
+/// Either end restarts with its old key: the tunnel comes back by itself.
+#[test]
+fn peer_restart_rehandshakes() {
+    if !can_run() {
+        return;
+    }
+    for restarted_weft in [true, false] {
+        let (ia, ib) = if restarted_weft {
+            (Implementation::WireguardGo, Implementation::Weft)
+        } else {
+            (Implementation::Weft, Implementation::WireguardGo)
+        };
+        let mut t = Tunnel::new(ia, ib);
+        assert!(t.pair.a.ping_within(TB, Duration::from_secs(10)));
+        let name = t.wb.name.clone();
+        t.wb.stop();
+        assert!(!t.pair.a.ping(TB), "ping must fail while b is down");
+        t.wb = WgInterface::start_named(&t.pair.b, ib, &name);
+        t.configure_b();
+        t.pair
+            .b
+            .ip(&["addr", "add", &format!("{TB}/24"), "dev", &name]);
+        t.pair.b.ip(&["link", "set", &name, "up"]);
+        // a still has the old session; its first packets are rejected by the
+        // new b, and the handshake retry (5 s) restores the tunnel.
+        assert!(
+            t.pair.a.ping_within(TB, Duration::from_secs(15)),
+            "no re-handshake after {ib:?} restarted"
+        );
+        assert!(t.pair.b.ping_within(TA, Duration::from_secs(5)));
+    }
+}
+
+/// b moves to another port; a follows it after b's next authenticated packet.
+#[test]
+fn endpoint_roaming() {
+    if !can_run() {
+        return;
+    }
+    for ib in [Implementation::Weft, Implementation::WireguardGo] {
+        let t = Tunnel::new(Implementation::Weft, ib);
+        assert!(t.pair.a.ping_within(TB, Duration::from_secs(10)));
+        assert_eq!(
+            peer_dump_field(&t.wa, DUMP_ENDPOINT),
+            format!("{}:{PORT_B}", t.pair.b_addr)
+        );
+        t.wb.wg(&["set", &t.wb.name, "listen-port", "51999"]);
+        assert!(t.pair.b.ping_within(TA, Duration::from_secs(10)));
+        assert_eq!(
+            peer_dump_field(&t.wa, DUMP_ENDPOINT),
+            format!("{}:51999", t.pair.b_addr),
+            "a did not follow {ib:?} to its new port"
+        );
+        // And a's replies now reach b at the new port.
+        assert!(t.pair.a.ping_within(TB, Duration::from_secs(5)));
+    }
+}
+
+/// A persistent keepalive shows in `wg show` and keeps packets flowing on an
+/// idle tunnel.
+#[test]
+fn persistent_keepalive() {
+    if !can_run() {
+        return;
+    }
+    let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
+    t.wa.wg(&["set", &t.wa.name, "peer", &t.kb.public, "persistent-keepalive", "1"]);
+    assert_eq!(peer_dump_field(&t.wa, DUMP_KEEPALIVE), "1");
+    let show = t.wa.wg(&["show", &t.wa.name]);
+    assert!(show.contains("persistent keepalive: every 1 second"), "{show}");
+    // Setting it sends a keepalive at once, which starts the handshake.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while peer_dump_field(&t.wb, DUMP_LATEST_HANDSHAKE) == "0" {
+        assert!(std::time::Instant::now() < end, "keepalive did not start a handshake");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before: u64 = peer_dump_field(&t.wb, DUMP_RX).parse().expect("number");
+    std::thread::sleep(Duration::from_millis(3500));
+    let after: u64 = peer_dump_field(&t.wb, DUMP_RX).parse().expect("number");
+    // Each keepalive is a 32-byte data message; 3.5 s at 1/s gives at least 3.
+    assert!(
+        after - before >= 3 * 32,
+        "only {} bytes of keepalive in 3.5 s",
+        after - before
+    );
+    t.wa.wg(&["set", &t.wa.name, "peer", &t.kb.public, "persistent-keepalive", "off"]);
+    assert_eq!(peer_dump_field(&t.wa, DUMP_KEEPALIVE), "off");
+}
+
+/// wg-quick drives weft-wg as it drives wireguard-go.
+#[test]
+fn wg_quick_up_and_down() {
+    if !can_run() {
+        return;
+    }
+    require("wg-quick");
+    let pair = Pair::new();
+    let wb = WgInterface::start(&pair.b, Implementation::WireguardGo);
+    let (ka, kb) = (genkey(), genkey());
+    let fb = key_file(&kb.private);
+    wb.wg(&[
+        "set", &wb.name, "private-key", fb.as_str(), "listen-port", "51821", "peer",
+        &ka.public, "allowed-ips", "10.78.0.1/32",
+    ]);
+    pair.b.ip(&["addr", "add", "10.78.0.2/24", "dev", &wb.name]);
+    pair.b.ip(&["link", "set", &wb.name, "up"]);
+
+    let name = unique("wq");
+    let dir = std::env::temp_dir().join(unique("weft-wgq-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.78.0.1/24\nListenPort = 51820\n\n\
+             [Peer]\nPublicKey = {}\nAllowedIPs = 10.78.0.2/32\nEndpoint = {}:51821\n",
+            ka.private, kb.public, pair.b_addr
+        ),
+    )
+    .expect("write conf");
+    let bin_dir = std::path::Path::new(Implementation::Weft.program())
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let up = pair
+        .a
+        .command("wg-quick")
+        .args(["up", conf.to_str().unwrap_or_default()])
+        .env("WG_QUICK_USERSPACE_IMPLEMENTATION", "weft-wg")
+        .env("PATH", &path)
+        .output()
+        .expect("wg-quick up");
+    let cleanup = |ok: bool| {
+        let _ = pair
+            .a
+            .command("wg-quick")
+            .args(["down", conf.to_str().unwrap_or_default()])
+            .env("PATH", &path)
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        ok
+    };
+    assert!(
+        cleanup_if_failed(up.status.success(), &cleanup),
+        "wg-quick up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let works = pair.a.ping_within("10.78.0.2", Duration::from_secs(10));
+    let shown = pair.a.exec(&["wg", "show", &name]);
+    let down = pair
+        .a
+        .command("wg-quick")
+        .args(["down", conf.to_str().unwrap_or_default()])
+        .env("PATH", &path)
+        .output()
+        .expect("wg-quick down");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(works, "no ping through an interface brought up by wg-quick");
+    assert!(shown.contains("latest handshake"), "{shown}");
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let sock = std::path::Path::new("/var/run/wireguard").join(format!("{name}.sock"));
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while sock.exists() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sock.exists(), "socket left behind after wg-quick down");
+    assert!(!pair.a.try_exec(&["ip", "link", "show", &name]), "interface left behind");
+}
+
+fn cleanup_if_failed(ok: bool, cleanup: &dyn Fn(bool) -> bool) -> bool {
+    if ok {
+        true
+    } else {
+        cleanup(false)
+    }
+}

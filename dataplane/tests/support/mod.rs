@@ -1,0 +1,461 @@
+//! Test hosts in network namespaces: creation, commands inside them, and
+//! clean-up that runs even when a test fails (Drop).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Skips (returns false, with a message) unless we are root with netns tools.
+pub fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for network namespaces and TUN");
+        return false;
+    }
+    true
+}
+
+pub fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found, "{tool} is not installed; .ci/run installs it");
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: interface names are at most
+/// 15 bytes and UAPI sockets share one directory across namespaces.
+pub fn unique(prefix: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn try_run(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A network namespace, deleted on drop with everything in it.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        let name = unique("wt");
+        run(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    pub fn try_exec(&self, args: &[&str]) -> bool {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        try_run(&v)
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `f` on a thread that has entered this namespace, so sockets it
+    /// opens live there.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on a namespace fd for this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+
+    pub fn ping(&self, addr: &str) -> bool {
+        self.try_exec(&["ping", "-c", "1", "-W", "1", addr])
+    }
+
+    /// Pings until one reply or `timeout`.
+    pub fn ping_within(&self, addr: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.ping(addr) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Two hosts joined by a veth pair: `a` is 192.168.x.1, `b` is 192.168.x.2.
+pub struct Pair {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_addr: Ipv4Addr,
+    pub b_addr: Ipv4Addr,
+}
+
+impl Pair {
+    pub fn new() -> Self {
+        let a = Netns::new();
+        let b = Netns::new();
+        let subnet = 100 + (SEQ.fetch_add(1, Ordering::Relaxed) % 150) as u8;
+        let (va, vb) = (unique("va"), unique("vb"));
+        run(&[
+            "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb,
+            "netns", &b.name,
+        ]);
+        let a_addr = Ipv4Addr::new(192, 168, subnet, 1);
+        let b_addr = Ipv4Addr::new(192, 168, subnet, 2);
+        a.ip(&["addr", "add", &format!("{a_addr}/24"), "dev", &va]);
+        b.ip(&["addr", "add", &format!("{b_addr}/24"), "dev", &vb]);
+        a.ip(&["link", "set", &va, "up"]);
+        b.ip(&["link", "set", &vb, "up"]);
+        Self {
+            a,
+            b,
+            a_addr,
+            b_addr,
+        }
+    }
+}
+
+/// Which WireGuard implementation runs an interface.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Implementation {
+    Weft,
+    WireguardGo,
+}
+
+impl Implementation {
+    pub fn program(self) -> &'static str {
+        match self {
+            Implementation::Weft => env!("CARGO_BIN_EXE_weft-wg"),
+            Implementation::WireguardGo => "wireguard-go",
+        }
+    }
+}
+
+/// A userspace WireGuard interface running in the foreground in a namespace;
+/// killed on drop, and its socket removed.
+pub struct WgInterface {
+    pub name: String,
+    pub ns: String,
+    pub implementation: Implementation,
+    child: Option<Child>,
+}
+
+impl WgInterface {
+    pub fn start(ns: &Netns, implementation: Implementation) -> Self {
+        Self::start_named(ns, implementation, &unique("wg"))
+    }
+
+    pub fn start_named(ns: &Netns, implementation: Implementation, name: &str) -> Self {
+        let child = ns
+            .command(implementation.program())
+            .args(["-f", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start WireGuard daemon");
+        let sock = format!("/var/run/wireguard/{name}.sock");
+        let end = Instant::now() + Duration::from_secs(10);
+        while !std::path::Path::new(&sock).exists() {
+            assert!(Instant::now() < end, "{implementation:?} did not create {sock}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            name: name.to_string(),
+            ns: ns.name.clone(),
+            implementation,
+            child: Some(child),
+        }
+    }
+
+    /// `wg ARGS...` against this interface's namespace.
+    pub fn wg(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.ns, "wg"];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            // Only the first stop cleans up: a later drop of this (stopped)
+            // value must not remove a successor's socket of the same name.
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.name));
+        }
+    }
+
+    /// True while the daemon runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for WgInterface {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Keys {
+    pub private: String,
+    pub public: String,
+}
+
+pub fn genkey() -> Keys {
+    let private = run(&["wg", "genkey"]).trim().to_string();
+    let mut c = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wg pubkey");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(private.as_bytes())
+        .expect("write key");
+    let out = c.wait_with_output().expect("wg pubkey output");
+    Keys {
+        private,
+        public: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    }
+}
+
+/// Writes a private key to a 0600 file for `wg set ... private-key FILE`.
+pub fn key_file(key: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with_contents(key)
+}
+
+pub mod tempfile_path {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::PathBuf;
+
+    /// A file removed on drop.
+    pub struct TempPath(pub PathBuf);
+    impl TempPath {
+        pub fn with_contents(s: &str) -> Self {
+            let p = std::env::temp_dir().join(super::unique("weft-test-key-"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .expect("create key file");
+            std::io::Write::write_all(&mut f, s.as_bytes()).expect("write key file");
+            Self(p)
+        }
+        pub fn as_str(&self) -> &str {
+            self.0.to_str().unwrap_or_default()
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Two hosts, each with a WireGuard interface, configured as each other's
+/// peer: tunnel addresses 10.77.0.1 (a) and 10.77.0.2 (b).
+pub struct Tunnel {
+    pub pair: Pair,
+    pub wa: WgInterface,
+    pub wb: WgInterface,
+    pub ka: Keys,
+    pub kb: Keys,
+}
+
+pub const TA: &str = "10.77.0.1";
+pub const TB: &str = "10.77.0.2";
+pub const PORT_A: u16 = 51820;
+pub const PORT_B: u16 = 51821;
+
+impl Tunnel {
+    pub fn new(ia: Implementation, ib: Implementation) -> Self {
+        let pair = Pair::new();
+        let wa = WgInterface::start(&pair.a, ia);
+        let wb = WgInterface::start(&pair.b, ib);
+        let (ka, kb) = (genkey(), genkey());
+        let t = Self {
+            pair,
+            wa,
+            wb,
+            ka,
+            kb,
+        };
+        t.configure_a();
+        t.configure_b();
+        for (ns, w, addr) in [(&t.pair.a, &t.wa, TA), (&t.pair.b, &t.wb, TB)] {
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &w.name]);
+            ns.ip(&["link", "set", &w.name, "up"]);
+        }
+        t
+    }
+
+    pub fn configure_a(&self) {
+        let f = key_file(&self.ka.private);
+        self.wa.wg(&[
+            "set", &self.wa.name, "private-key", f.as_str(), "listen-port", &PORT_A.to_string(),
+            "peer", &self.kb.public, "allowed-ips", &format!("{TB}/32"), "endpoint",
+            &format!("{}:{PORT_B}", self.pair.b_addr),
+        ]);
+    }
+
+    pub fn configure_b(&self) {
+        let f = key_file(&self.kb.private);
+        self.wb.wg(&[
+            "set", &self.wb.name, "private-key", f.as_str(), "listen-port", &PORT_B.to_string(),
+            "peer", &self.ka.public, "allowed-ips", &format!("{TA}/32"), "endpoint",
+            &format!("{}:{PORT_A}", self.pair.a_addr),
+        ]);
+    }
+}
+
+/// Sends `bytes` of deterministic pseudo-random data over TCP from `from` to
+/// `to_addr` (listening in `to`); returns (sent digest, received digest).
+pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) -> (u64, u64) {
+    let listen_addr: SocketAddr = format!("{to_addr}:5201").parse().expect("addr");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = to.run_in(move || {
+        let l = TcpListener::bind(listen_addr).expect("bind");
+        ready_tx.send(()).expect("ready");
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut h = Fnv::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        loop {
+            let n = s.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            total += n;
+        }
+        (h.finish(), total)
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    let client = from.run_in(move || {
+        let mut s = TcpStream::connect_timeout(&listen_addr, Duration::from_secs(10)).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut h = Fnv::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut left = bytes;
+        while left > 0 {
+            for w in chunk.chunks_mut(8) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                w.copy_from_slice(&rng.to_le_bytes()[..w.len()]);
+            }
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n]).expect("write");
+            h.update(&chunk[..n]);
+            left -= n;
+        }
+        h.finish()
+    });
+    let sent = client.join().expect("client");
+    let (received, total) = server.join().expect("server");
+    assert_eq!(total, bytes, "byte count");
+    (sent, received)
+}
+
+/// FNV-1a, 64 bit: enough to tell corrupted or reordered data from intact.
+pub struct Fnv(u64);
+impl Fnv {
+    pub fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        for b in data {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Field `field` of `wg show IF dump` for the first peer.
+pub fn peer_dump_field(w: &WgInterface, field: usize) -> String {
+    let dump = w.wg(&["show", &w.name, "dump"]);
+    let line = dump.lines().nth(1).expect("a peer line");
+    line.split('\t').nth(field).expect("field").to_string()
+}
+
+pub const DUMP_ENDPOINT: usize = 2;
+pub const DUMP_LATEST_HANDSHAKE: usize = 4;
+pub const DUMP_RX: usize = 5;
+pub const DUMP_TX: usize = 6;
+pub const DUMP_KEEPALIVE: usize = 7;
