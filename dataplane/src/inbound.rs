@@ -48,7 +48,7 @@ impl TunBatch {
                 .map(|_| Vec::with_capacity(TUN_BUF))
                 .collect(),
             used: 0,
-            gro: GROTable::default(),
+            gro: GROTable::new(),
         }
     }
 

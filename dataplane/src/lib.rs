@@ -12,6 +12,7 @@ pub mod config;
 pub mod device;
 mod inbound;
 pub mod key;
+pub mod offload;
 pub mod outbound;
 mod peer;
 mod timers;

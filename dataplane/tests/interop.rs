@@ -3,8 +3,8 @@
 
 mod support;
 
-use support::*;
 use std::time::Duration;
+use support::*;
 
 fn pair_works(ia: Implementation, ib: Implementation) {
     if !can_run() {
@@ -18,13 +18,21 @@ fn pair_works(ia: Implementation, ib: Implementation) {
     );
     // Both ends report the handshake.
     for w in [&t.wa, &t.wb] {
-        let hs: u64 = peer_dump_field(w, DUMP_LATEST_HANDSHAKE).parse().expect("number");
+        let hs: u64 = peer_dump_field(w, DUMP_LATEST_HANDSHAKE)
+            .parse()
+            .expect("number");
         assert!(hs > 0, "{:?} shows no handshake", w.implementation);
     }
     let (sent, received) = tcp_transfer(&t.pair.a, &t.pair.b, TB, 100 << 20);
-    assert_eq!(sent, received, "{ia:?} -> {ib:?}: data corrupted in transit");
+    assert_eq!(
+        sent, received,
+        "{ia:?} -> {ib:?}: data corrupted in transit"
+    );
     let (sent, received) = tcp_transfer(&t.pair.b, &t.pair.a, TA, 20 << 20);
-    assert_eq!(sent, received, "{ib:?} -> {ia:?}: data corrupted in transit");
+    assert_eq!(
+        sent, received,
+        "{ib:?} -> {ia:?}: data corrupted in transit"
+    );
     // Counters: the sender's tx covers 100 MiB of payload plus overhead, and
     // the receiver saw at least that much.
     let tx: u64 = peer_dump_field(&t.wa, DUMP_TX).parse().expect("number");
@@ -114,14 +122,27 @@ fn persistent_keepalive() {
         return;
     }
     let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
-    t.wa.wg(&["set", &t.wa.name, "peer", &t.kb.public, "persistent-keepalive", "1"]);
+    t.wa.wg(&[
+        "set",
+        &t.wa.name,
+        "peer",
+        &t.kb.public,
+        "persistent-keepalive",
+        "1",
+    ]);
     assert_eq!(peer_dump_field(&t.wa, DUMP_KEEPALIVE), "1");
     let show = t.wa.wg(&["show", &t.wa.name]);
-    assert!(show.contains("persistent keepalive: every 1 second"), "{show}");
+    assert!(
+        show.contains("persistent keepalive: every 1 second"),
+        "{show}"
+    );
     // Setting it sends a keepalive at once, which starts the handshake.
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while peer_dump_field(&t.wb, DUMP_LATEST_HANDSHAKE) == "0" {
-        assert!(std::time::Instant::now() < end, "keepalive did not start a handshake");
+        assert!(
+            std::time::Instant::now() < end,
+            "keepalive did not start a handshake"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let before: u64 = peer_dump_field(&t.wb, DUMP_RX).parse().expect("number");
@@ -133,7 +154,14 @@ fn persistent_keepalive() {
         "only {} bytes of keepalive in 3.5 s",
         after - before
     );
-    t.wa.wg(&["set", &t.wa.name, "peer", &t.kb.public, "persistent-keepalive", "off"]);
+    t.wa.wg(&[
+        "set",
+        &t.wa.name,
+        "peer",
+        &t.kb.public,
+        "persistent-keepalive",
+        "off",
+    ]);
     assert_eq!(peer_dump_field(&t.wa, DUMP_KEEPALIVE), "off");
 }
 
@@ -149,8 +177,16 @@ fn wg_quick_up_and_down() {
     let (ka, kb) = (genkey(), genkey());
     let fb = key_file(&kb.private);
     wb.wg(&[
-        "set", &wb.name, "private-key", fb.as_str(), "listen-port", "51821", "peer",
-        &ka.public, "allowed-ips", "10.78.0.1/32",
+        "set",
+        &wb.name,
+        "private-key",
+        fb.as_str(),
+        "listen-port",
+        "51821",
+        "peer",
+        &ka.public,
+        "allowed-ips",
+        "10.78.0.1/32",
     ]);
     pair.b.ip(&["addr", "add", "10.78.0.2/24", "dev", &wb.name]);
     pair.b.ip(&["link", "set", &wb.name, "up"]);
@@ -172,7 +208,11 @@ fn wg_quick_up_and_down() {
         .parent()
         .expect("bin dir")
         .to_path_buf();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let up = pair
         .a
         .command("wg-quick")
@@ -208,14 +248,21 @@ fn wg_quick_up_and_down() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(works, "no ping through an interface brought up by wg-quick");
     assert!(shown.contains("latest handshake"), "{shown}");
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
     let sock = std::path::Path::new("/var/run/wireguard").join(format!("{name}.sock"));
     let end = std::time::Instant::now() + Duration::from_secs(5);
     while sock.exists() && std::time::Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!sock.exists(), "socket left behind after wg-quick down");
-    assert!(!pair.a.try_exec(&["ip", "link", "show", &name]), "interface left behind");
+    assert!(
+        !pair.a.try_exec(&["ip", "link", "show", &name]),
+        "interface left behind"
+    );
 }
 
 fn cleanup_if_failed(ok: bool, cleanup: &dyn Fn(bool) -> bool) -> bool {
@@ -224,4 +271,102 @@ fn cleanup_if_failed(ok: bool, cleanup: &dyn Fn(bool) -> bool) -> bool {
     } else {
         cleanup(false)
     }
+}
+
+/// Everything `wg` can set comes back from `wg showconf` as it was set, and
+/// replace-peers, remove and the zero key behave as with the kernel module.
+#[test]
+fn wg_configuration_round_trip() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let w = WgInterface::start(&ns, Implementation::Weft);
+    let k = genkey();
+    let (p1, p2, p3) = (genkey(), genkey(), genkey());
+    let psk = run(&["wg", "genpsk"]).trim().to_string();
+    let conf_dir = std::env::temp_dir().join(unique("weft-conf-"));
+    std::fs::create_dir_all(&conf_dir).expect("dir");
+    let conf = conf_dir.join("wg.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[Interface]\nPrivateKey = {}\nListenPort = 51999\nFwMark = 0x1234\n\n\
+             [Peer]\nPublicKey = {}\nPresharedKey = {psk}\nAllowedIPs = 10.1.0.0/16, fd00:1::/64\n\
+             Endpoint = 192.0.2.1:51820\nPersistentKeepalive = 25\n\n\
+             [Peer]\nPublicKey = {}\nAllowedIPs = 10.2.0.0/24\nEndpoint = [2001:db8::1]:51820\n",
+            k.private, p1.public, p2.public
+        ),
+    )
+    .expect("write conf");
+    let result = std::panic::catch_unwind(|| {
+        w.wg(&["setconf", &w.name, conf.to_str().unwrap_or_default()]);
+        let shown = w.wg(&["showconf", &w.name]);
+        for want in [
+            format!("PrivateKey = {}", k.private),
+            "ListenPort = 51999".to_string(),
+            "FwMark = 0x1234".to_string(),
+            format!("PublicKey = {}", p1.public),
+            format!("PresharedKey = {psk}"),
+            "AllowedIPs = 10.1.0.0/16, fd00:1::/64".to_string(),
+            "Endpoint = 192.0.2.1:51820".to_string(),
+            "PersistentKeepalive = 25".to_string(),
+            format!("PublicKey = {}", p2.public),
+            "Endpoint = [2001:db8::1]:51820".to_string(),
+        ] {
+            assert!(shown.contains(&want), "missing {want:?} in\n{shown}");
+        }
+        assert_eq!(w.wg(&["show", &w.name, "public-key"]).trim(), k.public);
+
+        // An allowed IP moves to the peer that claims it last.
+        w.wg(&[
+            "set",
+            &w.name,
+            "peer",
+            &p2.public,
+            "allowed-ips",
+            "10.2.0.0/24,10.1.0.0/16",
+        ]);
+        let ips = w.wg(&["show", &w.name, "allowed-ips"]);
+        let p1_line = ips.lines().find(|l| l.starts_with(&p1.public)).expect("p1");
+        assert!(!p1_line.contains("10.1.0.0/16"), "{ips}");
+        // remove, then setconf with a single peer replaces all peers.
+        w.wg(&["set", &w.name, "peer", &p1.public, "remove"]);
+        assert!(!w.wg(&["show", &w.name, "peers"]).contains(&p1.public));
+        std::fs::write(
+            &conf,
+            format!(
+                "[Interface]\nPrivateKey = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.3.0.1/32\n",
+                k.private, p3.public
+            ),
+        )
+        .expect("rewrite conf");
+        w.wg(&["setconf", &w.name, conf.to_str().unwrap_or_default()]);
+        let peers = w.wg(&["show", &w.name, "peers"]);
+        assert_eq!(peers.trim(), p3.public, "setconf must replace peers");
+        // Rejected input leaves the configuration as it was.
+        assert!(!ns.try_exec(&["wg", "set", &w.name, "peer", "not-a-key"]));
+        // Straight to the socket, past wg's own checks.
+        let reply = uapi_request(&w.name, "set=1\nlisten_port=99999\n\n");
+        assert_eq!(reply, "errno=22\n\n");
+        let reply = uapi_request(&w.name, "set=1\nreplace_peers=true\npublic_key=zz\n\n");
+        assert_eq!(reply, "errno=22\n\n");
+        assert_eq!(w.wg(&["show", &w.name, "peers"]).trim(), p3.public);
+    });
+    let _ = std::fs::remove_dir_all(&conf_dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn uapi_request(ifname: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{ifname}.sock"))
+            .expect("connect to UAPI socket");
+    s.write_all(request.as_bytes()).expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
 }

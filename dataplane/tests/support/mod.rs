@@ -102,7 +102,10 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered this namespace, so sockets it
     /// opens live there.
-    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open netns");
@@ -213,7 +216,10 @@ impl WgInterface {
         let sock = format!("/var/run/wireguard/{name}.sock");
         let end = Instant::now() + Duration::from_secs(10);
         while !std::path::Path::new(&sock).exists() {
-            assert!(Instant::now() < end, "{implementation:?} did not create {sock}");
+            assert!(
+                Instant::now() < end,
+                "{implementation:?} did not create {sock}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self {
@@ -363,8 +369,17 @@ impl Tunnel {
     pub fn configure_a(&self) {
         let f = key_file(&self.ka.private);
         self.wa.wg(&[
-            "set", &self.wa.name, "private-key", f.as_str(), "listen-port", &PORT_A.to_string(),
-            "peer", &self.kb.public, "allowed-ips", &format!("{TB}/32"), "endpoint",
+            "set",
+            &self.wa.name,
+            "private-key",
+            f.as_str(),
+            "listen-port",
+            &PORT_A.to_string(),
+            "peer",
+            &self.kb.public,
+            "allowed-ips",
+            &format!("{TB}/32"),
+            "endpoint",
             &format!("{}:{PORT_B}", self.pair.b_addr),
         ]);
     }
@@ -372,8 +387,17 @@ impl Tunnel {
     pub fn configure_b(&self) {
         let f = key_file(&self.kb.private);
         self.wb.wg(&[
-            "set", &self.wb.name, "private-key", f.as_str(), "listen-port", &PORT_B.to_string(),
-            "peer", &self.ka.public, "allowed-ips", &format!("{TA}/32"), "endpoint",
+            "set",
+            &self.wb.name,
+            "private-key",
+            f.as_str(),
+            "listen-port",
+            &PORT_B.to_string(),
+            "peer",
+            &self.ka.public,
+            "allowed-ips",
+            &format!("{TA}/32"),
+            "endpoint",
             &format!("{}:{PORT_A}", self.pair.a_addr),
         ]);
     }
@@ -388,7 +412,8 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) -> (u
         let l = TcpListener::bind(listen_addr).expect("bind");
         ready_tx.send(()).expect("ready");
         let (mut s, _) = l.accept().expect("accept");
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         let mut h = Fnv::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut total = 0usize;
@@ -402,10 +427,14 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) -> (u
         }
         (h.finish(), total)
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server up");
     let client = from.run_in(move || {
-        let mut s = TcpStream::connect_timeout(&listen_addr, Duration::from_secs(10)).expect("connect");
-        s.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut s =
+            TcpStream::connect_timeout(&listen_addr, Duration::from_secs(10)).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         let mut h = Fnv::new();
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut chunk = vec![0u8; 1 << 16];

@@ -1,0 +1,131 @@
+//! Per-packet costs of the data plane: encryption and decryption through
+//! boringtun one packet at a time and as the workers batch them, and the
+//! offload split and coalesce steps around them.
+
+use boringtun::noise::TunnResult;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use dataplane::offload::{self, VNET_HDR_LEN};
+use dataplane::outbound::GsoBatch;
+use weft_benches::{connected_pair, packet};
+
+const SIZES: [usize; 3] = [64, 512, 1420];
+const BATCH: usize = 64;
+
+fn encapsulate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encapsulate");
+    for size in SIZES {
+        let (mut a, _b) = connected_pair();
+        let p = packet(size);
+        let mut out = vec![0u8; 65_536 + 4096];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("single/{size}"), |bench| {
+            bench.iter(|| match a.encapsulate(&p, &mut out) {
+                TunnResult::WriteToNetwork(m) => m.len(),
+                _ => 0,
+            })
+        });
+        g.throughput(Throughput::Bytes((size * BATCH) as u64));
+        let mut batch = GsoBatch::new(BATCH);
+        g.bench_function(format!("batch{BATCH}/{size}"), |bench| {
+            bench.iter(|| {
+                batch.clear();
+                for _ in 0..BATCH {
+                    if let TunnResult::WriteToNetwork(m) = a.encapsulate(&p, batch.room()) {
+                        let n = m.len();
+                        batch.commit(n);
+                    }
+                }
+                batch.contents().0.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn decapsulate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decapsulate");
+    for size in SIZES {
+        let (mut a, mut b) = connected_pair();
+        let p = packet(size);
+        // Every message must be fresh (replay protection), so each iteration
+        // decrypts messages sealed in untimed setup.
+        let mut seal = |n: usize| -> Vec<Vec<u8>> {
+            let mut buf = vec![0u8; 4096];
+            (0..n)
+                .map(|_| match a.encapsulate(&p, &mut buf) {
+                    TunnResult::WriteToNetwork(m) => m.to_vec(),
+                    _ => panic!("no session"),
+                })
+                .collect()
+        };
+        let mut out = vec![0u8; 4096];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("single/{size}"), |bench| {
+            bench.iter_batched(
+                || seal(1),
+                |msgs| match b.decapsulate(None, &msgs[0], &mut out) {
+                    TunnResult::WriteToTunnelV4(pkt, _) => pkt.len(),
+                    other => panic!("decapsulate failed: {other:?}"),
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        g.throughput(Throughput::Bytes((size * BATCH) as u64));
+        g.bench_function(format!("batch{BATCH}/{size}"), |bench| {
+            bench.iter_batched(
+                || seal(BATCH),
+                |msgs| {
+                    let mut total = 0;
+                    for m in &msgs {
+                        if let TunnResult::WriteToTunnelV4(pkt, _) =
+                            b.decapsulate(None, m, &mut out)
+                        {
+                            total += pkt.len();
+                        }
+                    }
+                    assert_eq!(total, size * BATCH);
+                    total
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn offloads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("offload");
+    let mss = 1380usize;
+    let payload = 64_000usize;
+    g.throughput(Throughput::Bytes(payload as u64));
+    let template = offload::tso_super_packet(1, payload, mss as u16);
+    let mut out = vec![vec![0u8; 2048]; 128];
+    let mut sizes = vec![0usize; 128];
+    g.bench_function("gso_split/64000", |bench| {
+        bench.iter_batched_ref(
+            || template.clone(),
+            |input| offload::split_super_packet(input, &mut out, &mut sizes, 0).expect("split"),
+            BatchSize::SmallInput,
+        )
+    });
+    let segments: Vec<Vec<u8>> = (0..payload / mss)
+        .map(|i| {
+            let mut b = vec![0u8; VNET_HDR_LEN];
+            b.reserve(65_535);
+            b.extend(offload::ipv4_tcp_packet((i * mss) as u32, mss, false, true));
+            b
+        })
+        .collect();
+    let mut table = tun_rs::GROTable::new();
+    g.bench_function("gro_coalesce/64000", |bench| {
+        bench.iter_batched_ref(
+            || segments.clone(),
+            |bufs| offload::coalesce(bufs, &mut table).expect("coalesce"),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encapsulate, decapsulate, offloads);
+criterion_main!(benches);

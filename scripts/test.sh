@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test command: installs the system packages the tests use (Debian), then
+# runs formatting and lint checks and the whole test suite, including the
+# root-only tests against real wireguard-go, wg and wg-quick in network
+# namespaces (they report SKIPPED when not run as root).
+#
+#   sudo scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(wireguard-tools wireguard-go iperf3 iproute2 iputils-ping containernetworking-plugins)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if (( ${#missing[@]} )); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        echo "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        # Without --no-install-recommends, wireguard-tools pulls in a kernel.
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    else
+        echo "missing packages: ${missing[*]} (run as root to install them)" >&2
+    fi
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust (https://rustup.rs) first" >&2
+    exit 1
+fi
+
+echo "== rustfmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets --release -- -D warnings
+echo "== tests"
+cargo test --workspace --release
