@@ -1,0 +1,13 @@
+//! `weft-cni`: a CNI plugin that wires pods into a Linux bridge (Weft's
+//! `kube-bridge`) with host-local-compatible IPAM done in process.
+//!
+//! The parts that need no privileges (configuration, results, IPAM store) are
+//! plain modules tested on their own; [`link`] is the one module that talks
+//! netlink, and [`command`] strings them together per CNI verb.
+
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod ipam;
+pub mod link;
+pub mod result;

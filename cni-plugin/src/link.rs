@@ -1,0 +1,388 @@
+//! Netlink, and nothing else: links, addresses and routes on the host and in a
+//! pod's network namespace, through rtnetlink on a single-threaded runtime
+//! (it starts in microseconds; a CNI plugin lives for one command).
+
+use crate::config::Cidr;
+use crate::error::CniError;
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+
+/// A link as we need to know it.
+#[derive(Debug, Clone)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub mac: String,
+    pub mtu: u32,
+}
+
+/// A netlink connection in the namespace of the thread that made it.
+pub struct Netlink {
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+fn nl_err(what: impl std::fmt::Display, e: rtnetlink::Error) -> CniError {
+    CniError::io(format!("{what}: {e}"))
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+fn mac_string(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Netlink {
+    pub fn new() -> Result<Self, CniError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| CniError::io(format!("runtime: {e}")))?;
+        let handle = rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection()
+                .map_err(|e| CniError::io(format!("netlink socket: {e}")))?;
+            tokio::spawn(conn);
+            Ok::<_, CniError>(handle)
+        })?;
+        Ok(Self { rt, handle })
+    }
+
+    pub fn link(&self, name: &str) -> Result<Option<LinkInfo>, CniError> {
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut s = h.link().get().match_name(name.to_string()).execute();
+            match s.try_next().await {
+                Ok(Some(msg)) => {
+                    let mut info = LinkInfo {
+                        index: msg.header.index,
+                        mac: String::new(),
+                        mtu: 0,
+                    };
+                    for a in msg.attributes {
+                        match a {
+                            LinkAttribute::Address(b) => info.mac = mac_string(&b),
+                            LinkAttribute::Mtu(m) => info.mtu = m,
+                            _ => {}
+                        }
+                    }
+                    Ok(Some(info))
+                }
+                Ok(None) => Ok(None),
+                Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+                Err(e) => Err(nl_err(format!("get link {name}"), e)),
+            }
+        })
+    }
+
+    /// Creates the bridge if missing; sets its MTU and brings it up.
+    pub fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<LinkInfo, CniError> {
+        if self.link(name)?.is_none() {
+            let h = self.handle.clone();
+            let r = self.rt.block_on(async move {
+                h.link()
+                    .add(LinkBridge::new(name).mtu(mtu).up().build())
+                    .execute()
+                    .await
+            });
+            match r {
+                Ok(()) => {}
+                // A concurrent ADD created it first.
+                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                Err(e) => return Err(nl_err(format!("create bridge {name}"), e)),
+            }
+        }
+        let info = self
+            .link(name)?
+            .ok_or_else(|| CniError::io(format!("bridge {name} vanished")))?;
+        if info.mtu != mtu {
+            self.set(
+                LinkUnspec::new_with_index(info.index).mtu(mtu).up().build(),
+                name,
+            )?;
+        } else {
+            self.set(LinkUnspec::new_with_index(info.index).up().build(), name)?;
+        }
+        self.link(name)?
+            .ok_or_else(|| CniError::io(format!("bridge {name} vanished")))
+    }
+
+    fn set(
+        &self,
+        msg: rtnetlink::packet_route::link::LinkMessage,
+        what: &str,
+    ) -> Result<(), CniError> {
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move { h.link().set(msg).execute().await })
+            .map_err(|e| nl_err(format!("set link {what}"), e))
+    }
+
+    /// Addresses on a link.
+    pub fn addresses(&self, index: u32) -> Result<Vec<Cidr>, CniError> {
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut s = h.address().get().set_link_index_filter(index).execute();
+            let mut out = Vec::new();
+            while let Some(msg) = s
+                .try_next()
+                .await
+                .map_err(|e| nl_err("list addresses", e))?
+            {
+                let prefix = msg.header.prefix_len;
+                for a in msg.attributes {
+                    if let AddressAttribute::Address(addr) = a {
+                        out.push(Cidr { addr, prefix });
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Ensures `cidr` is on the link. Another address of the same subnet is
+    /// replaced if `force`, refused otherwise (as the reference bridge does).
+    pub fn ensure_address(
+        &self,
+        index: u32,
+        cidr: Cidr,
+        force: bool,
+        what: &str,
+    ) -> Result<(), CniError> {
+        let existing = self.addresses(index)?;
+        if existing.contains(&cidr) {
+            return Ok(());
+        }
+        for other in existing
+            .iter()
+            .filter(|a| a.addr.is_ipv4() == cidr.addr.is_ipv4())
+        {
+            let same_subnet = Cidr {
+                addr: cidr.addr,
+                prefix: cidr.prefix,
+            }
+            .contains(other.addr);
+            if same_subnet && cidr.addr.is_ipv4() {
+                if !force {
+                    return Err(CniError::invalid_config(format!(
+                        "{what} already has {other}, not {cidr}; set forceAddress to replace it"
+                    )));
+                }
+                self.del_address(index, *other)?;
+            }
+        }
+        let h = self.handle.clone();
+        let r = self.rt.block_on(async move {
+            h.address()
+                .add(index, cidr.addr, cidr.prefix)
+                .execute()
+                .await
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(nl_err(format!("add {cidr} to {what}"), e)),
+        }
+    }
+
+    fn del_address(&self, index: u32, cidr: Cidr) -> Result<(), CniError> {
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut s = h
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter(cidr.addr)
+                .execute();
+            while let Some(msg) = s
+                .try_next()
+                .await
+                .map_err(|e| nl_err("list addresses", e))?
+            {
+                h.address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| nl_err(format!("remove {cidr}"), e))?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn create_veth(&self, name: &str, peer: &str) -> Result<(), CniError> {
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move {
+                h.link()
+                    .add(LinkVeth::new(name, peer).build())
+                    .execute()
+                    .await
+            })
+            .map_err(|e| nl_err(format!("create veth {name}"), e))
+    }
+
+    pub fn attach_to_bridge(
+        &self,
+        index: u32,
+        bridge: u32,
+        mtu: u32,
+        name: &str,
+    ) -> Result<(), CniError> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .controller(bridge)
+                .mtu(mtu)
+                .up()
+                .build(),
+            name,
+        )
+    }
+
+    pub fn move_to_netns(&self, index: u32, netns: RawFd, name: &str) -> Result<(), CniError> {
+        self.set(
+            LinkUnspec::new_with_index(index).setns_by_fd(netns).build(),
+            name,
+        )
+    }
+
+    /// Renames, sets MTU and brings up a link (inside a pod).
+    pub fn configure(&self, index: u32, new_name: &str, mtu: u32) -> Result<(), CniError> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .name(new_name.to_string())
+                .mtu(mtu)
+                .up()
+                .build(),
+            new_name,
+        )
+    }
+
+    pub fn set_up(&self, index: u32, what: &str) -> Result<(), CniError> {
+        self.set(LinkUnspec::new_with_index(index).up().build(), what)
+    }
+
+    pub fn delete(&self, index: u32, what: &str) -> Result<(), CniError> {
+        let h = self.handle.clone();
+        match self
+            .rt
+            .block_on(async move { h.link().del(index).execute().await })
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(nl_err(format!("delete {what}"), e)),
+        }
+    }
+
+    /// Adds a route via `gw` (or on-link when `gw` is None) out of `index`.
+    pub fn add_route(&self, dst: Cidr, gw: Option<IpAddr>, index: u32) -> Result<(), CniError> {
+        let msg = match (dst.addr, gw) {
+            (IpAddr::V4(d), gw) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(d, dst.prefix)
+                    .output_interface(index);
+                if let Some(IpAddr::V4(g)) = gw {
+                    b = b.gateway(g);
+                }
+                b.build()
+            }
+            (IpAddr::V6(d), gw) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(d, dst.prefix)
+                    .output_interface(index);
+                if let Some(IpAddr::V6(g)) = gw {
+                    b = b.gateway(g);
+                }
+                b.build()
+            }
+        };
+        let h = self.handle.clone();
+        match self
+            .rt
+            .block_on(async move { h.route().add(msg).execute().await })
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(nl_err(format!("add route {dst}"), e)),
+        }
+    }
+
+    /// Routes in the main table as (destination, gateway, output index).
+    pub fn routes(&self, v4: bool) -> Result<Vec<(Cidr, Option<IpAddr>, u32)>, CniError> {
+        let msg = if v4 {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        };
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut s = h.route().get(msg).execute();
+            let mut out = Vec::new();
+            while let Some(m) = s.try_next().await.map_err(|e| nl_err("list routes", e))? {
+                let prefix = m.header.destination_prefix_length;
+                let mut dst = if v4 {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                };
+                let (mut gw, mut oif) = (None, 0);
+                for a in m.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = IpAddr::V4(a),
+                        RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = IpAddr::V6(a),
+                        RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(IpAddr::V4(a)),
+                        RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gw = Some(IpAddr::V6(a)),
+                        RouteAttribute::Oif(i) => oif = i,
+                        _ => {}
+                    }
+                }
+                out.push((Cidr { addr: dst, prefix }, gw, oif));
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Runs `f` with a netlink connection inside the network namespace at `path`,
+/// on a thread of its own so this process's namespace never changes.
+pub fn in_netns<T: Send>(
+    path: &Path,
+    f: impl FnOnce(&Netlink) -> Result<T, CniError> + Send,
+) -> Result<T, CniError> {
+    let ns = std::fs::File::open(path).map_err(|e| {
+        CniError::unknown_container(format!("cannot open netns {}: {e}", path.display()))
+    })?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on this thread only, with a namespace fd we hold open.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(CniError::unknown_container(format!(
+                        "{} is not a network namespace: {}",
+                        path.display(),
+                        std::io::Error::last_os_error()
+                    )));
+                }
+                let nl = Netlink::new()?;
+                f(&nl)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(CniError::io("netns worker panicked")))
+    })
+}
+
+/// Writes a bridge-port flag through sysfs (hairpin mode).
+pub fn set_hairpin(ifname: &str, on: bool) -> Result<(), CniError> {
+    let path = format!("/sys/class/net/{ifname}/brport/hairpin_mode");
+    std::fs::write(&path, if on { "1" } else { "0" })
+        .map_err(|e| CniError::io(format!("cannot set hairpin mode on {ifname}: {e}")))
+}
