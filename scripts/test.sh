@@ -36,3 +36,13 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== tests"
 cargo test --workspace --release
+
+echo "== weft-cni under real container runtimes (podman's CNI backend, containerd's CRI)"
+cargo build --release -p cni-plugin --bins
+shared=$(cd "$(dirname "$0")/../.." && pwd)/shared/cni-runtime
+if [[ $(id -u) == 0 && -d $shared ]]; then
+    bash "$shared/cni-podman-e2e.sh" "$PWD/target/release/weft-cni"
+    bash "$shared/cni-cri-e2e.sh" "$PWD/target/release/weft-cni"
+else
+    echo "SKIPPED: needs root and $shared (the steering repo's shared/ beside this checkout)"
+fi

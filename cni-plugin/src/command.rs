@@ -191,19 +191,12 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
         }
     }
     let host_name = host_veth_name(env);
-    let temp_name = format!("wtmp{}", tag(env));
-    // Leftovers of an earlier attempt with the same attachment would collide.
-    for stale in [&host_name, &temp_name] {
-        if let Some(l) = nl.link(stale)? {
-            nl.delete(l.index, stale)?;
-        }
+    // A leftover of an earlier attempt with the same attachment would collide.
+    if let Some(l) = nl.link(&host_name)? {
+        nl.delete(l.index, &host_name)?;
     }
-    nl.create_veth(&host_name, &temp_name)?;
+    nl.create_veth_into(&host_name, &env.ifname, ns_file.as_raw_fd(), mtu)?;
     rollback.host_veth = Some(host_name.clone());
-    let peer = nl
-        .link(&temp_name)?
-        .ok_or_else(|| CniError::io(format!("veth peer {temp_name} vanished")))?;
-    nl.move_to_netns(peer.index, ns_file.as_raw_fd(), &temp_name)?;
     let host = nl
         .link(&host_name)?
         .ok_or_else(|| CniError::io(format!("veth {host_name} vanished")))?;
@@ -232,15 +225,10 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
     let pod_routes = routes.clone();
     let pod_ips = allocations.clone();
     let pod_mac = in_netns(netns, move |pn| {
-        if pn.link(&ifname)?.is_some() {
-            return Err(CniError::invalid_config(format!(
-                "interface {ifname} already exists in the container"
-            )));
-        }
         let l = pn
-            .link(&temp_name)?
-            .ok_or_else(|| CniError::io(format!("{temp_name} did not arrive in the netns")))?;
-        pn.configure(l.index, &ifname, mtu)?;
+            .link(&ifname)?
+            .ok_or_else(|| CniError::io(format!("{ifname} did not appear in the container")))?;
+        pn.set_up(l.index, &ifname)?;
         for a in &pod_ips {
             pn.ensure_address(l.index, a.address, true, &ifname)?;
         }

@@ -1,0 +1,538 @@
+//! weft-cni executed as a runtime executes it (environment, stdin, stdout),
+//! with the "host" and every "pod" in network namespaces made by the test and
+//! removed on drop, even when an assertion fails.
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_weft-cni");
+const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for network namespaces");
+        return false;
+    }
+    true
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A network namespace, deleted on drop.
+struct Ns(String);
+
+impl Ns {
+    fn new() -> Self {
+        let name = unique("wc");
+        let ok = Command::new("ip").args(["netns", "add", &name]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "ip netns add {name}");
+        let ns = Self(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.0))
+    }
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ip netns exec")
+    }
+    fn ok(&self, args: &[&str]) -> bool {
+        self.exec(args).status.success()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new() -> Self {
+        let p = std::env::temp_dir().join(unique("weft-cni-test-"));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One node: a host namespace (bridge, veths live there) and an IPAM dir.
+struct Node {
+    host: Ns,
+    data: TempDir,
+    subnet: String,
+}
+
+impl Node {
+    fn new(subnet: &str) -> Self {
+        Self {
+            host: Ns::new(),
+            data: TempDir::new(),
+            subnet: subnet.to_string(),
+        }
+    }
+
+    fn conf(&self, version: &str, ipam_type: &str) -> Value {
+        json!({
+            "cniVersion": version, "name": "weftnet", "type": "weft-cni",
+            "bridge": "kube-bridge", "isDefaultGateway": true, "forceAddress": true, "mtu": 1420,
+            "ipam": {"type": ipam_type, "ranges": [[{"subnet": self.subnet}]],
+                     "dataDir": self.data.0.to_str().unwrap_or_default()}
+        })
+    }
+
+    /// Runs `plugin` (a path) in the host namespace.
+    fn call(
+        &self,
+        plugin: &str,
+        command: &str,
+        id: &str,
+        netns: Option<&Path>,
+        conf: &Value,
+    ) -> Output {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.host.0, plugin])
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", REFERENCE_DIR)
+            .env(
+                "CNI_NETNS",
+                netns.map(|p| p.to_str().unwrap_or_default()).unwrap_or(""),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn plugin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("write config");
+        child.wait_with_output().expect("plugin output")
+    }
+
+    fn add(&self, id: &str, pod: &Ns) -> Value {
+        let out = self.call(
+            PLUGIN,
+            "ADD",
+            id,
+            Some(&pod.path()),
+            &self.conf("1.0.0", "host-local"),
+        );
+        assert!(
+            out.status.success(),
+            "ADD failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("ADD result is JSON")
+    }
+
+    fn del(&self, id: &str, netns: Option<&Path>) -> Output {
+        self.call(PLUGIN, "DEL", id, netns, &self.conf("1.0.0", "host-local"))
+    }
+
+    fn reserved(&self) -> Vec<String> {
+        let dir = self.data.0.join("weftnet");
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+fn ip_of(result: &Value) -> String {
+    let a = result["ips"][0]["address"].as_str().expect("address");
+    a.split('/').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn two_pods_talk_through_the_bridge() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("10.60.0.0/24");
+    let (p1, p2) = (Ns::new(), Ns::new());
+    let r1 = node.add("pod-one", &p1);
+    let r2 = node.add("pod-two", &p2);
+    let (ip1, ip2) = (ip_of(&r1), ip_of(&r2));
+    assert_ne!(ip1, ip2);
+    assert_eq!(r1["cniVersion"], "1.0.0");
+    assert_eq!(r1["ips"][0]["gateway"], "10.60.0.1");
+    assert_eq!(r1["interfaces"][2]["name"], "eth0");
+    assert_eq!(
+        r1["interfaces"][2]["sandbox"],
+        p1.path().to_str().unwrap_or_default()
+    );
+    assert!(r1["interfaces"][2]["mac"]
+        .as_str()
+        .is_some_and(|m| m.len() == 17));
+    assert_eq!(r1["routes"][0]["dst"], "0.0.0.0/0");
+    let mtu = p1.exec(&["cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1420");
+    let bmtu = node.host.exec(&["cat", "/sys/class/net/kube-bridge/mtu"]);
+    assert_eq!(String::from_utf8_lossy(&bmtu.stdout).trim(), "1420");
+    assert!(p1.ok(&["ping", "-c", "1", "-W", "2", &ip2]), "pod1 -> pod2");
+    assert!(p2.ok(&["ping", "-c", "1", "-W", "2", &ip1]), "pod2 -> pod1");
+    assert!(
+        p1.ok(&["ping", "-c", "1", "-W", "2", "10.60.0.1"]),
+        "pod1 -> gateway"
+    );
+    assert!(
+        node.host.ok(&["ping", "-c", "1", "-W", "2", &ip1]),
+        "node -> pod1"
+    );
+
+    // CHECK passes on the real state, then fails clearly once a route is gone.
+    let mut conf = node.conf("1.0.0", "host-local");
+    conf["prevResult"] = r1.clone();
+    let out = node.call(PLUGIN, "CHECK", "pod-one", Some(&p1.path()), &conf);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(p1.ok(&["ip", "route", "del", "default"]));
+    let out = node.call(PLUGIN, "CHECK", "pod-one", Some(&p1.path()), &conf);
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
+    assert_eq!(err["code"], 100);
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("route to 0.0.0.0/0"),
+        "{err}"
+    );
+
+    // DEL twice; then DEL after the netns is gone.
+    assert!(node.del("pod-one", Some(&p1.path())).status.success());
+    assert!(node.del("pod-one", Some(&p1.path())).status.success());
+    assert!(!p1.ok(&["ip", "link", "show", "eth0"]));
+    drop(p2);
+    assert!(node
+        .del("pod-two", Some(Path::new("/var/run/netns/gone-already")))
+        .status
+        .success());
+    assert!(node.del("pod-two", None).status.success());
+    assert!(node.reserved().is_empty(), "left: {:?}", node.reserved());
+    let veths = node
+        .host
+        .exec(&["ip", "-o", "link", "show", "type", "veth"]);
+    assert!(
+        veths.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&veths.stdout)
+    );
+}
+
+#[test]
+fn results_follow_the_requested_spec_version() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("10.61.0.0/24");
+    for (i, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+        let pod = Ns::new();
+        let id = format!("v{i}");
+        let out = node.call(
+            PLUGIN,
+            "ADD",
+            &id,
+            Some(&pod.path()),
+            &node.conf(version, "host-local"),
+        );
+        assert!(
+            out.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(r["cniVersion"], *version);
+        let legacy = version.starts_with("0.");
+        assert_eq!(
+            r["ips"][0].get("version").is_some(),
+            legacy,
+            "{version}: {r}"
+        );
+        assert_eq!(
+            r["interfaces"][2].get("mtu").is_some(),
+            *version == "1.1.0",
+            "{version}"
+        );
+        assert!(node.del(&id, Some(&pod.path())).status.success());
+    }
+    let status = node.call(
+        PLUGIN,
+        "STATUS",
+        "",
+        None,
+        &node.conf("1.1.0", "host-local"),
+    );
+    assert!(status.status.success());
+}
+
+/// Our IPAM and the reference host-local take turns on one data dir.
+#[test]
+fn ipam_interoperates_with_reference_host_local() {
+    if !can_run() {
+        return;
+    }
+    let reference = format!("{REFERENCE_DIR}/host-local");
+    assert!(
+        Path::new(&reference).exists(),
+        "containernetworking-plugins is not installed"
+    );
+    let node = Node::new("10.62.0.0/24");
+    let conf = node.conf("1.0.0", "host-local");
+    let ipam_conf = {
+        // host-local reads its keys under "ipam" of the same document.
+        conf.clone()
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut pods = Vec::new();
+    for i in 0..6 {
+        let id = format!("mix{i}");
+        let ip = if i % 2 == 0 {
+            let pod = Ns::new();
+            let r = node.add(&id, &pod);
+            pods.push(pod);
+            ip_of(&r)
+        } else {
+            let out = node.call(
+                &reference,
+                "ADD",
+                &id,
+                Some(Path::new("/dev/null")),
+                &ipam_conf,
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+            ip_of(&r)
+        };
+        assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+    }
+    assert_eq!(node.reserved().len(), 6);
+    // Each releases the other's reservations.
+    for i in 0..6 {
+        let id = format!("mix{i}");
+        let out = if i % 2 == 1 {
+            node.del(&id, None)
+        } else {
+            node.call(&reference, "DEL", &id, None, &ipam_conf)
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert!(node.reserved().is_empty(), "left: {:?}", node.reserved());
+}
+
+#[test]
+fn fifty_concurrent_adds_get_distinct_addresses() {
+    if !can_run() {
+        return;
+    }
+    let node = std::sync::Arc::new(Node::new("10.63.0.0/24"));
+    let pods: Vec<std::sync::Arc<Ns>> = (0..50).map(|_| std::sync::Arc::new(Ns::new())).collect();
+    let handles: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            let (node, pod) = (node.clone(), pod.clone());
+            std::thread::spawn(move || ip_of(&node.add(&format!("c{i}"), &pod)))
+        })
+        .collect();
+    let ips: std::collections::HashSet<String> = handles
+        .into_iter()
+        .map(|h| h.join().expect("ADD thread"))
+        .collect();
+    assert_eq!(ips.len(), 50, "duplicate addresses");
+    assert_eq!(node.reserved().len(), 50);
+    let handles: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            let (node, pod) = (node.clone(), pod.clone());
+            std::thread::spawn(move || {
+                node.del(&format!("c{i}"), Some(&pod.path()))
+                    .status
+                    .success()
+            })
+        })
+        .collect();
+    assert!(handles.into_iter().all(|h| h.join().unwrap_or(false)));
+    assert!(node.reserved().is_empty(), "left: {:?}", node.reserved());
+}
+
+/// A failed ADD leaves nothing behind.
+#[test]
+fn failed_add_rolls_back() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("10.64.0.0/24");
+    let pod = Ns::new();
+    // An interface named eth0 already in the pod makes the ADD fail late,
+    // after the address is reserved and the veth created.
+    assert!(pod.ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"]));
+    let out = node.call(
+        PLUGIN,
+        "ADD",
+        "doomed",
+        Some(&pod.path()),
+        &node.conf("1.0.0", "host-local"),
+    );
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
+    assert!(
+        err["msg"].as_str().unwrap_or_default().contains("eth0"),
+        "{err}"
+    );
+    assert!(node.reserved().is_empty(), "leaked {:?}", node.reserved());
+    let veths = node
+        .host
+        .exec(&["ip", "-o", "link", "show", "type", "veth"]);
+    assert!(
+        veths.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&veths.stdout)
+    );
+}
+
+/// Malformed configurations and environments: an error JSON with a code and a
+/// message, never a panic (exit 101) or a hang.
+#[test]
+fn malformed_input_gets_error_json() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("10.65.0.0/24");
+    let base = node.conf("1.0.0", "host-local").to_string();
+    let mut inputs: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"{".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        br#"{"cniVersion":"1.0.0"}"#.to_vec(),
+        br#"{"cniVersion":"9.9.9","name":"x"}"#.to_vec(),
+        br#"{"cniVersion":"1.0.0","name":"x","ipam":{"type":"host-local"}}"#.to_vec(),
+        br#"{"cniVersion":"1.0.0","name":"x","ipam":{"type":"no-such-plugin"}}"#.to_vec(),
+        br#"{"cniVersion":"1.0.0","name":"x","ipam":{"type":"../../bin/sh"}}"#.to_vec(),
+        br#"{"cniVersion":"1.0.0","name":"x","mtu":"big"}"#.to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x01],
+    ];
+    // Deterministic mutations of a valid config: cut, flip and splice bytes.
+    let mut seed = 0xdead_beef_u64;
+    for _ in 0..60 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut b = base.as_bytes().to_vec();
+        let pos = (seed as usize) % b.len();
+        match seed % 3 {
+            0 => b.truncate(pos),
+            1 => b[pos] = (seed >> 8) as u8,
+            _ => b.insert(pos, b"{}[],:\"0"[(seed >> 16) as usize % 8]),
+        }
+        inputs.push(b);
+    }
+    let pod = Ns::new();
+    for input in &inputs {
+        for command in ["ADD", "DEL", "CHECK"] {
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &node.host.0, PLUGIN])
+                .env("CNI_COMMAND", command)
+                .env("CNI_CONTAINERID", "fuzz")
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_NETNS", pod.path())
+                .env("CNI_PATH", REFERENCE_DIR)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn");
+            let _ = child.stdin.take().expect("stdin").write_all(input);
+            let out = child.wait_with_output().expect("output");
+            assert_ne!(
+                out.status.code(),
+                Some(101),
+                "panic on {:?}",
+                String::from_utf8_lossy(input)
+            );
+            if !out.status.success() {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                    panic!(
+                        "not error JSON ({e}): {}",
+                        String::from_utf8_lossy(&out.stdout)
+                    )
+                });
+                assert!(v["code"].as_u64().is_some_and(|c| c > 0), "{v}");
+                assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+            } else {
+                // A mutation that is still a valid config: clean up after it.
+                let _ = node.del("fuzz", Some(&pod.path()));
+            }
+        }
+    }
+    // Bad environment with a good config.
+    for (k, v) in [
+        ("CNI_COMMAND", "BOGUS"),
+        ("CNI_IFNAME", ""),
+        ("CNI_CONTAINERID", ""),
+    ] {
+        let mut c = Command::new(PLUGIN);
+        c.env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", "x")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", pod.path())
+            .env(k, v)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = c.spawn().expect("spawn");
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(base.as_bytes());
+        let out = child.wait_with_output().expect("output");
+        let e: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
+        assert_eq!(e["code"], 4, "{k}={v}: {e}");
+    }
+}
