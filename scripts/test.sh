@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(wireguard-tools wireguard-go iperf3 iproute2 iputils-ping containernetworking-plugins)
+packages=(wireguard-tools wireguard-go iperf3 iproute2 iputils-ping containernetworking-plugins iptables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -536,3 +536,79 @@ fn malformed_input_gets_error_json() {
         assert_eq!(e["code"], 4, "{k}={v}: {e}");
     }
 }
+
+/// Chained with the reference portmap: the result we return is the
+/// prevResult it builds on, and a host port reaches the pod.
+#[test]
+fn chains_with_reference_portmap() {
+    if !can_run() {
+        return;
+    }
+    let portmap = format!("{REFERENCE_DIR}/portmap");
+    assert!(
+        Path::new(&portmap).exists(),
+        "containernetworking-plugins is not installed"
+    );
+    let node = Node::new("10.66.0.0/24");
+    let pod = Ns::new();
+    let result = node.add("web", &pod);
+    let pod_ip = ip_of(&result);
+
+    // A TCP server in the pod on port 80 that answers "hello".
+    let pod_path = pod.path();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let f = std::fs::File::open(&pod_path).expect("netns");
+        // SAFETY: setns for this thread only.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
+        let l = std::net::TcpListener::bind("0.0.0.0:80").expect("bind :80 in pod");
+        l.set_nonblocking(true).expect("nonblocking");
+        ready_tx.send(()).expect("ready");
+        // Bounded: give up after 5 s so a broken mapping fails the test
+        // instead of hanging it.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < end {
+            if let Ok((mut s, _)) = l.accept() {
+                let _ = s.write_all(b"hello");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+    ready_rx.recv().expect("server ready");
+
+    let mut conf = json!({
+        "cniVersion": "1.0.0", "name": "weftnet", "type": "portmap", "snat": true,
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [{"hostPort": 18090, "containerPort": 80, "protocol": "tcp"}]},
+    });
+    conf["prevResult"] = result.clone();
+    let out = node.call(&portmap, "ADD", "web", Some(&pod.path()), &conf);
+    assert!(
+        out.status.success(),
+        "portmap ADD: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chained: Value = serde_json::from_slice(&out.stdout).expect("portmap result");
+    assert_eq!(ip_of(&chained), pod_ip, "portmap passes our result through");
+
+    // From the node, the bridge address's port 18090 lands in the pod.
+    let got = node.host.exec(&[
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/10.66.0.1/18090 && timeout 3 cat <&3",
+    ]);
+    let _ = server.join();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "hello",
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+
+    let out = node.call(&portmap, "DEL", "web", Some(&pod.path()), &conf);
+    assert!(out.status.success());
+    assert!(node.del("web", Some(&pod.path())).status.success());
+}
