@@ -138,6 +138,7 @@ struct Rollback<'a> {
     env: &'a Env,
     stdin: &'a [u8],
     ipam_done: bool,
+    masq_done: bool,
     host_veth: Option<String>,
     armed: bool,
 }
@@ -153,6 +154,9 @@ impl Drop for Rollback<'_> {
                     let _ = nl.delete(l.index, name);
                 }
             }
+        }
+        if self.masq_done {
+            let _ = crate::masq::teardown(&self.conf.name, &self.env.container_id);
         }
         if self.ipam_done {
             if let Ok(ipam) = self.conf.ipam() {
@@ -172,6 +176,7 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
         env,
         stdin,
         ipam_done: false,
+        masq_done: false,
         host_veth: None,
         armed: true,
     };
@@ -228,6 +233,12 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
         let l = pn
             .link(&ifname)?
             .ok_or_else(|| CniError::io(format!("{ifname} did not appear in the container")))?;
+        if pod_ips.iter().any(|a| a.address.addr.is_ipv6()) {
+            // The address is ours alone (IPAM says so): skip duplicate address
+            // detection, which would hold it "tentative" for a second or two.
+            // This thread is in the pod's namespace, so /proc/sys/net is the pod's.
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0");
+        }
         pn.set_up(l.index, &ifname)?;
         for a in &pod_ips {
             pn.ensure_address(l.index, a.address, true, &ifname)?;
@@ -243,6 +254,12 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
         }
         Ok(pn.link(&ifname)?.map(|l| l.mac).unwrap_or_default())
     })?;
+    if conf.ip_masq {
+        rollback.masq_done = true;
+        for a in &allocations {
+            crate::masq::setup(&conf.name, &env.container_id, a.address)?;
+        }
+    }
     let host = nl.link(&host_name)?.unwrap_or(host);
     rollback.armed = false;
 
@@ -302,6 +319,9 @@ fn del(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
                 }
             }
         }
+    }
+    if conf.ip_masq {
+        crate::masq::teardown(&conf.name, &env.container_id)?;
     }
     // A host end left behind (its pod end was moved away or never moved).
     let nl = Netlink::new()?;

@@ -250,11 +250,6 @@ impl NetConf {
         if conf.vlan.is_some() {
             return Err(CniError::unsupported("vlan is not supported by weft-cni"));
         }
-        if conf.ip_masq {
-            return Err(CniError::unsupported(
-                "ipMasq is not supported by weft-cni: the Weft agent masquerades pod traffic leaving the mesh",
-            ));
-        }
         Ok(conf)
     }
 
@@ -423,11 +418,7 @@ mod tests {
                 7,
                 "bridge",
             ),
-            (
-                r#"{"cniVersion":"1.0.0","name":"n","ipMasq":true}"#,
-                2,
-                "ipMasq",
-            ),
+            (r#"{"cniVersion":"1.0.0","name":"n","vlan":5}"#, 2, "vlan"),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local","subnet":"10.0.0.0/33"}}"#,
                 6,

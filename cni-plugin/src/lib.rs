@@ -10,4 +10,5 @@ pub mod config;
 pub mod error;
 pub mod ipam;
 pub mod link;
+pub mod masq;
 pub mod result;

@@ -612,3 +612,131 @@ fn chains_with_reference_portmap() {
     assert!(out.status.success());
     assert!(node.del("web", Some(&pod.path())).status.success());
 }
+
+/// Dual stack: one IPv4 and one IPv6 range set; both addresses, both
+/// default routes, reachable at once.
+#[test]
+fn dual_stack_pods() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("10.67.0.0/24");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "weftnet", "type": "weft-cni",
+        "bridge": "kube-bridge", "isDefaultGateway": true, "forceAddress": true, "mtu": 1420,
+        "ipam": {"type": "host-local",
+                 "ranges": [[{"subnet": "10.67.0.0/24"}], [{"subnet": "fd00:67::/64"}]],
+                 "dataDir": node.data.0.to_str().unwrap_or_default()}
+    });
+    let (p1, p2) = (Ns::new(), Ns::new());
+    let mut v6 = Vec::new();
+    for (id, pod) in [("d1", &p1), ("d2", &p2)] {
+        let out = node.call(PLUGIN, "ADD", id, Some(&pod.path()), &conf);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(r["ips"].as_array().map(Vec::len), Some(2), "{r}");
+        assert_eq!(r["ips"][1]["gateway"], "fd00:67::1");
+        let routes: Vec<&str> = r["routes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["dst"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            routes.contains(&"0.0.0.0/0") && routes.contains(&"::/0"),
+            "{routes:?}"
+        );
+        let a = r["ips"][1]["address"].as_str().unwrap_or_default();
+        v6.push(a.split('/').next().unwrap_or_default().to_string());
+    }
+    assert!(
+        p1.ok(&["ping", "-6", "-c", "1", "-W", "3", &v6[1]]),
+        "pod1 -> pod2 over IPv6"
+    );
+    assert!(
+        p2.ok(&["ping", "-6", "-c", "1", "-W", "3", "fd00:67::1"]),
+        "pod2 -> IPv6 gateway"
+    );
+    for (id, pod) in [("d1", &p1), ("d2", &p2)] {
+        assert!(node
+            .call(PLUGIN, "DEL", id, Some(&pod.path()), &conf)
+            .status
+            .success());
+    }
+    assert!(node.reserved().is_empty(), "left: {:?}", node.reserved());
+}
+
+/// ipMasq: traffic leaving the pod subnet is masqueraded; DEL removes the rules.
+#[test]
+fn ip_masq_rules_follow_the_pod() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("10.68.0.0/24");
+    let pod = Ns::new();
+    let mut conf = node.conf("1.0.0", "host-local");
+    conf["ipMasq"] = json!(true);
+    let out = node.call(PLUGIN, "ADD", "masq", Some(&pod.path()), &conf);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let ip = ip_of(&r);
+    let rules = node.host.exec(&["iptables", "-t", "nat", "-S"]);
+    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    assert!(
+        rules.contains(&format!("-A POSTROUTING -s {ip}/32")),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("-d 10.68.0.0/24") && rules.contains("MASQUERADE"),
+        "{rules}"
+    );
+    assert!(node
+        .call(PLUGIN, "DEL", "masq", Some(&pod.path()), &conf)
+        .status
+        .success());
+    let after = node.host.exec(&["iptables", "-t", "nat", "-S"]);
+    let after = String::from_utf8_lossy(&after.stdout).into_owned();
+    assert!(!after.contains("CNI-WEFT"), "rules left after DEL: {after}");
+    // DEL again (rules already gone) still succeeds.
+    assert!(node
+        .call(PLUGIN, "DEL", "masq", Some(&pod.path()), &conf)
+        .status
+        .success());
+}
+
+/// An `ipam.type` other than host-local is delegated to that plugin from
+/// CNI_PATH (here the reference `static`).
+#[test]
+fn delegates_other_ipam_plugins() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("10.69.0.0/24");
+    let pod = Ns::new();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "weftnet", "type": "weft-cni", "bridge": "kube-bridge",
+        "isGateway": true, "mtu": 1420,
+        "ipam": {"type": "static", "addresses": [{"address": "10.69.0.5/24", "gateway": "10.69.0.1"}]}
+    });
+    let out = node.call(PLUGIN, "ADD", "st", Some(&pod.path()), &conf);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["ips"][0]["address"], "10.69.0.5/24");
+    assert!(pod.ok(&["ping", "-c", "1", "-W", "2", "10.69.0.1"]));
+    assert!(node
+        .call(PLUGIN, "DEL", "st", Some(&pod.path()), &conf)
+        .status
+        .success());
+    assert!(!pod.ok(&["ip", "link", "show", "eth0"]));
+}
