@@ -57,58 +57,15 @@ pub fn setup(network: &str, container_id: &str, address: Cidr) -> Result<(), Cni
     if iptables(v4, &["-t", "nat", "-N", &chain]).is_err() {
         iptables(v4, &["-t", "nat", "-F", &chain])?;
     }
-    iptables(
-        v4,
-        &[
-            "-t",
-            "nat",
-            "-A",
-            &chain,
-            "-d",
-            &subnet,
-            "-j",
-            "ACCEPT",
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-        ],
-    )?;
-    iptables(
-        v4,
-        &[
-            "-t",
-            "nat",
-            "-A",
-            &chain,
-            "!",
-            "-d",
-            multicast,
-            "-j",
-            "MASQUERADE",
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-        ],
-    )?;
-    iptables(
-        v4,
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            &src,
-            "-j",
-            &chain,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-        ],
-    )?;
+    let append = |chain: &str, rule: &[&str]| -> Result<String, CniError> {
+        let mut args = vec!["-t", "nat", "-A", chain];
+        args.extend_from_slice(rule);
+        args.extend_from_slice(&["-m", "comment", "--comment", &comment]);
+        iptables(v4, &args)
+    };
+    append(&chain, &["-d", &subnet, "-j", "ACCEPT"])?;
+    append(&chain, &["!", "-d", multicast, "-j", "MASQUERADE"])?;
+    append("POSTROUTING", &["-s", &src, "-j", &chain])?;
     Ok(())
 }
 

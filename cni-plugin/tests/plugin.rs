@@ -157,6 +157,18 @@ impl Node {
         self.call(PLUGIN, "DEL", id, netns, &self.conf("1.0.0", "host-local"))
     }
 
+    /// Every veth on the node was removed.
+    fn assert_no_veths(&self) {
+        let veths = self
+            .host
+            .exec(&["ip", "-o", "link", "show", "type", "veth"]);
+        assert!(
+            veths.stdout.is_empty(),
+            "veths left: {}",
+            String::from_utf8_lossy(&veths.stdout)
+        );
+    }
+
     fn reserved(&self) -> Vec<String> {
         let dir = self.data.0.join("weftnet");
         let mut v: Vec<String> = std::fs::read_dir(&dir)
@@ -246,14 +258,7 @@ fn two_pods_talk_through_the_bridge() {
         .success());
     assert!(node.del("pod-two", None).status.success());
     assert!(node.reserved().is_empty(), "left: {:?}", node.reserved());
-    let veths = node
-        .host
-        .exec(&["ip", "-o", "link", "show", "type", "veth"]);
-    assert!(
-        veths.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&veths.stdout)
-    );
+    node.assert_no_veths();
 }
 
 #[test]
@@ -426,14 +431,7 @@ fn failed_add_rolls_back() {
         "{err}"
     );
     assert!(node.reserved().is_empty(), "leaked {:?}", node.reserved());
-    let veths = node
-        .host
-        .exec(&["ip", "-o", "link", "show", "type", "veth"]);
-    assert!(
-        veths.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&veths.stdout)
-    );
+    node.assert_no_veths();
 }
 
 /// Malformed configurations and environments: an error JSON with a code and a

@@ -37,23 +37,32 @@ fn from_base64(s: &str) -> Result<[u8; 32], KeyError> {
     bytes.try_into().map_err(|_| KeyError::Base64)
 }
 
+/// The encodings every key type shares.
+macro_rules! key_encodings {
+    ($t:ident) => {
+        impl $t {
+            pub fn from_hex(s: &str) -> Result<Self, KeyError> {
+                from_hex(s).map(Self)
+            }
+            pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+                from_base64(s).map(Self)
+            }
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+            pub fn to_base64(&self) -> String {
+                BASE64.encode(self.0)
+            }
+        }
+    };
+}
+
 /// A peer's or our own public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey(pub [u8; 32]);
+key_encodings!(PublicKey);
 
 impl PublicKey {
-    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
-        from_hex(s).map(Self)
-    }
-    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        from_base64(s).map(Self)
-    }
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-    pub fn to_base64(&self) -> String {
-        BASE64.encode(self.0)
-    }
     pub(crate) fn to_x25519(self) -> x25519::PublicKey {
         x25519::PublicKey::from(self.0)
     }
@@ -74,6 +83,7 @@ impl fmt::Display for PublicKey {
 /// Our static private key. Clamping is applied by x25519 when it is used.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrivateKey(pub [u8; 32]);
+key_encodings!(PrivateKey);
 
 impl PrivateKey {
     /// A fresh key from the operating system's random source.
@@ -81,18 +91,6 @@ impl PrivateKey {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
         Ok(Self(bytes))
-    }
-    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
-        from_hex(s).map(Self)
-    }
-    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        from_base64(s).map(Self)
-    }
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-    pub fn to_base64(&self) -> String {
-        BASE64.encode(self.0)
     }
     /// All-zero means "no key" on the UAPI socket.
     pub fn is_zero(&self) -> bool {
@@ -115,17 +113,9 @@ impl fmt::Debug for PrivateKey {
 /// An optional symmetric key mixed into the handshake.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PresharedKey(pub [u8; 32]);
+key_encodings!(PresharedKey);
 
 impl PresharedKey {
-    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
-        from_hex(s).map(Self)
-    }
-    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        from_base64(s).map(Self)
-    }
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
     pub fn is_zero(&self) -> bool {
         self.0 == [0u8; 32]
     }
