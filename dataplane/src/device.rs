@@ -238,7 +238,7 @@ impl Device {
 
     /// Applies a configuration change atomically: on error nothing changed.
     pub fn apply(&self, update: &DeviceUpdate) -> Result<(), DeviceError> {
-        let mut keepalives = Vec::new();
+        let mut greet = Vec::new();
         {
             let mut st = self.shared.state.write();
             // Binding a new socket is the only step that can fail, so it comes
@@ -259,8 +259,9 @@ impl Device {
             }
             st.listen_port = port;
             st.fwmark = fwmark;
+            let mut new_identity = false;
             if let Some(key) = &update.private_key {
-                set_private_key(&mut st, key);
+                new_identity = set_private_key(&mut st, key);
             }
             if update.replace_peers {
                 st.peers.clear();
@@ -269,13 +270,19 @@ impl Device {
             }
             for pu in &update.peers {
                 if let Some(peer) = apply_peer(&mut st, pu) {
-                    keepalives.push(peer);
+                    greet.push(peer);
                 }
             }
+            if new_identity {
+                greet = st.peers.values().cloned().collect();
+            }
         }
-        // A newly set persistent keepalive is sent at once, which also starts
-        // the handshake, so a peer behind NAT becomes reachable right away.
-        for peer in keepalives {
+        // Greet new peers, peers at a new endpoint and peers given a new
+        // keepalive at once: the keepalive starts a handshake when there is
+        // no session. A restarted node thus re-establishes its tunnels within
+        // a round trip instead of waiting for the other side to notice the
+        // silence (15 s), and a node behind NAT becomes reachable at once.
+        for peer in greet {
             outbound::send_keepalive(&self.shared, &peer);
         }
         Ok(())
@@ -409,9 +416,10 @@ fn random_u32() -> u32 {
     u32::from_le_bytes(b)
 }
 
-fn set_private_key(st: &mut State, key: &PrivateKey) {
+/// Sets or clears the key; true if the device now has a new identity.
+fn set_private_key(st: &mut State, key: &PrivateKey) -> bool {
     if st.private_key.as_ref() == Some(key) || (key.is_zero() && st.private_key.is_none()) {
-        return;
+        return false;
     }
     if key.is_zero() {
         st.private_key = None;
@@ -431,6 +439,7 @@ fn set_private_key(st: &mut State, key: &PrivateKey) {
     for peer in st.peers.values() {
         peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter);
     }
+    st.identity.is_some()
 }
 
 fn remove_peer_routes(st: &mut State, peer: &Arc<Peer>) {
@@ -438,7 +447,8 @@ fn remove_peer_routes(st: &mut State, peer: &Arc<Peer>) {
     st.allowed_ips.retain(|p| !Arc::ptr_eq(p, peer));
 }
 
-/// Applies one peer's changes; returns the peer if a keepalive should go out now.
+/// Applies one peer's changes; returns the peer if it should be greeted now
+/// (new, moved to another endpoint, or given a new persistent keepalive).
 fn apply_peer(st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
     if pu.remove {
         if let Some(p) = st.peers.remove(&pu.public_key) {
@@ -449,6 +459,7 @@ fn apply_peer(st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
     if st.identity.as_ref().map(|id| id.public.to_bytes()) == Some(pu.public_key.0) {
         return None;
     }
+    let mut greet = false;
     let peer = match st.peers.get(&pu.public_key) {
         Some(p) => p.clone(),
         None if pu.update_only => return None,
@@ -463,6 +474,7 @@ fn apply_peer(st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
             peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter);
             st.peers.insert(pu.public_key, peer.clone());
             st.by_index.insert(index, peer.clone());
+            greet = true;
             peer
         }
     };
@@ -474,7 +486,8 @@ fn apply_peer(st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
         }
     }
     if let Some(ep) = pu.endpoint {
-        *peer.endpoint.lock() = Some(ep);
+        let old = peer.endpoint.lock().replace(ep);
+        greet |= old != Some(ep);
     }
     if pu.replace_allowed_ips {
         st.allowed_ips.retain(|p| !Arc::ptr_eq(p, &peer));
@@ -482,11 +495,9 @@ fn apply_peer(st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
     for prefix in &pu.allowed_ips {
         st.allowed_ips.insert(*prefix, peer.clone());
     }
-    match pu.persistent_keepalive {
-        Some(secs) => {
-            let old = peer.keepalive.swap(secs, Ordering::Relaxed);
-            (secs > 0 && old != secs).then_some(peer)
-        }
-        None => None,
+    if let Some(secs) = pu.persistent_keepalive {
+        let old = peer.keepalive.swap(secs, Ordering::Relaxed);
+        greet |= secs > 0 && old != secs;
     }
+    greet.then_some(peer)
 }

@@ -257,14 +257,15 @@ fn handle_datagram(
             // packets that waited for the session.
             peer.received_from(from, datagram.len());
             let n = reply.len();
-            let mut sent = udp.send(from, &out[..n], n).map(|_| n).unwrap_or(0);
+            if udp.send(from, &out[..n], n).is_ok() {
+                peer.sent(&out[..n], shared.now_ms());
+            }
             while let TunnResult::WriteToNetwork(msg) = tunn.decapsulate(None, &[], scratch) {
                 let n = msg.len();
                 if udp.send(from, &scratch[..n], n).is_ok() {
-                    sent += n;
+                    peer.sent(&scratch[..n], shared.now_ms());
                 }
             }
-            peer.sent(sent, shared.now_ms());
         }
         TunnResult::Done => peer.received_from(from, datagram.len()),
         TunnResult::Err(e) => tracing::trace!(%from, "dropped message: {e:?}"),

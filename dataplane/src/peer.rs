@@ -34,6 +34,8 @@ pub(crate) struct Peer {
     pub(crate) tx_bytes: AtomicU64,
     /// Milliseconds since the device started, of the last send to this peer.
     pub(crate) last_sent_ms: AtomicU64,
+    /// Milliseconds since the device started, of our last handshake initiation.
+    pub(crate) last_initiation_ms: AtomicU64,
 }
 
 /// Our static identity, as boringtun wants it.
@@ -56,6 +58,7 @@ impl Peer {
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             last_sent_ms: AtomicU64::new(0),
+            last_initiation_ms: AtomicU64::new(0),
         }
     }
 
@@ -95,9 +98,14 @@ impl Peer {
         }
     }
 
-    pub(crate) fn sent(&self, bytes: usize, now_ms: u64) {
-        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    /// Records a send of `message` (one or more WireGuard messages).
+    pub(crate) fn sent(&self, message: &[u8], now_ms: u64) {
+        self.tx_bytes
+            .fetch_add(message.len() as u64, Ordering::Relaxed);
         self.last_sent_ms.store(now_ms, Ordering::Relaxed);
+        if message.first() == Some(&1) {
+            self.last_initiation_ms.store(now_ms, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn last_handshake(&self) -> Option<SystemTime> {

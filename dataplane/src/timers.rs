@@ -53,7 +53,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                         if let Some(ep) = endpoint {
                             let n = msg.len();
                             if udp.send(ep, &buf[..n], n).is_ok() {
-                                peer.sent(n, now_ms);
+                                peer.sent(&buf[..n], now_ms);
                             }
                         }
                     }

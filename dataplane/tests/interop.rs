@@ -79,11 +79,15 @@ fn peer_restart_rehandshakes() {
             .b
             .ip(&["addr", "add", &format!("{TB}/24"), "dev", &name]);
         t.pair.b.ip(&["link", "set", &name, "up"]);
-        // a still has the old session; its first packets are rejected by the
-        // new b, and the handshake retry (5 s) restores the tunnel.
+        // a still has the old session and b drops what it sends. A restarted
+        // weft-wg greets its peers as soon as it is configured, so the tunnel
+        // is back within a round trip; wireguard-go does not, and then a
+        // notices only after 15 s of unanswered traffic (KEEPALIVE +
+        // REKEY_TIMEOUT) and re-handshakes.
+        let limit = if ib == Implementation::Weft { 3 } else { 25 };
         assert!(
-            t.pair.a.ping_within(TB, Duration::from_secs(15)),
-            "no re-handshake after {ib:?} restarted"
+            t.pair.a.ping_within(TB, Duration::from_secs(limit)),
+            "no re-handshake within {limit} s after {ib:?} restarted"
         );
         assert!(t.pair.b.ping_within(TA, Duration::from_secs(5)));
     }

@@ -1,0 +1,3 @@
+//! Weft's node agent: backend -> mesh core -> reconciler, and `weftctl`.
+
+pub mod mesh;

@@ -1,0 +1,500 @@
+//! What one node should have, derived from the topology: its WireGuard
+//! configuration (if it runs a tunnel), its routes, and what to masquerade.
+//! The reconciler applies exactly this and nothing else.
+//!
+//! Deviations from Kilo, and why:
+//! - Routes over the tunnel name the WireGuard device without a gateway.
+//!   Kilo routes via the remote leader's WireGuard IP with `onlink`; the
+//!   device does its own cryptokey routing, so the gateway adds nothing, and
+//!   without it the same route works for IPv6 destinations too.
+//! - A non-leader gets no WireGuard configuration at all (Kilo keeps the
+//!   interface with stale addresses, down: issue #393).
+//! - `cross` granularity (tunnels only between locations) is ours.
+//! - Encapsulation inside a location uses VXLAN, since the target kernels
+//!   may have no IPIP (Kilo uses IPIP).
+
+use super::model::{Encapsulate, Endpoint};
+use super::topology::Topology;
+use dataplane::{PresharedKey, PublicKey};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Which device a route leaves through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteDevice {
+    /// The node's WireGuard interface.
+    WireGuard,
+    /// The interface holding the node's internal IP.
+    Private,
+    /// The encapsulation (VXLAN) interface.
+    Encapsulation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub device: RouteDevice,
+    /// Preferred source address.
+    pub src: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerConfig {
+    /// The segment key or Peer name, for humans.
+    pub name: String,
+    pub public_key: PublicKey,
+    pub endpoint: Option<Endpoint>,
+    pub allowed_ips: Vec<IpNet>,
+    pub persistent_keepalive: u16,
+    pub preshared_key: Option<PresharedKey>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireGuardConfig {
+    /// The node's WireGuard address with the pool prefix (10.4.0.1/16).
+    pub address: IpNet,
+    pub listen_port: u16,
+    pub mtu: u16,
+    pub peers: Vec<PeerConfig>,
+}
+
+/// Masquerading: traffic from `sources` to anything outside `mesh` is
+/// source-NATed, so pods and peers reach the internet through the node.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Masquerade {
+    pub sources: Vec<IpNet>,
+    pub mesh: Vec<IpNet>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredState {
+    pub node: String,
+    pub segment: String,
+    pub is_leader: bool,
+    pub wireguard: Option<WireGuardConfig>,
+    pub routes: Vec<Route>,
+    pub masquerade: Masquerade,
+    /// Whether an encapsulation device is needed (some route uses it).
+    pub encapsulation: bool,
+}
+
+fn host(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+fn same_family(a: &IpNet, b: IpAddr) -> bool {
+    a.addr().is_ipv4() == b.is_ipv4()
+}
+
+impl Topology {
+    /// The desired state of `node`, or `None` if it is not in the mesh.
+    pub fn desired_state(&self, node: &str) -> Option<DesiredState> {
+        let (si, ni) = self.find(node)?;
+        let seg = &self.segments[si];
+        let me = &seg.nodes[ni];
+        let is_leader = seg.leader == ni;
+        let private = me.internal_ip;
+        let private_ip = private.map(|c| c.addr());
+        let encapsulate = |gw: IpAddr| match self.options.encapsulate {
+            Encapsulate::Never => false,
+            Encapsulate::Always => true,
+            Encapsulate::CrossSubnet => !private.is_some_and(|c| c.contains(&gw)),
+        };
+        let via_private = |dst: IpNet, gw: IpAddr| Route {
+            dst,
+            gateway: Some(gw),
+            device: if encapsulate(gw) {
+                RouteDevice::Encapsulation
+            } else {
+                RouteDevice::Private
+            },
+            src: None,
+        };
+        let mut routes = Vec::new();
+
+        // Inside the segment (and, under cross, inside the location): other
+        // nodes' pod CIDRs over the private network.
+        let local_nodes = self
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(j, s)| *j == si || (!self.tunnelled(si, *j) && s.location == seg.location))
+            .flat_map(|(_, s)| &s.nodes)
+            .filter(|n| n.name != me.name);
+        for n in local_nodes {
+            let Some(gw) = n.internal_ip.map(|c| c.addr()) else {
+                continue;
+            };
+            for c in n.pod_cidrs.iter().filter(|c| same_family(c, gw)) {
+                routes.push(via_private(*c, gw));
+            }
+        }
+
+        let wireguard = if is_leader {
+            let mut peers = Vec::new();
+            for (j, other) in self.segments.iter().enumerate() {
+                if !self.tunnelled(si, j) {
+                    continue;
+                }
+                let Some(public_key) = other.leader().public_key else {
+                    continue;
+                };
+                peers.push(PeerConfig {
+                    name: other.key.clone(),
+                    public_key,
+                    endpoint: other.endpoint(&self.discovered),
+                    allowed_ips: other.routed_ips(),
+                    persistent_keepalive: me.persistent_keepalive,
+                    preshared_key: None,
+                });
+                for dst in other.routed_ips() {
+                    // The WireGuard IP is on-link through our own address's prefix.
+                    if dst == host(other.wireguard_ip.addr()) {
+                        continue;
+                    }
+                    // Kilo skips the private-IP route when it equals the endpoint IP.
+                    if Some(dst)
+                        == other
+                            .leader()
+                            .endpoint
+                            .as_ref()
+                            .and_then(Endpoint::ip)
+                            .map(host)
+                    {
+                        continue;
+                    }
+                    routes.push(Route {
+                        dst,
+                        gateway: None,
+                        device: RouteDevice::WireGuard,
+                        src: private_ip.filter(|ip| same_family(&dst, *ip)),
+                    });
+                }
+            }
+            for p in &self.peers {
+                let endpoint = if p.persistent_keepalive > 0 {
+                    self.discovered
+                        .get(&p.public_key)
+                        .map(|a| Endpoint::Ip(*a))
+                        .or_else(|| p.endpoint.clone())
+                } else {
+                    p.endpoint.clone()
+                };
+                peers.push(PeerConfig {
+                    name: p.name.clone(),
+                    public_key: p.public_key,
+                    endpoint,
+                    allowed_ips: p.allowed_ips.clone(),
+                    persistent_keepalive: me.persistent_keepalive,
+                    preshared_key: p.preshared_key,
+                });
+                for dst in &p.allowed_ips {
+                    routes.push(Route {
+                        dst: *dst,
+                        gateway: None,
+                        device: RouteDevice::WireGuard,
+                        src: None,
+                    });
+                }
+            }
+            Some(WireGuardConfig {
+                address: seg.wireguard_ip,
+                listen_port: me
+                    .endpoint
+                    .as_ref()
+                    .map_or(self.options.port, Endpoint::port),
+                mtu: self.options.mtu,
+                peers,
+            })
+        } else {
+            // A non-leader sends everything outside its segment to its leader.
+            if let Some(gw) = seg.leader().internal_ip.map(|c| c.addr()) {
+                for (j, other) in self.segments.iter().enumerate() {
+                    routes.push(via_private(host(other.wireguard_ip.addr()), gw));
+                    if j == si {
+                        continue;
+                    }
+                    for dst in other
+                        .routed_ips()
+                        .into_iter()
+                        .filter(|c| same_family(c, gw))
+                    {
+                        if dst != host(other.wireguard_ip.addr()) {
+                            routes.push(via_private(dst, gw));
+                        }
+                    }
+                }
+                for dst in self.peers.iter().flat_map(|p| &p.allowed_ips) {
+                    if same_family(dst, gw) {
+                        routes.push(via_private(*dst, gw));
+                    }
+                }
+            }
+            None
+        };
+        routes.sort();
+        routes.dedup();
+
+        let mut mesh: Vec<IpNet> = self.segments.iter().flat_map(|s| s.routed_ips()).collect();
+        mesh.extend(
+            self.peers
+                .iter()
+                .flat_map(|p| p.allowed_ips.iter().copied()),
+        );
+        mesh.push(self.options.subnet.trunc());
+        let mut sources = me.pod_cidrs.clone();
+        if is_leader {
+            sources.extend(
+                self.peers
+                    .iter()
+                    .flat_map(|p| p.allowed_ips.iter().copied()),
+            );
+        }
+        let encapsulation = routes
+            .iter()
+            .any(|r| r.device == RouteDevice::Encapsulation);
+        Some(DesiredState {
+            node: me.name.clone(),
+            segment: seg.key.clone(),
+            is_leader,
+            wireguard,
+            routes,
+            masquerade: Masquerade { sources, mesh },
+            encapsulation,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::mesh::model::{Encapsulate, Granularity, MeshOptions};
+    use crate::mesh::testing::{node, peer, snapshot};
+    use crate::mesh::topology::Topology;
+
+    fn three_locations(granularity: Granularity) -> Topology {
+        let s = snapshot(
+            vec![
+                node(
+                    "a1",
+                    "aws",
+                    "3.0.0.1:51820",
+                    Some("10.0.0.1/24"),
+                    "10.42.0.0/24",
+                    false,
+                ),
+                node(
+                    "a2",
+                    "aws",
+                    "3.0.0.2:51820",
+                    Some("10.0.0.2/24"),
+                    "10.42.1.0/24",
+                    false,
+                ),
+                node(
+                    "g1",
+                    "gcp",
+                    "35.0.0.1:51820",
+                    Some("10.1.0.1/24"),
+                    "10.42.2.0/24",
+                    false,
+                ),
+                node(
+                    "h1",
+                    "home",
+                    "81.0.0.1:4000",
+                    Some("192.168.1.10/24"),
+                    "10.42.3.0/24",
+                    false,
+                ),
+            ],
+            vec![peer("laptop", &["10.5.0.1/32"])],
+        );
+        let opts = MeshOptions {
+            granularity,
+            ..Default::default()
+        };
+        Topology::new(&s, &opts, 0).unwrap()
+    }
+
+    fn routes(t: &Topology, node: &str) -> Vec<String> {
+        t.desired_state(node)
+            .unwrap()
+            .routes
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:?}{}",
+                    r.dst,
+                    r.device,
+                    r.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn leader_peers_with_other_segments_and_peers() {
+        let t = three_locations(Granularity::Location);
+        let d = t.desired_state("a1").unwrap();
+        assert!(d.is_leader);
+        let wg = d.wireguard.unwrap();
+        assert_eq!(wg.address.to_string(), "10.4.0.1/16");
+        assert_eq!(wg.listen_port, 51820);
+        let names: Vec<&str> = wg.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["location:gcp", "location:home", "laptop"]);
+        let gcp: Vec<String> = wg.peers[0]
+            .allowed_ips
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(gcp, ["10.42.2.0/24", "10.1.0.1/32", "10.4.0.2/32"]);
+        assert_eq!(
+            wg.peers[1].endpoint.as_ref().unwrap().to_string(),
+            "81.0.0.1:4000"
+        );
+        let r = routes(&t, "a1");
+        assert!(
+            r.contains(&"10.42.1.0/24 Private via 10.0.0.2".to_string()),
+            "{r:?}"
+        );
+        assert!(r.contains(&"10.42.2.0/24 WireGuard".to_string()), "{r:?}");
+        assert!(r.contains(&"10.5.0.1/32 WireGuard".to_string()), "{r:?}");
+        assert!(!r.iter().any(|x| x.starts_with("10.4.0.2/32")), "{r:?}");
+    }
+
+    #[test]
+    fn non_leader_routes_through_its_leader() {
+        let t = three_locations(Granularity::Location);
+        let d = t.desired_state("a2").unwrap();
+        assert!(!d.is_leader);
+        assert!(d.wireguard.is_none());
+        let r = routes(&t, "a2");
+        for want in [
+            "10.42.0.0/24 Private via 10.0.0.1",
+            "10.42.2.0/24 Private via 10.0.0.1",
+            "10.4.0.2/32 Private via 10.0.0.1",
+            "10.5.0.1/32 Private via 10.0.0.1",
+        ] {
+            assert!(r.contains(&want.to_string()), "missing {want} in {r:?}");
+        }
+    }
+
+    #[test]
+    fn cross_keeps_a_location_on_its_private_network() {
+        let t = three_locations(Granularity::Cross);
+        let d = t.desired_state("a2").unwrap();
+        let wg = d.wireguard.unwrap();
+        let names: Vec<&str> = wg.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["node:g1", "node:h1", "laptop"], "no tunnel to a1");
+        let r = routes(&t, "a2");
+        assert!(
+            r.contains(&"10.42.0.0/24 Private via 10.0.0.1".to_string()),
+            "{r:?}"
+        );
+        assert!(r.contains(&"10.42.2.0/24 WireGuard".to_string()), "{r:?}");
+    }
+
+    #[test]
+    fn full_mesh_tunnels_everything() {
+        let t = three_locations(Granularity::Full);
+        let wg = t.desired_state("a2").unwrap().wireguard.unwrap();
+        assert_eq!(wg.peers.len(), 4);
+        assert_eq!(wg.address.to_string(), "10.4.0.2/16");
+    }
+
+    #[test]
+    fn encapsulation_modes() {
+        let s = snapshot(
+            vec![
+                node(
+                    "a",
+                    "x",
+                    "3.0.0.1:51820",
+                    Some("10.0.0.1/24"),
+                    "10.42.0.0/24",
+                    false,
+                ),
+                node(
+                    "b",
+                    "x",
+                    "3.0.0.2:51820",
+                    Some("10.0.0.2/24"),
+                    "10.42.1.0/24",
+                    false,
+                ),
+                node(
+                    "c",
+                    "x",
+                    "3.0.0.3:51820",
+                    Some("10.0.9.3/24"),
+                    "10.42.2.0/24",
+                    false,
+                ),
+            ],
+            vec![],
+        );
+        for (mode, want_b, want_c) in [
+            (Encapsulate::Never, "Private", "Private"),
+            (Encapsulate::CrossSubnet, "Private", "Encapsulation"),
+            (Encapsulate::Always, "Encapsulation", "Encapsulation"),
+        ] {
+            let opts = MeshOptions {
+                encapsulate: mode,
+                ..Default::default()
+            };
+            let t = Topology::new(&s, &opts, 0).unwrap();
+            let r = routes(&t, "a");
+            assert!(
+                r.contains(&format!("10.42.1.0/24 {want_b} via 10.0.0.2")),
+                "{mode:?} {r:?}"
+            );
+            assert!(
+                r.contains(&format!("10.42.2.0/24 {want_c} via 10.0.9.3")),
+                "{mode:?} {r:?}"
+            );
+            assert_eq!(
+                t.desired_state("a").unwrap().encapsulation,
+                mode != Encapsulate::Never
+            );
+        }
+    }
+
+    #[test]
+    fn masquerade_sources_and_mesh() {
+        let t = three_locations(Granularity::Location);
+        let d = t.desired_state("a1").unwrap();
+        let src: Vec<String> = d.masquerade.sources.iter().map(|c| c.to_string()).collect();
+        assert_eq!(src, ["10.42.0.0/24", "10.5.0.1/32"]);
+        assert!(d.masquerade.mesh.contains(&"10.42.3.0/24".parse().unwrap()));
+        assert!(d.masquerade.mesh.contains(&"10.4.0.0/16".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_pod_cidrs_ride_the_tunnel() {
+        let mut a = node(
+            "a",
+            "x",
+            "3.0.0.1:51820",
+            Some("10.0.0.1/24"),
+            "10.42.0.0/24",
+            false,
+        );
+        a.pod_cidrs.push("fd42::/64".parse().unwrap());
+        let mut b = node(
+            "b",
+            "y",
+            "3.0.0.2:51820",
+            Some("10.1.0.1/24"),
+            "10.42.1.0/24",
+            false,
+        );
+        b.pod_cidrs.push("fd42:1::/64".parse().unwrap());
+        let t = Topology::new(&snapshot(vec![a, b], vec![]), &MeshOptions::default(), 0).unwrap();
+        let wg = t.desired_state("a").unwrap().wireguard.unwrap();
+        assert!(wg.peers[0]
+            .allowed_ips
+            .contains(&"fd42:1::/64".parse().unwrap()));
+        assert!(routes(&t, "a").contains(&"fd42:1::/64 WireGuard".to_string()));
+    }
+}

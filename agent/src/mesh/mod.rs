@@ -1,0 +1,68 @@
+//! The mesh core: pure functions from a snapshot of nodes and peers to a
+//! topology and to one node's desired state. No I/O, no clock of its own:
+//! everything here is tested with tables, without root.
+
+pub mod desired;
+pub mod model;
+pub mod topology;
+
+pub use desired::{DesiredState, PeerConfig, Route, RouteDevice, WireGuardConfig};
+pub use model::{
+    Encapsulate, Endpoint, Granularity, MeshOptions, Node, Peer, RawNode, RawPeer, RecordError,
+    Snapshot,
+};
+pub use topology::{Excluded, Segment, Topology, TopologyError};
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::model::{Node, Peer, Snapshot};
+    use dataplane::PrivateKey;
+    use std::collections::BTreeMap;
+
+    /// A deterministic key per name, so golden outputs are stable.
+    pub fn key_for(name: &str) -> dataplane::PublicKey {
+        let mut b = [7u8; 32];
+        for (i, c) in name.bytes().enumerate() {
+            b[i % 32] ^= c.wrapping_mul(31).wrapping_add(i as u8);
+        }
+        PrivateKey(b).public_key()
+    }
+
+    pub fn node(
+        name: &str,
+        location: &str,
+        endpoint: &str,
+        internal: Option<&str>,
+        pods: &str,
+        leader: bool,
+    ) -> Node {
+        Node {
+            name: name.into(),
+            location: location.into(),
+            endpoint: Some(endpoint.parse().expect("endpoint")),
+            internal_ip: internal.map(|s| s.parse().expect("cidr")),
+            pod_cidrs: vec![pods.parse().expect("cidr")],
+            public_key: Some(key_for(name)),
+            persistent_keepalive: 0,
+            leader,
+            allowed_location_ips: vec![],
+            last_seen: None,
+            discovered_endpoints: BTreeMap::new(),
+        }
+    }
+
+    pub fn peer(name: &str, ips: &[&str]) -> Peer {
+        Peer {
+            name: name.into(),
+            allowed_ips: ips.iter().map(|s| s.parse().expect("cidr")).collect(),
+            public_key: key_for(name),
+            endpoint: None,
+            persistent_keepalive: 0,
+            preshared_key: None,
+        }
+    }
+
+    pub fn snapshot(nodes: Vec<Node>, peers: Vec<Peer>) -> Snapshot {
+        Snapshot { nodes, peers }
+    }
+}

@@ -1,0 +1,589 @@
+//! The mesh's inputs: nodes, peers and options, parsed once from whatever a
+//! backend read (annotations, a mesh file) into types that say what they are.
+//! A record with a bad field becomes an error naming the record and the field;
+//! the backend logs it and leaves that record out, never the whole mesh.
+
+use dataplane::{PresharedKey, PublicKey};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// How nodes are grouped into WireGuard segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// One segment per location, reached through its leader (Kilo's default).
+    #[default]
+    Location,
+    /// Every node is its own segment: a full mesh of tunnels.
+    Full,
+    /// Weft's own: a tunnel between every pair of nodes in *different*
+    /// locations, the plain private network inside a location. No leader
+    /// carries a location's traffic, so there is no single choke point.
+    Cross,
+}
+
+impl FromStr for Granularity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "location" => Ok(Self::Location),
+            "full" => Ok(Self::Full),
+            "cross" => Ok(Self::Cross),
+            _ => Err(format!("{s:?} is not one of location, full, cross")),
+        }
+    }
+}
+
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Location => "location",
+            Self::Full => "full",
+            Self::Cross => "cross",
+        })
+    }
+}
+
+/// When traffic between nodes of one location is encapsulated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Encapsulate {
+    #[default]
+    Never,
+    /// Only toward nodes outside the local node's subnet.
+    CrossSubnet,
+    Always,
+}
+
+impl FromStr for Encapsulate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(Self::Never),
+            "crosssubnet" => Ok(Self::CrossSubnet),
+            "always" => Ok(Self::Always),
+            _ => Err(format!("{s:?} is not one of never, crosssubnet, always")),
+        }
+    }
+}
+
+/// Mesh-wide settings; every node must use the same ones to agree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshOptions {
+    pub granularity: Granularity,
+    /// The pool WireGuard IPs come from.
+    pub subnet: IpNet,
+    pub port: u16,
+    pub encapsulate: Encapsulate,
+    pub mtu: u16,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            granularity: Granularity::Location,
+            subnet: "10.4.0.0/16"
+                .parse()
+                .unwrap_or(IpNet::V4(Default::default())),
+            port: 51820,
+            encapsulate: Encapsulate::Never,
+            mtu: 1420,
+        }
+    }
+}
+
+/// Where a node or peer receives WireGuard traffic: an IP or a DNS name, and
+/// a port. DNS names are resolved at the edge, on every reconcile.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    Ip(SocketAddr),
+    Dns { host: String, port: u16 },
+}
+
+impl Endpoint {
+    pub fn port(&self) -> u16 {
+        match self {
+            Endpoint::Ip(a) => a.port(),
+            Endpoint::Dns { port, .. } => *port,
+        }
+    }
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Endpoint::Ip(a) => Some(a.ip()),
+            Endpoint::Dns { .. } => None,
+        }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+    /// `1.2.3.4:51820`, `[2001:db8::1]:51820` or `host.example:51820`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            if a.port() == 0 {
+                return Err(format!("{s:?}: port must be 1..65535"));
+            }
+            return Ok(Endpoint::Ip(a));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{s:?}: port must be 1..65535"))?;
+        if !is_dns_name(host) {
+            return Err(format!(
+                "{s:?}: {host:?} is neither an IP address nor a DNS name"
+            ));
+        }
+        Ok(Endpoint::Dns {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// RFC 1123 subdomain, as Kilo's Peer validation requires.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Ip(a) => write!(f, "{a}"),
+            Endpoint::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// A cluster node as the mesh sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub location: String,
+    pub endpoint: Option<Endpoint>,
+    /// The node's private address with its interface's prefix (10.0.1.5/24).
+    pub internal_ip: Option<IpNet>,
+    pub pod_cidrs: Vec<IpNet>,
+    pub public_key: Option<PublicKey>,
+    /// Seconds; > 0 also means "behind NAT, may roam".
+    pub persistent_keepalive: u16,
+    pub leader: bool,
+    pub allowed_location_ips: Vec<IpNet>,
+    /// Unix seconds of the node's last check-in; `None` where the backend
+    /// does not track liveness (a mesh file).
+    pub last_seen: Option<u64>,
+    /// NAT endpoints this node learned from handshakes, by public key.
+    pub discovered_endpoints: BTreeMap<PublicKey, SocketAddr>,
+}
+
+impl Node {
+    /// Seconds after which a node that has not checked in is left out (Kilo: 2 × 30 s).
+    pub const STALE_AFTER: u64 = 60;
+
+    /// Why the node cannot take part now, if it cannot.
+    pub fn not_ready(&self, now: u64) -> Option<&'static str> {
+        if self.endpoint.is_none() {
+            return Some("no endpoint");
+        }
+        if self.public_key.is_none() {
+            return Some("no public key");
+        }
+        if self.pod_cidrs.is_empty() {
+            return Some("no pod CIDR");
+        }
+        match self.last_seen {
+            Some(t) if now.saturating_sub(t) >= Self::STALE_AFTER => {
+                Some("stale: no check-in for 60 s")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A WireGuard peer outside the cluster (Kilo's `Peer` resource).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peer {
+    pub name: String,
+    pub allowed_ips: Vec<IpNet>,
+    pub public_key: PublicKey,
+    pub endpoint: Option<Endpoint>,
+    pub persistent_keepalive: u16,
+    pub preshared_key: Option<PresharedKey>,
+}
+
+/// Everything a backend knows at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub nodes: Vec<Node>,
+    pub peers: Vec<Peer>,
+}
+
+/// A record left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {name}: {field}: {reason}")]
+pub struct RecordError {
+    pub kind: &'static str,
+    pub name: String,
+    pub field: String,
+    pub reason: String,
+}
+
+/// A node as a backend reads it: strings, as in Kilo's annotations.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawNode {
+    pub name: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default, rename = "internalIP")]
+    pub internal_ip: Option<String>,
+    #[serde(default, rename = "podCIDRs")]
+    pub pod_cidrs: Vec<String>,
+    #[serde(default)]
+    pub public_key: Option<String>,
+    #[serde(default)]
+    pub persistent_keepalive: Option<String>,
+    #[serde(default)]
+    pub leader: bool,
+    #[serde(default, rename = "allowedLocationIPs")]
+    pub allowed_location_ips: Vec<String>,
+    #[serde(default)]
+    pub last_seen: Option<u64>,
+}
+
+/// A peer as a backend reads it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawPeer {
+    pub name: String,
+    #[serde(default, rename = "allowedIPs")]
+    pub allowed_ips: Vec<String>,
+    pub public_key: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub persistent_keepalive: Option<u16>,
+    #[serde(default)]
+    pub preshared_key: Option<String>,
+}
+
+fn field_err(kind: &'static str, name: &str, field: &str, reason: impl ToString) -> RecordError {
+    RecordError {
+        kind,
+        name: name.to_string(),
+        field: field.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_cidr(kind: &'static str, name: &str, field: &str, s: &str) -> Result<IpNet, RecordError> {
+    s.trim()
+        .parse::<IpNet>()
+        .map_err(|_| field_err(kind, name, field, format!("{s:?} is not a CIDR")))
+}
+
+impl RawNode {
+    pub fn parse(&self) -> Result<Node, RecordError> {
+        let n = &self.name;
+        let err = |field: &str, reason: String| field_err("node", n, field, reason);
+        if n.is_empty() {
+            return Err(err("name", "empty".into()));
+        }
+        let endpoint = self
+            .endpoint
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<Endpoint>().map_err(|e| err("endpoint", e)))
+            .transpose()?;
+        // Kilo: "" or "-" means "no internal IP".
+        let internal_ip = self
+            .internal_ip
+            .as_deref()
+            .filter(|s| !s.is_empty() && *s != "-")
+            .map(|s| parse_cidr("node", n, "internalIP", s))
+            .transpose()?;
+        let pod_cidrs = self
+            .pod_cidrs
+            .iter()
+            .map(|s| parse_cidr("node", n, "podCIDRs", s).map(|c| c.trunc()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let public_key = self
+            .public_key
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| PublicKey::from_base64(s).map_err(|e| err("publicKey", e.to_string())))
+            .transpose()?;
+        let persistent_keepalive = match self.persistent_keepalive.as_deref() {
+            None | Some("") => 0,
+            Some(s) => s.trim().parse::<u16>().map_err(|_| {
+                err(
+                    "persistentKeepalive",
+                    format!("{s:?} is not 0..65535 seconds"),
+                )
+            })?,
+        };
+        let allowed_location_ips = self
+            .allowed_location_ips
+            .iter()
+            .map(|s| parse_cidr("node", n, "allowedLocationIPs", s).map(|c| c.trunc()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Node {
+            name: n.clone(),
+            location: self.location.clone(),
+            endpoint,
+            internal_ip,
+            pod_cidrs,
+            public_key,
+            persistent_keepalive,
+            leader: self.leader,
+            allowed_location_ips,
+            last_seen: self.last_seen,
+            discovered_endpoints: BTreeMap::new(),
+        })
+    }
+}
+
+impl RawPeer {
+    pub fn parse(&self) -> Result<Peer, RecordError> {
+        let n = &self.name;
+        let err = |field: &str, reason: String| field_err("peer", n, field, reason);
+        if n.is_empty() {
+            return Err(err("name", "empty".into()));
+        }
+        let allowed_ips = self
+            .allowed_ips
+            .iter()
+            .map(|s| parse_cidr("peer", n, "allowedIPs", s).map(|c| c.trunc()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if allowed_ips.is_empty() {
+            return Err(err("allowedIPs", "at least one is needed".into()));
+        }
+        let public_key = PublicKey::from_base64(&self.public_key)
+            .map_err(|e| err("publicKey", e.to_string()))?;
+        let endpoint = self
+            .endpoint
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<Endpoint>().map_err(|e| err("endpoint", e)))
+            .transpose()?;
+        let preshared_key = self
+            .preshared_key
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                PublicKey::from_base64(s)
+                    .map(|k| PresharedKey(k.0))
+                    .map_err(|e| err("presharedKey", e.to_string()))
+            })
+            .transpose()?;
+        Ok(Peer {
+            name: n.clone(),
+            allowed_ips,
+            public_key,
+            endpoint,
+            persistent_keepalive: self.persistent_keepalive.unwrap_or(0),
+            preshared_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "jYkfTPBnJTk8ehUeUMvJjwWShRJD4ls1YrtIl0pZuXY=";
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            "1.2.3.4:51820".parse::<Endpoint>().unwrap(),
+            Endpoint::Ip("1.2.3.4:51820".parse().unwrap())
+        );
+        assert!(matches!(
+            "[2001:db8::1]:51820".parse::<Endpoint>().unwrap(),
+            Endpoint::Ip(SocketAddr::V6(_))
+        ));
+        assert_eq!(
+            "node-1.example.com:4000".parse::<Endpoint>().unwrap(),
+            Endpoint::Dns {
+                host: "node-1.example.com".into(),
+                port: 4000
+            }
+        );
+        for bad in [
+            "1.2.3.4",
+            "1.2.3.4:0",
+            "host:70000",
+            "Bad_Host:1",
+            ":51820",
+            "a..b:1",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn node_fields_are_checked_and_named() {
+        let good = RawNode {
+            name: "a".into(),
+            endpoint: Some("1.1.1.1:51820".into()),
+            internal_ip: Some("10.0.0.1/24".into()),
+            pod_cidrs: vec!["10.42.0.1/24".into()],
+            public_key: Some(KEY.into()),
+            persistent_keepalive: Some("25".into()),
+            ..Default::default()
+        };
+        let n = good.parse().unwrap();
+        assert_eq!(n.pod_cidrs[0].to_string(), "10.42.0.0/24");
+        assert_eq!(n.internal_ip.unwrap().to_string(), "10.0.0.1/24");
+        assert_eq!(n.persistent_keepalive, 25);
+        assert_eq!(n.not_ready(0), None);
+
+        let cases: Vec<(RawNode, &str)> = vec![
+            (
+                RawNode {
+                    endpoint: Some("nope".into()),
+                    ..good.clone()
+                },
+                "endpoint",
+            ),
+            (
+                RawNode {
+                    internal_ip: Some("10.0.0.300/24".into()),
+                    ..good.clone()
+                },
+                "internalIP",
+            ),
+            (
+                RawNode {
+                    pod_cidrs: vec!["x".into()],
+                    ..good.clone()
+                },
+                "podCIDRs",
+            ),
+            (
+                RawNode {
+                    public_key: Some("short".into()),
+                    ..good.clone()
+                },
+                "publicKey",
+            ),
+            (
+                RawNode {
+                    persistent_keepalive: Some("-1".into()),
+                    ..good.clone()
+                },
+                "persistentKeepalive",
+            ),
+            (
+                RawNode {
+                    allowed_location_ips: vec!["10.0.0.1".into()],
+                    ..good.clone()
+                },
+                "allowedLocationIPs",
+            ),
+            (
+                RawNode {
+                    name: "".into(),
+                    ..good.clone()
+                },
+                "name",
+            ),
+        ];
+        for (raw, field) in cases {
+            let e = raw.parse().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        // "-" means no internal IP, as in Kilo.
+        let n = RawNode {
+            internal_ip: Some("-".into()),
+            ..good.clone()
+        }
+        .parse()
+        .unwrap();
+        assert_eq!(n.internal_ip, None);
+    }
+
+    #[test]
+    fn readiness() {
+        let mut n = RawNode {
+            name: "a".into(),
+            endpoint: Some("1.1.1.1:51820".into()),
+            pod_cidrs: vec!["10.42.0.0/24".into()],
+            public_key: Some(KEY.into()),
+            last_seen: Some(1000),
+            ..Default::default()
+        }
+        .parse()
+        .unwrap();
+        assert_eq!(n.not_ready(1059), None);
+        assert!(n.not_ready(1060).is_some());
+        n.last_seen = None;
+        assert_eq!(n.not_ready(u64::MAX), None);
+        n.pod_cidrs.clear();
+        assert_eq!(n.not_ready(0), Some("no pod CIDR"));
+    }
+
+    #[test]
+    fn peers_need_allowed_ips_and_a_key() {
+        let p = RawPeer {
+            name: "laptop".into(),
+            allowed_ips: vec!["10.5.0.1/32".into()],
+            public_key: KEY.into(),
+            endpoint: None,
+            persistent_keepalive: Some(10),
+            preshared_key: None,
+        };
+        assert!(p.parse().is_ok());
+        assert_eq!(
+            RawPeer {
+                allowed_ips: vec![],
+                ..p.clone()
+            }
+            .parse()
+            .unwrap_err()
+            .field,
+            "allowedIPs"
+        );
+        assert_eq!(
+            RawPeer {
+                public_key: "x".into(),
+                ..p.clone()
+            }
+            .parse()
+            .unwrap_err()
+            .field,
+            "publicKey"
+        );
+        assert_eq!(
+            RawPeer {
+                preshared_key: Some("x".into()),
+                ..p
+            }
+            .parse()
+            .unwrap_err()
+            .field,
+            "presharedKey"
+        );
+    }
+}

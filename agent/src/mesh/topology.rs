@@ -1,0 +1,579 @@
+//! The whole mesh, computed the same way on every node from the same inputs,
+//! so nodes agree without talking: segments, their leaders, WireGuard IPs and
+//! AllowedIPs. The rules follow Kilo's `pkg/mesh` so that a Kilo node and a
+//! Weft node given one cluster state agree on every AllowedIP and IP; where
+//! Weft differs it says so in `DEVIATIONS` (see `docs`-style comments below).
+
+use super::model::{Endpoint, Granularity, MeshOptions, Node, Peer, Snapshot};
+use dataplane::PublicKey;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// A group of nodes reached through one WireGuard endpoint (its leader).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    /// `location:<name>` or `node:<name>`; segments sort by it.
+    pub key: String,
+    pub location: String,
+    /// Sorted by name.
+    pub nodes: Vec<Node>,
+    pub leader: usize,
+    /// The leader's WireGuard address with the pool's prefix (10.4.0.1/16).
+    pub wireguard_ip: IpNet,
+    /// What the segment owns: every pod CIDR, every internal IP as a host
+    /// route, and the leader's WireGuard IP as a host route.
+    pub allowed_ips: Vec<IpNet>,
+    /// Extra prefixes routed to the segment, after the overlap filter.
+    pub location_ips: Vec<IpNet>,
+}
+
+impl Segment {
+    pub fn leader(&self) -> &Node {
+        &self.nodes[self.leader]
+    }
+
+    /// The leader's endpoint, replaced by a learned NAT endpoint when the
+    /// leader says it roams (keepalive > 0).
+    pub fn endpoint(&self, discovered: &BTreeMap<PublicKey, SocketAddr>) -> Option<Endpoint> {
+        let leader = self.leader();
+        if leader.persistent_keepalive > 0 {
+            if let Some(a) = leader.public_key.and_then(|k| discovered.get(&k)) {
+                return Some(Endpoint::Ip(*a));
+            }
+        }
+        leader.endpoint.clone()
+    }
+
+    /// Everything routed to this segment over WireGuard.
+    pub fn routed_ips(&self) -> Vec<IpNet> {
+        let mut v = self.allowed_ips.clone();
+        v.extend(self.location_ips.iter().copied());
+        v
+    }
+}
+
+/// A record left out of the topology and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Excluded {
+    pub kind: &'static str,
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Topology {
+    pub options: MeshOptions,
+    pub segments: Vec<Segment>,
+    /// Sorted by name, allowed IPs de-duplicated.
+    pub peers: Vec<Peer>,
+    /// NAT endpoints learned by the nodes, merged.
+    pub discovered: BTreeMap<PublicKey, SocketAddr>,
+    pub excluded: Vec<Excluded>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TopologyError {
+    #[error("the WireGuard subnet {subnet} has no address left for segment {segment}")]
+    SubnetExhausted { subnet: IpNet, segment: String },
+}
+
+/// Kilo's private ranges. (Kilo itself only treats fd00::/16 as private, by a
+/// bug; we take all of fc00::/7 as RFC 4193 defines it.)
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_private(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+fn has_public_endpoint(n: &Node) -> bool {
+    n.endpoint
+        .as_ref()
+        .and_then(Endpoint::ip)
+        .is_some_and(|ip| !is_private(ip))
+}
+
+/// Kilo's deterministic leader choice over name-sorted nodes: the first
+/// annotated node with a public endpoint, else the first annotated node, else
+/// the first with a public endpoint, else the first.
+pub fn find_leader(nodes: &[Node]) -> usize {
+    nodes
+        .iter()
+        .position(|n| n.leader && has_public_endpoint(n))
+        .or_else(|| nodes.iter().position(|n| n.leader))
+        .or_else(|| nodes.iter().position(has_public_endpoint))
+        .unwrap_or(0)
+}
+
+fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+impl Topology {
+    /// Builds the mesh from a snapshot. `now` is unix seconds for staleness.
+    pub fn new(
+        snapshot: &Snapshot,
+        options: &MeshOptions,
+        now: u64,
+    ) -> Result<Self, TopologyError> {
+        let mut excluded = Vec::new();
+        let mut ready: Vec<&Node> = Vec::new();
+        for n in &snapshot.nodes {
+            match n.not_ready(now) {
+                None => ready.push(n),
+                Some(reason) => excluded.push(Excluded {
+                    kind: "node",
+                    name: n.name.clone(),
+                    reason: reason.to_string(),
+                }),
+            }
+        }
+        // Group into segments by key; a BTreeMap sorts keys as Kilo does.
+        let mut groups: BTreeMap<String, Vec<Node>> = BTreeMap::new();
+        for n in ready {
+            let key = match options.granularity {
+                Granularity::Location if n.internal_ip.is_some() => {
+                    format!("location:{}", n.location)
+                }
+                _ => format!("node:{}", n.name),
+            };
+            groups.entry(key).or_default().push(n.clone());
+        }
+        let mut hosts = options.subnet.hosts();
+        let mut segments = Vec::new();
+        for (key, mut nodes) in groups {
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            let leader = find_leader(&nodes);
+            let ip = hosts.next().ok_or_else(|| TopologyError::SubnetExhausted {
+                subnet: options.subnet,
+                segment: key.clone(),
+            })?;
+            let wireguard_ip =
+                IpNet::new(ip, options.subnet.prefix_len()).unwrap_or(options.subnet);
+            let mut allowed_ips: Vec<IpNet> = nodes
+                .iter()
+                .flat_map(|n| n.pod_cidrs.iter().copied())
+                .collect();
+            allowed_ips.extend(
+                nodes
+                    .iter()
+                    .filter_map(|n| n.internal_ip)
+                    .map(|c| host_net(c.addr())),
+            );
+            allowed_ips.push(host_net(ip));
+            let mut location_ips: Vec<IpNet> = Vec::new();
+            for n in &nodes {
+                for c in &n.allowed_location_ips {
+                    if !location_ips.contains(c) {
+                        location_ips.push(*c);
+                    }
+                }
+            }
+            segments.push(Segment {
+                key,
+                location: nodes[0].location.clone(),
+                nodes,
+                leader,
+                wireguard_ip,
+                allowed_ips,
+                location_ips,
+            });
+        }
+        let peers = deduplicate_peer_ips(&snapshot.peers, &mut excluded);
+        filter_location_ips(&mut segments, &peers, &mut excluded);
+        let discovered = merge_discovered(&segments);
+        Ok(Self {
+            options: options.clone(),
+            segments,
+            peers,
+            discovered,
+            excluded,
+        })
+    }
+
+    /// The segment holding `node`, and the node's index in it.
+    pub fn find(&self, node: &str) -> Option<(usize, usize)> {
+        self.segments.iter().enumerate().find_map(|(s, seg)| {
+            seg.nodes
+                .iter()
+                .position(|n| n.name == node)
+                .map(|i| (s, i))
+        })
+    }
+
+    /// Whether two segments are joined by a tunnel: always, except between
+    /// segments of one location under `cross` granularity.
+    pub fn tunnelled(&self, a: usize, b: usize) -> bool {
+        a != b
+            && !(self.options.granularity == Granularity::Cross
+                && self.segments[a].location == self.segments[b].location)
+    }
+}
+
+/// Two peers claiming one prefix: the peer whose name sorts first keeps it
+/// (Kilo's rule, which never flaps). A peer left with nothing is excluded.
+fn deduplicate_peer_ips(peers: &[Peer], excluded: &mut Vec<Excluded>) -> Vec<Peer> {
+    let mut sorted: Vec<Peer> = peers.to_vec();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut taken: Vec<IpNet> = Vec::new();
+    let mut out = Vec::new();
+    for mut p in sorted {
+        p.allowed_ips.retain(|ip| {
+            if taken.contains(ip) {
+                false
+            } else {
+                taken.push(*ip);
+                true
+            }
+        });
+        if p.allowed_ips.is_empty() {
+            excluded.push(Excluded {
+                kind: "peer",
+                name: p.name.clone(),
+                reason: "all its allowed IPs belong to peers that sort first".into(),
+            });
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Kilo's filter: a location IP is dropped if it overlaps another segment's
+/// location IPs, lies inside any segment's allowed IPs, or overlaps any peer's.
+fn filter_location_ips(segments: &mut [Segment], peers: &[Peer], excluded: &mut Vec<Excluded>) {
+    let all_location: Vec<(usize, IpNet)> = segments
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.location_ips.iter().map(move |c| (i, *c)))
+        .collect();
+    let all_allowed: Vec<IpNet> = segments
+        .iter()
+        .flat_map(|s| s.allowed_ips.iter().copied())
+        .collect();
+    for (i, seg) in segments.iter_mut().enumerate() {
+        seg.location_ips.retain(|c| {
+            let clash = all_location.iter().any(|(j, o)| *j != i && overlaps(c, o))
+                || all_allowed.iter().any(|a| a.contains(c))
+                || peers
+                    .iter()
+                    .flat_map(|p| &p.allowed_ips)
+                    .any(|a| overlaps(c, a));
+            if clash {
+                excluded.push(Excluded {
+                    kind: "allowed-location-ip",
+                    name: c.to_string(),
+                    reason: format!("overlaps other mesh addresses (segment {})", seg.key),
+                });
+            }
+            !clash
+        });
+    }
+}
+
+/// Each node's learned endpoints, first come first served in segment and
+/// node order.
+fn merge_discovered(segments: &[Segment]) -> BTreeMap<PublicKey, SocketAddr> {
+    let mut out = BTreeMap::new();
+    for n in segments.iter().flat_map(|s| &s.nodes) {
+        for (k, a) in &n.discovered_endpoints {
+            out.entry(*k).or_insert(*a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::testing::{node, peer, snapshot};
+
+    #[test]
+    fn location_segments_leaders_and_ips() {
+        let s = snapshot(
+            vec![
+                node(
+                    "b",
+                    "aws",
+                    "3.0.0.2:51820",
+                    Some("10.0.0.2/24"),
+                    "10.42.1.0/24",
+                    false,
+                ),
+                node(
+                    "a",
+                    "aws",
+                    "3.0.0.1:51820",
+                    Some("10.0.0.1/24"),
+                    "10.42.0.0/24",
+                    false,
+                ),
+                node(
+                    "c",
+                    "gcp",
+                    "35.0.0.1:51820",
+                    Some("10.1.0.1/24"),
+                    "10.42.2.0/24",
+                    false,
+                ),
+                node(
+                    "d",
+                    "onprem",
+                    "192.168.1.9:51820",
+                    None,
+                    "10.42.3.0/24",
+                    false,
+                ),
+            ],
+            vec![],
+        );
+        let t = Topology::new(&s, &MeshOptions::default(), 0).unwrap();
+        let keys: Vec<&str> = t.segments.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["location:aws", "location:gcp", "node:d"]);
+        assert_eq!(t.segments[0].leader().name, "a");
+        assert_eq!(t.segments[0].wireguard_ip.to_string(), "10.4.0.1/16");
+        assert_eq!(t.segments[1].wireguard_ip.to_string(), "10.4.0.2/16");
+        assert_eq!(t.segments[2].wireguard_ip.to_string(), "10.4.0.3/16");
+        let aws: Vec<String> = t.segments[0]
+            .allowed_ips
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            aws,
+            [
+                "10.42.0.0/24",
+                "10.42.1.0/24",
+                "10.0.0.1/32",
+                "10.0.0.2/32",
+                "10.4.0.1/32"
+            ]
+        );
+    }
+
+    #[test]
+    fn leader_rules() {
+        let mk = |name: &str, ep: &str, leader: bool| {
+            node(name, "x", ep, Some("10.0.0.1/24"), "10.42.0.0/24", leader)
+        };
+        // Annotated with a public IP beats annotated with a private one.
+        let v = [
+            mk("a", "10.0.0.1:1", true),
+            mk("b", "1.1.1.1:1", true),
+            mk("c", "2.2.2.2:1", false),
+        ];
+        assert_eq!(find_leader(&v), 1);
+        // Annotated (private) beats unannotated public.
+        let v = [mk("a", "2.2.2.2:1", false), mk("b", "10.0.0.2:1", true)];
+        assert_eq!(find_leader(&v), 1);
+        // No annotation: first public.
+        let v = [mk("a", "10.0.0.1:1", false), mk("b", "1.1.1.1:1", false)];
+        assert_eq!(find_leader(&v), 1);
+        // Nothing: the first.
+        let v = [mk("a", "10.0.0.1:1", false), mk("b", "10.0.0.2:1", false)];
+        assert_eq!(find_leader(&v), 0);
+    }
+
+    #[test]
+    fn full_and_cross_granularity() {
+        let nodes = vec![
+            node(
+                "a",
+                "aws",
+                "3.0.0.1:51820",
+                Some("10.0.0.1/24"),
+                "10.42.0.0/24",
+                false,
+            ),
+            node(
+                "b",
+                "aws",
+                "3.0.0.2:51820",
+                Some("10.0.0.2/24"),
+                "10.42.1.0/24",
+                false,
+            ),
+            node(
+                "c",
+                "gcp",
+                "35.0.0.1:51820",
+                Some("10.1.0.1/24"),
+                "10.42.2.0/24",
+                false,
+            ),
+        ];
+        for g in [Granularity::Full, Granularity::Cross] {
+            let opts = MeshOptions {
+                granularity: g,
+                ..Default::default()
+            };
+            let t = Topology::new(&snapshot(nodes.clone(), vec![]), &opts, 0).unwrap();
+            assert_eq!(t.segments.len(), 3);
+            assert_eq!(t.segments[2].wireguard_ip.to_string(), "10.4.0.3/16");
+            // a-b share a location: tunnelled in full, not in cross.
+            assert_eq!(t.tunnelled(0, 1), g == Granularity::Full);
+            assert!(t.tunnelled(0, 2));
+        }
+    }
+
+    #[test]
+    fn stale_and_incomplete_nodes_are_left_out() {
+        let mut stale = node(
+            "s",
+            "x",
+            "1.1.1.1:1",
+            Some("10.0.0.1/24"),
+            "10.42.0.0/24",
+            false,
+        );
+        stale.last_seen = Some(100);
+        let mut nokey = node(
+            "k",
+            "x",
+            "1.1.1.2:1",
+            Some("10.0.0.2/24"),
+            "10.42.1.0/24",
+            false,
+        );
+        nokey.public_key = None;
+        let fresh = node(
+            "f",
+            "x",
+            "1.1.1.3:1",
+            Some("10.0.0.3/24"),
+            "10.42.2.0/24",
+            false,
+        );
+        let t = Topology::new(
+            &snapshot(vec![stale, nokey, fresh], vec![]),
+            &MeshOptions::default(),
+            200,
+        )
+        .unwrap();
+        assert_eq!(t.segments.len(), 1);
+        assert_eq!(t.segments[0].nodes.len(), 1);
+        let names: Vec<&str> = t.excluded.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["s", "k"]);
+    }
+
+    #[test]
+    fn peer_ips_are_deduplicated_by_name_order() {
+        let s = snapshot(
+            vec![node(
+                "a",
+                "x",
+                "1.1.1.1:1",
+                Some("10.0.0.1/24"),
+                "10.42.0.0/24",
+                false,
+            )],
+            vec![
+                peer("zeta", &["10.5.0.1/32", "10.5.0.9/32"]),
+                peer("alpha", &["10.5.0.1/32"]),
+                peer("mid", &["10.5.0.9/32"]),
+            ],
+        );
+        let t = Topology::new(&s, &MeshOptions::default(), 0).unwrap();
+        let got: Vec<(String, Vec<String>)> = t
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.allowed_ips.iter().map(|c| c.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("alpha".to_string(), vec!["10.5.0.1/32".to_string()]),
+                ("mid".to_string(), vec!["10.5.0.9/32".to_string()]),
+            ]
+        );
+        assert_eq!(t.excluded[0].name, "zeta");
+    }
+
+    #[test]
+    fn location_ips_are_filtered() {
+        let mut a = node(
+            "a",
+            "x",
+            "1.1.1.1:1",
+            Some("10.0.0.1/24"),
+            "10.42.0.0/24",
+            false,
+        );
+        a.allowed_location_ips = vec![
+            "192.168.50.0/24".parse().unwrap(), // kept
+            "10.42.0.128/25".parse().unwrap(),  // inside a's own pod CIDR: dropped
+            "10.5.0.0/16".parse().unwrap(),     // overlaps a peer: dropped
+            "172.16.0.0/16".parse().unwrap(),   // overlaps b's: dropped (both)
+        ];
+        let mut b = node(
+            "b",
+            "y",
+            "2.2.2.2:1",
+            Some("10.1.0.1/24"),
+            "10.42.1.0/24",
+            false,
+        );
+        b.allowed_location_ips = vec!["172.16.5.0/24".parse().unwrap()];
+        let t = Topology::new(
+            &snapshot(vec![a, b], vec![peer("p", &["10.5.0.1/32"])]),
+            &MeshOptions::default(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            t.segments[0].location_ips,
+            vec!["192.168.50.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert!(t.segments[1].location_ips.is_empty());
+    }
+
+    #[test]
+    fn subnet_exhaustion_is_an_error() {
+        let nodes = (0..3)
+            .map(|i| {
+                node(
+                    &format!("n{i}"),
+                    "x",
+                    "1.1.1.1:1",
+                    None,
+                    &format!("10.42.{i}.0/24"),
+                    false,
+                )
+            })
+            .collect();
+        let opts = MeshOptions {
+            subnet: "10.4.0.0/31".parse().unwrap(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Topology::new(&snapshot(nodes, vec![]), &opts, 0),
+            Err(TopologyError::SubnetExhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn private_ranges() {
+        for (ip, private) in [
+            ("10.1.2.3", true),
+            ("172.16.0.1", true),
+            ("172.32.0.1", false),
+            ("192.168.1.1", true),
+            ("8.8.8.8", false),
+            ("fd12:3456::1", true),
+            ("fc00::1", true),
+            ("2001:db8::1", false),
+        ] {
+            assert_eq!(is_private(ip.parse().unwrap()), private, "{ip}");
+        }
+    }
+}
