@@ -1,3 +1,5 @@
 //! Weft's node agent: backend -> mesh core -> reconciler, and `weftctl`.
 
+pub mod file_backend;
 pub mod mesh;
+pub mod render;

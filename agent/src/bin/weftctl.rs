@@ -1,1 +1,167 @@
-fn main() {}
+//! `weftctl`: look at a Weft mesh. `graph` draws it, `showconf` prints the
+//! WireGuard configuration of a node or peer, as Kilo's `kgctl` does.
+
+use clap::{Parser, Subcommand};
+use ipnet::IpNet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use weft_agent::file_backend::MeshFile;
+use weft_agent::mesh::Topology;
+use weft_agent::render::{self, Format, RenderError};
+
+#[derive(Parser)]
+#[command(
+    name = "weftctl",
+    version,
+    about = "Inspect a Weft mesh: draw it, or print the WireGuard configuration of a node or peer",
+    long_about = "Inspect a Weft mesh: draw it (graph), or print the WireGuard configuration \
+                  a node runs or an external peer needs (showconf). The mesh is computed \
+                  from the same inputs the agents use, so what weftctl shows is what the \
+                  nodes do."
+)]
+struct Cli {
+    /// Mesh description (YAML or JSON) of the file backend.
+    #[arg(long, env = "WEFT_MESH", default_value = "/etc/weft/mesh.yaml")]
+    mesh: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the mesh as Graphviz DOT (segments, leaders, tunnels, peers).
+    Graph {
+        /// Render SVG with Graphviz's `circo` instead (needs graphviz installed).
+        #[arg(long)]
+        svg: bool,
+    },
+    /// Print a WireGuard configuration.
+    Showconf {
+        #[command(subcommand)]
+        what: Showconf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ShowconfArgs {
+    /// Print the node's segment (or the peer) as a peer of another interface:
+    /// the multi-cluster recipe.
+    #[arg(long)]
+    as_peer: bool,
+    /// Output format with --as-peer: wireguard (INI), or a Kilo Peer manifest.
+    #[arg(short, long, value_enum, default_value_t = Format::Wireguard)]
+    output: Format,
+    /// Extra allowed IPs to add with --as-peer (e.g. the service CIDR).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    allowed_ips: Vec<IpNet>,
+}
+
+#[derive(Subcommand)]
+enum Showconf {
+    /// The configuration a node runs (its private key is never shown).
+    Node {
+        name: String,
+        #[command(flatten)]
+        args: ShowconfArgs,
+    },
+    /// The sections an external peer loads to reach the mesh.
+    Peer {
+        name: String,
+        #[command(flatten)]
+        args: ShowconfArgs,
+    },
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn run(cli: Cli) -> Result<String, String> {
+    let loaded = MeshFile::read(&cli.mesh).map_err(|e| e.to_string())?;
+    for r in &loaded.rejected {
+        eprintln!("weftctl: left out {r}");
+    }
+    let topology =
+        Topology::new(&loaded.snapshot, &loaded.options, now()).map_err(|e| e.to_string())?;
+    for e in &topology.excluded {
+        eprintln!("weftctl: left out {} {}: {}", e.kind, e.name, e.reason);
+    }
+    let check_args = |args: &ShowconfArgs| {
+        if !args.as_peer && (args.output != Format::Wireguard || !args.allowed_ips.is_empty()) {
+            return Err("--output and --allowed-ips go with --as-peer".to_string());
+        }
+        Ok(())
+    };
+    let result = match cli.command {
+        Command::Graph { svg } => {
+            let dot = render::graph(&topology);
+            return if svg { to_svg(&dot) } else { Ok(dot) };
+        }
+        Command::Showconf {
+            what: Showconf::Node { name, args },
+        } => {
+            check_args(&args)?;
+            if args.as_peer {
+                render::node_as_peer_conf(&topology, &name, &args.allowed_ips, args.output)
+            } else {
+                render::node_conf(&topology, &name)
+            }
+        }
+        Command::Showconf {
+            what: Showconf::Peer { name, args },
+        } => {
+            check_args(&args)?;
+            if args.as_peer {
+                render::peer_as_peer_conf(&topology, &name, &args.allowed_ips, args.output)
+            } else {
+                render::peer_conf(&topology, &name)
+            }
+        }
+    };
+    match result {
+        Ok(s) => Ok(s),
+        // Like kgctl: a non-leader has nothing to show, which is not an error.
+        Err(e @ RenderError::NotLeader(_)) => {
+            eprintln!("weftctl: {e}");
+            Ok(String::new())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn to_svg(dot: &str) -> Result<String, String> {
+    let mut child = std::process::Command::new("circo")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("--svg needs Graphviz (apt-get install graphviz): {e}"))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(dot.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "circo failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(s) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weftctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
