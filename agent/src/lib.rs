@@ -1,5 +1,7 @@
 //! Weft's node agent: backend -> mesh core -> reconciler, and `weftctl`.
 
+pub mod demo;
 pub mod file_backend;
 pub mod mesh;
+pub mod reconcile;
 pub mod render;

@@ -8,7 +8,6 @@
 use crate::config::{Cidr, IpamConf, NetConf, Route, SUPPORTED_VERSIONS};
 use crate::error::CniError;
 use crate::ipam::{Allocation, Store};
-use crate::link::{in_netns, set_hairpin, Netlink};
 use crate::result::{CniResult, Interface, IpConfig};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -16,6 +15,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use weft_netlink::{in_netns, set_hairpin, Netlink};
 
 /// What the runtime passes in the environment.
 #[derive(Debug, Clone, Default)]
@@ -192,7 +192,7 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
                 addr: a.gateway,
                 prefix: a.address.prefix,
             };
-            nl.ensure_address(bridge.index, gw, conf.force_address, &conf.bridge)?;
+            nl.ensure_address(bridge.index, gw.into(), conf.force_address, &conf.bridge)?;
         }
     }
     let host_name = host_veth_name(env);
@@ -229,7 +229,7 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
     let ifname = env.ifname.clone();
     let pod_routes = routes.clone();
     let pod_ips = allocations.clone();
-    let pod_mac = in_netns(netns, move |pn| {
+    let pod_mac = in_netns::<_, CniError>(netns, move |pn| {
         let l = pn
             .link(&ifname)?
             .ok_or_else(|| CniError::io(format!("{ifname} did not appear in the container")))?;
@@ -241,7 +241,7 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
         }
         pn.set_up(l.index, &ifname)?;
         for a in &pod_ips {
-            pn.ensure_address(l.index, a.address, true, &ifname)?;
+            pn.ensure_address(l.index, a.address.into(), true, &ifname)?;
         }
         for r in &pod_routes {
             let gw = r.gw.or_else(|| {
@@ -250,7 +250,7 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
                     .find(|a| a.address.addr.is_ipv4() == r.dst.addr.is_ipv4())
                     .map(|a| a.gateway)
             });
-            pn.add_route(r.dst, gw, l.index)?;
+            pn.add_route(r.dst.into(), gw, l.index)?;
         }
         Ok(pn.link(&ifname)?.map(|l| l.mac).unwrap_or_default())
     })?;
@@ -307,7 +307,7 @@ fn del(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
         // The netns may already be gone; then so is the veth.
         if netns.exists() {
             let ifname = env.ifname.clone();
-            let r = in_netns(netns, move |pn| {
+            let r = in_netns::<_, CniError>(netns, move |pn| {
                 if let Some(l) = pn.link(&ifname)? {
                     pn.delete(l.index, &ifname)?;
                 }
@@ -350,7 +350,7 @@ fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
         )));
     }
     let ifname = env.ifname.clone();
-    in_netns(netns, move |pn| {
+    in_netns::<_, CniError>(netns, move |pn| {
         let l = pn.link(&ifname)?.ok_or_else(|| {
             CniError::check_failed(format!("interface {ifname} is missing in the container"))
         })?;
@@ -360,7 +360,7 @@ fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
                 .interface
                 .and_then(|i| prev.interfaces.get(i))
                 .is_none_or(|i| i.name == ifname);
-            if ours && !have.contains(&ip.address) {
+            if ours && !have.contains(&ip.address.into()) {
                 return Err(CniError::check_failed(format!(
                     "{ifname} lacks address {}",
                     ip.address

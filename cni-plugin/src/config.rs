@@ -81,6 +81,15 @@ pub fn from_u128(v4: bool, n: u128) -> IpAddr {
     }
 }
 
+impl From<Cidr> for weft_netlink::Cidr {
+    fn from(c: Cidr) -> Self {
+        Self {
+            addr: c.addr,
+            prefix: c.prefix,
+        }
+    }
+}
+
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

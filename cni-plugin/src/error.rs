@@ -88,3 +88,14 @@ impl CniError {
             .unwrap_or_else(|_| format!("{{\"code\":{},\"msg\":\"error\"}}", self.code))
     }
 }
+
+impl From<weft_netlink::NetlinkError> for CniError {
+    fn from(e: weft_netlink::NetlinkError) -> Self {
+        use weft_netlink::NetlinkError as N;
+        match e {
+            N::Failed(m) => CniError::io(m),
+            N::Conflict(m) => CniError::invalid_config(m),
+            N::Namespace(m) => CniError::unknown_container(m),
+        }
+    }
+}

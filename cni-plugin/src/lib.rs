@@ -2,13 +2,12 @@
 //! `kube-bridge`) with host-local-compatible IPAM done in process.
 //!
 //! The parts that need no privileges (configuration, results, IPAM store) are
-//! plain modules tested on their own; [`link`] is the one module that talks
-//! netlink, and [`command`] strings them together per CNI verb.
+//! plain modules tested on their own; netlink goes through the shared
+//! `weft_netlink` crate, and [`command`] strings them together per CNI verb.
 
 pub mod command;
 pub mod config;
 pub mod error;
 pub mod ipam;
-pub mod link;
 pub mod masq;
 pub mod result;

@@ -41,6 +41,26 @@ enum Command {
         #[command(subcommand)]
         what: Showconf,
     },
+    /// A local multi-cloud mesh in network namespaces (needs root).
+    Demo {
+        #[command(subcommand)]
+        action: DemoAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoAction {
+    /// Build 4 nodes in 3 locations (one behind NAT), each running weft-agent
+    /// with a pod wired by weft-cni; prove pod-to-pod and pod-to-node
+    /// reachability; print the table and the graph; tear everything down.
+    Up {
+        /// Keep it running until Enter or Ctrl-C, to look around
+        /// (e.g. `sudo ip netns exec wd-aws-1-pod ping 10.42.3.2`).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove what an interrupted demo left behind.
+    Down,
 }
 
 #[derive(clap::Args)]
@@ -80,7 +100,70 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+fn demo(action: DemoAction) -> Result<String, String> {
+    use weft_agent::demo;
+    let paths = demo::DemoPaths::beside_current_exe().map_err(|e| e.to_string())?;
+    if let DemoAction::Down = action {
+        demo::down(&paths.work);
+        return Ok("removed the demo's namespaces, agents and files\n".into());
+    }
+    let keep = matches!(action, DemoAction::Up { keep: true });
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the demo needs root (network namespaces, TUN, routes)".into());
+    }
+    // Ctrl-C at any point: clean up, then leave.
+    let work = paths.work.clone();
+    // SAFETY: sigset manipulation on locals, then pthread_sigmask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let _ = std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: waits on the set blocked above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        eprintln!("\nweftctl demo: interrupted; tearing down");
+        demo::down(&work);
+        std::process::exit(130);
+    });
+    let started = std::time::Instant::now();
+    let d = demo::Demo::up(paths, &|step| eprintln!("== {step}")).map_err(|e| e.to_string())?;
+    eprintln!("== checking reachability across the mesh");
+    let rows = d.check(std::time::Duration::from_secs(15));
+    let mut out = String::new();
+    out.push_str(&demo::table(&rows));
+    out.push('\n');
+    out.push_str(&d.graph().map_err(|e| e.to_string())?);
+    let failed = rows.iter().filter(|r| r.rtt_ms.is_none()).count();
+    out.push_str(&format!(
+        "\n{} of {} paths reachable; up and checked in {:.1} s\n",
+        rows.len() - failed,
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    print!("{out}");
+    out.clear();
+    if keep {
+        eprintln!("running; press Enter (or Ctrl-C) to tear down");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    eprintln!("== tearing down");
+    drop(d);
+    if failed > 0 {
+        return Err(format!("{failed} paths unreachable"));
+    }
+    Ok(out)
+}
+
 fn run(cli: Cli) -> Result<String, String> {
+    if let Command::Demo { action } = cli.command {
+        return demo(action);
+    }
     let loaded = MeshFile::read(&cli.mesh).map_err(|e| e.to_string())?;
     for r in &loaded.rejected {
         eprintln!("weftctl: left out {r}");
@@ -97,6 +180,7 @@ fn run(cli: Cli) -> Result<String, String> {
         Ok(())
     };
     let result = match cli.command {
+        Command::Demo { .. } => unreachable!("handled above"),
         Command::Graph { svg } => {
             let dot = render::graph(&topology);
             return if svg { to_svg(&dot) } else { Ok(dot) };

@@ -1,13 +1,13 @@
-//! Netlink, and nothing else: links, addresses and routes on the host and in a
-//! pod's network namespace, through rtnetlink on a single-threaded runtime
-//! (it starts in microseconds; a CNI plugin lives for one command).
+//! Netlink, and nothing else: links, addresses and routes on the host and in
+//! another network namespace, through rtnetlink on a single-threaded runtime
+//! (it starts in microseconds; the CNI plugin lives for one command). Shared
+//! by `weft-cni` and the agent.
 
-use crate::config::Cidr;
-use crate::error::CniError;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+pub use rtnetlink::packet_route::route::RouteProtocol;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -29,8 +29,63 @@ pub struct Netlink {
     handle: Handle,
 }
 
-fn nl_err(what: impl std::fmt::Display, e: rtnetlink::Error) -> CniError {
-    CniError::io(format!("{what}: {e}"))
+/// An address with its prefix length; the host bits may be set.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    fn mask(&self) -> u128 {
+        let bits: u32 = if self.addr.is_ipv4() { 32 } else { 128 };
+        let host = bits - u32::from(self.prefix.min(bits as u8));
+        let all = if bits == 32 {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        };
+        if host >= 128 {
+            0
+        } else {
+            all & !((1u128 << host) - 1)
+        }
+    }
+    fn bits(ip: IpAddr) -> u128 {
+        match ip {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        }
+    }
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4()
+            && Self::bits(ip) & self.mask() == Self::bits(self.addr) & self.mask()
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// What went wrong, in terms a caller can map to its own error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The operation failed (message says which and why).
+    #[error("{0}")]
+    Failed(String),
+    /// Something of that name or address is already there.
+    #[error("{0}")]
+    Conflict(String),
+    /// The network namespace cannot be entered.
+    #[error("{0}")]
+    Namespace(String),
+}
+
+fn nl_err(what: impl std::fmt::Display, e: rtnetlink::Error) -> NetlinkError {
+    NetlinkError::Failed(format!("{what}: {e}"))
 }
 
 fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
@@ -46,21 +101,21 @@ fn mac_string(bytes: &[u8]) -> String {
 }
 
 impl Netlink {
-    pub fn new() -> Result<Self, CniError> {
+    pub fn new() -> Result<Self, NetlinkError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
-            .map_err(|e| CniError::io(format!("runtime: {e}")))?;
+            .map_err(|e| NetlinkError::Failed(format!("runtime: {e}")))?;
         let handle = rt.block_on(async {
             let (conn, handle, _) = rtnetlink::new_connection()
-                .map_err(|e| CniError::io(format!("netlink socket: {e}")))?;
+                .map_err(|e| NetlinkError::Failed(format!("netlink socket: {e}")))?;
             tokio::spawn(conn);
-            Ok::<_, CniError>(handle)
+            Ok::<_, NetlinkError>(handle)
         })?;
         Ok(Self { rt, handle })
     }
 
-    pub fn link(&self, name: &str) -> Result<Option<LinkInfo>, CniError> {
+    pub fn link(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
         let h = self.handle.clone();
         self.rt.block_on(async move {
             let mut s = h.link().get().match_name(name.to_string()).execute();
@@ -88,7 +143,7 @@ impl Netlink {
     }
 
     /// Creates the bridge if missing; sets its MTU and brings it up.
-    pub fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<LinkInfo, CniError> {
+    pub fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<LinkInfo, NetlinkError> {
         if self.link(name)?.is_none() {
             let h = self.handle.clone();
             let r = self.rt.block_on(async move {
@@ -106,7 +161,7 @@ impl Netlink {
         }
         let info = self
             .link(name)?
-            .ok_or_else(|| CniError::io(format!("bridge {name} vanished")))?;
+            .ok_or_else(|| NetlinkError::Failed(format!("bridge {name} vanished")))?;
         if info.mtu != mtu {
             self.set(
                 LinkUnspec::new_with_index(info.index).mtu(mtu).up().build(),
@@ -116,14 +171,14 @@ impl Netlink {
             self.set(LinkUnspec::new_with_index(info.index).up().build(), name)?;
         }
         self.link(name)?
-            .ok_or_else(|| CniError::io(format!("bridge {name} vanished")))
+            .ok_or_else(|| NetlinkError::Failed(format!("bridge {name} vanished")))
     }
 
     fn set(
         &self,
         msg: rtnetlink::packet_route::link::LinkMessage,
         what: &str,
-    ) -> Result<(), CniError> {
+    ) -> Result<(), NetlinkError> {
         let h = self.handle.clone();
         self.rt
             .block_on(async move { h.link().set(msg).execute().await })
@@ -131,7 +186,7 @@ impl Netlink {
     }
 
     /// Addresses on a link.
-    pub fn addresses(&self, index: u32) -> Result<Vec<Cidr>, CniError> {
+    pub fn addresses(&self, index: u32) -> Result<Vec<Cidr>, NetlinkError> {
         let h = self.handle.clone();
         self.rt.block_on(async move {
             let mut s = h.address().get().set_link_index_filter(index).execute();
@@ -160,7 +215,7 @@ impl Netlink {
         cidr: Cidr,
         force: bool,
         what: &str,
-    ) -> Result<(), CniError> {
+    ) -> Result<(), NetlinkError> {
         let existing = self.addresses(index)?;
         if existing.contains(&cidr) {
             return Ok(());
@@ -176,7 +231,7 @@ impl Netlink {
             .contains(other.addr);
             if same_subnet && cidr.addr.is_ipv4() {
                 if !force {
-                    return Err(CniError::invalid_config(format!(
+                    return Err(NetlinkError::Conflict(format!(
                         "{what} already has {other}, not {cidr}; set forceAddress to replace it"
                     )));
                 }
@@ -197,7 +252,7 @@ impl Netlink {
         }
     }
 
-    fn del_address(&self, index: u32, cidr: Cidr) -> Result<(), CniError> {
+    fn del_address(&self, index: u32, cidr: Cidr) -> Result<(), NetlinkError> {
         let h = self.handle.clone();
         self.rt.block_on(async move {
             let mut s = h
@@ -231,7 +286,7 @@ impl Netlink {
         peer: &str,
         netns: RawFd,
         mtu: u32,
-    ) -> Result<(), CniError> {
+    ) -> Result<(), NetlinkError> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .mtu(mtu)
@@ -245,7 +300,7 @@ impl Netlink {
         let h = self.handle.clone();
         match self.rt.block_on(async move { h.link().add(msg).execute().await }) {
             Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::EEXIST) => Err(CniError::invalid_config(format!(
+            Err(e) if is_errno(&e, libc::EEXIST) => Err(NetlinkError::Conflict(format!(
                 "cannot create veth {name}: interface {peer} already exists in the container (or {name} on the host)"
             ))),
             Err(e) => Err(nl_err(format!("create veth {name} with {peer} in the container"), e)),
@@ -258,7 +313,7 @@ impl Netlink {
         bridge: u32,
         mtu: u32,
         name: &str,
-    ) -> Result<(), CniError> {
+    ) -> Result<(), NetlinkError> {
         self.set(
             LinkUnspec::new_with_index(index)
                 .controller(bridge)
@@ -269,7 +324,7 @@ impl Netlink {
         )
     }
 
-    pub fn move_to_netns(&self, index: u32, netns: RawFd, name: &str) -> Result<(), CniError> {
+    pub fn move_to_netns(&self, index: u32, netns: RawFd, name: &str) -> Result<(), NetlinkError> {
         self.set(
             LinkUnspec::new_with_index(index).setns_by_fd(netns).build(),
             name,
@@ -277,7 +332,7 @@ impl Netlink {
     }
 
     /// Renames, sets MTU and brings up a link (inside a pod).
-    pub fn configure(&self, index: u32, new_name: &str, mtu: u32) -> Result<(), CniError> {
+    pub fn configure(&self, index: u32, new_name: &str, mtu: u32) -> Result<(), NetlinkError> {
         self.set(
             LinkUnspec::new_with_index(index)
                 .name(new_name.to_string())
@@ -288,11 +343,11 @@ impl Netlink {
         )
     }
 
-    pub fn set_up(&self, index: u32, what: &str) -> Result<(), CniError> {
+    pub fn set_up(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
         self.set(LinkUnspec::new_with_index(index).up().build(), what)
     }
 
-    pub fn delete(&self, index: u32, what: &str) -> Result<(), CniError> {
+    pub fn delete(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
         let h = self.handle.clone();
         match self
             .rt
@@ -305,27 +360,53 @@ impl Netlink {
     }
 
     /// Adds a route via `gw` (or on-link when `gw` is None) out of `index`.
-    pub fn add_route(&self, dst: Cidr, gw: Option<IpAddr>, index: u32) -> Result<(), CniError> {
-        let msg = match (dst.addr, gw) {
-            (IpAddr::V4(d), gw) => {
+    pub fn add_route(&self, dst: Cidr, gw: Option<IpAddr>, index: u32) -> Result<(), NetlinkError> {
+        self.add_owned_route(
+            &OwnedRoute {
+                dst,
+                gateway: gw,
+                oif: index,
+                src: None,
+            },
+            RouteProtocol::Static,
+        )
+    }
+
+    fn route_message(r: &OwnedRoute, protocol: RouteProtocol) -> RouteMessage {
+        match r.dst.addr {
+            IpAddr::V4(d) => {
                 let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(d, dst.prefix)
-                    .output_interface(index);
-                if let Some(IpAddr::V4(g)) = gw {
+                    .destination_prefix(d, r.dst.prefix)
+                    .output_interface(r.oif)
+                    .protocol(protocol);
+                if let Some(IpAddr::V4(g)) = r.gateway {
                     b = b.gateway(g);
+                }
+                if let Some(IpAddr::V4(s)) = r.src {
+                    b = b.pref_source(s);
                 }
                 b.build()
             }
-            (IpAddr::V6(d), gw) => {
+            IpAddr::V6(d) => {
                 let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(d, dst.prefix)
-                    .output_interface(index);
-                if let Some(IpAddr::V6(g)) = gw {
+                    .destination_prefix(d, r.dst.prefix)
+                    .output_interface(r.oif)
+                    .protocol(protocol);
+                if let Some(IpAddr::V6(g)) = r.gateway {
                     b = b.gateway(g);
                 }
                 b.build()
             }
-        };
+        }
+    }
+
+    /// Adds a route tagged with `protocol`, so its owner can find it again.
+    pub fn add_owned_route(
+        &self,
+        r: &OwnedRoute,
+        protocol: RouteProtocol,
+    ) -> Result<(), NetlinkError> {
+        let msg = Self::route_message(r, protocol);
         let h = self.handle.clone();
         match self
             .rt
@@ -333,12 +414,86 @@ impl Netlink {
         {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
-            Err(e) => Err(nl_err(format!("add route {dst}"), e)),
+            Err(e) => Err(nl_err(format!("add route {}", r.dst), e)),
         }
     }
 
+    /// Deletes a route added by [`Netlink::add_owned_route`].
+    pub fn del_owned_route(
+        &self,
+        r: &OwnedRoute,
+        protocol: RouteProtocol,
+    ) -> Result<(), NetlinkError> {
+        let msg = Self::route_message(r, protocol);
+        let h = self.handle.clone();
+        match self
+            .rt
+            .block_on(async move { h.route().del(msg).execute().await })
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) => Err(nl_err(format!("delete route {}", r.dst), e)),
+        }
+    }
+
+    /// Routes of the main table tagged with `protocol`, both families.
+    pub fn owned_routes(&self, protocol: RouteProtocol) -> Result<Vec<OwnedRoute>, NetlinkError> {
+        let mut out = Vec::new();
+        for v4 in [true, false] {
+            out.extend(
+                self.list_routes(v4)?
+                    .into_iter()
+                    .filter(|(p, table, _)| *p == protocol && *table == RouteHeader::RT_TABLE_MAIN)
+                    .map(|(_, _, r)| r),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The index of the link holding `ip`, if any.
+    pub fn link_with_address(&self, ip: IpAddr) -> Result<Option<(u32, Cidr)>, NetlinkError> {
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut s = h.address().get().set_address_filter(ip).execute();
+            while let Some(msg) = s
+                .try_next()
+                .await
+                .map_err(|e| nl_err("list addresses", e))?
+            {
+                let prefix = msg.header.prefix_len;
+                let index = msg.header.index;
+                for a in msg.attributes {
+                    if let AddressAttribute::Address(addr) = a {
+                        if addr == ip {
+                            return Ok(Some((index, Cidr { addr, prefix })));
+                        }
+                    }
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Sets a link's MTU and brings it up.
+    pub fn set_mtu_up(&self, index: u32, mtu: u32, what: &str) -> Result<(), NetlinkError> {
+        self.set(
+            LinkUnspec::new_with_index(index).mtu(mtu).up().build(),
+            what,
+        )
+    }
+
     /// Routes in the main table as (destination, gateway, output index).
-    pub fn routes(&self, v4: bool) -> Result<Vec<(Cidr, Option<IpAddr>, u32)>, CniError> {
+    pub fn routes(&self, v4: bool) -> Result<Vec<(Cidr, Option<IpAddr>, u32)>, NetlinkError> {
+        Ok(self
+            .list_routes(v4)?
+            .into_iter()
+            .filter(|(_, table, _)| *table == RouteHeader::RT_TABLE_MAIN)
+            .map(|(_, _, r)| (r.dst, r.gateway, r.oif))
+            .collect())
+    }
+
+    /// Every route of one family with its protocol and table.
+    fn list_routes(&self, v4: bool) -> Result<Vec<(RouteProtocol, u8, OwnedRoute)>, NetlinkError> {
         let msg = if v4 {
             RouteMessageBuilder::<Ipv4Addr>::new().build()
         } else {
@@ -349,61 +504,92 @@ impl Netlink {
             let mut s = h.route().get(msg).execute();
             let mut out = Vec::new();
             while let Some(m) = s.try_next().await.map_err(|e| nl_err("list routes", e))? {
-                let prefix = m.header.destination_prefix_length;
-                let mut dst = if v4 {
+                let unspecified = if v4 {
                     IpAddr::V4(Ipv4Addr::UNSPECIFIED)
                 } else {
                     IpAddr::V6(Ipv6Addr::UNSPECIFIED)
                 };
-                let (mut gw, mut oif) = (None, 0);
+                let mut r = OwnedRoute {
+                    dst: Cidr {
+                        addr: unspecified,
+                        prefix: m.header.destination_prefix_length,
+                    },
+                    gateway: None,
+                    oif: 0,
+                    src: None,
+                };
                 for a in m.attributes {
                     match a {
-                        RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = IpAddr::V4(a),
-                        RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = IpAddr::V6(a),
-                        RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(IpAddr::V4(a)),
-                        RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gw = Some(IpAddr::V6(a)),
-                        RouteAttribute::Oif(i) => oif = i,
+                        RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                            r.dst.addr = IpAddr::V4(a)
+                        }
+                        RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                            r.dst.addr = IpAddr::V6(a)
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet(a)) => {
+                            r.gateway = Some(IpAddr::V4(a))
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet6(a)) => {
+                            r.gateway = Some(IpAddr::V6(a))
+                        }
+                        RouteAttribute::PrefSource(RouteAddress::Inet(a)) => {
+                            r.src = Some(IpAddr::V4(a))
+                        }
+                        RouteAttribute::PrefSource(RouteAddress::Inet6(a)) => {
+                            r.src = Some(IpAddr::V6(a))
+                        }
+                        RouteAttribute::Oif(i) => r.oif = i,
                         _ => {}
                     }
                 }
-                out.push((Cidr { addr: dst, prefix }, gw, oif));
+                out.push((m.header.protocol, m.header.table, r));
             }
             Ok(out)
         })
     }
 }
 
+/// A route as its owner describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnedRoute {
+    pub dst: Cidr,
+    pub gateway: Option<IpAddr>,
+    pub oif: u32,
+    pub src: Option<IpAddr>,
+}
+
 /// Runs `f` with a netlink connection inside the network namespace at `path`,
 /// on a thread of its own so this process's namespace never changes.
-pub fn in_netns<T: Send>(
+pub fn in_netns<T: Send, E: From<NetlinkError> + Send>(
     path: &Path,
-    f: impl FnOnce(&Netlink) -> Result<T, CniError> + Send,
-) -> Result<T, CniError> {
+    f: impl FnOnce(&Netlink) -> Result<T, E> + Send,
+) -> Result<T, E> {
     let ns = std::fs::File::open(path).map_err(|e| {
-        CniError::unknown_container(format!("cannot open netns {}: {e}", path.display()))
+        NetlinkError::Namespace(format!("cannot open netns {}: {e}", path.display()))
     })?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 // SAFETY: setns on this thread only, with a namespace fd we hold open.
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(CniError::unknown_container(format!(
+                    return Err(NetlinkError::Namespace(format!(
                         "{} is not a network namespace: {}",
                         path.display(),
                         std::io::Error::last_os_error()
-                    )));
+                    ))
+                    .into());
                 }
                 let nl = Netlink::new()?;
                 f(&nl)
             })
             .join()
-            .unwrap_or_else(|_| Err(CniError::io("netns worker panicked")))
+            .unwrap_or_else(|_| Err(NetlinkError::Failed("netns worker panicked".into()).into()))
     })
 }
 
 /// Writes a bridge-port flag through sysfs (hairpin mode).
-pub fn set_hairpin(ifname: &str, on: bool) -> Result<(), CniError> {
+pub fn set_hairpin(ifname: &str, on: bool) -> Result<(), NetlinkError> {
     let path = format!("/sys/class/net/{ifname}/brport/hairpin_mode");
     std::fs::write(&path, if on { "1" } else { "0" })
-        .map_err(|e| CniError::io(format!("cannot set hairpin mode on {ifname}: {e}")))
+        .map_err(|e| NetlinkError::Failed(format!("cannot set hairpin mode on {ifname}: {e}")))
 }

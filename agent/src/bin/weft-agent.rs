@@ -1,0 +1,224 @@
+//! `weft-agent`: the per-node agent. Reads the mesh (file backend), computes
+//! this node's desired state and applies it: the embedded userspace WireGuard
+//! tunnel, addresses, routes, netfilter and the CNI configuration.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use weft_agent::file_backend::MeshFile;
+use weft_agent::mesh::Topology;
+use weft_agent::reconcile::{key, Reconciler, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "weft-agent",
+    version,
+    about = "Weft's node agent: joins this node to the encrypted mesh",
+    long_about = "Weft's node agent. It reads the mesh description, computes what this node \
+                  needs (a userspace WireGuard tunnel if it leads its segment, routes, \
+                  masquerading, the CNI configuration) and applies only what differs, again \
+                  whenever the description changes and every --resync. Stopping it leaves \
+                  the node's network as it is (a restart picks up from there) unless \
+                  --clean-up is given."
+)]
+struct Cli {
+    /// This node's name in the mesh.
+    #[arg(long, env = "NODE_NAME")]
+    hostname: String,
+    /// Mesh description (YAML or JSON) of the file backend; re-read on change.
+    #[arg(long, env = "WEFT_MESH", default_value = "/etc/weft/mesh.yaml")]
+    mesh: PathBuf,
+    /// Name of the WireGuard interface.
+    #[arg(long, default_value = "weft0")]
+    interface: String,
+    /// Where the node's private key lives (created 0600 on first start).
+    #[arg(long, default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// Directory for the CNI conflist (10-weft.conflist).
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_dir: PathBuf,
+    /// Do not write a CNI configuration.
+    #[arg(long)]
+    no_cni: bool,
+    /// Do not manage masquerading and forwarding rules.
+    #[arg(long)]
+    no_nat: bool,
+    /// Re-apply everything this often (seconds) even without changes.
+    #[arg(long, default_value_t = 30)]
+    resync: u64,
+    /// On exit, remove the routes, rules, CNI configuration and tunnel this
+    /// agent created. Off by default: a restart should not be an outage.
+    #[arg(long)]
+    clean_up: bool,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn enable_forwarding() {
+    for (path, what) in [
+        ("/proc/sys/net/ipv4/ip_forward", "IPv4"),
+        ("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6"),
+    ] {
+        match std::fs::read_to_string(path) {
+            Ok(v) if v.trim() == "1" => {}
+            _ => match std::fs::write(path, "1") {
+                Ok(()) => tracing::info!("enabled {what} forwarding"),
+                Err(e) => tracing::warn!("cannot enable {what} forwarding ({path}): {e}"),
+            },
+        }
+    }
+}
+
+/// Blocks SIGINT/SIGTERM here (and in every thread started later) and sets
+/// `stop` when one arrives.
+fn watch_signals(stop: Arc<AtomicBool>) {
+    // SAFETY: sigset manipulation on locals, then pthread_sigmask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waits on the set blocked above.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            stop.store(true, Ordering::SeqCst);
+        });
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(stop.clone());
+    let key_path = cli.state_dir.join("key");
+    let (key, created) = key::load_or_create(&key_path).map_err(|e| e.to_string())?;
+    tracing::info!(
+        node = %cli.hostname,
+        public_key = %key.public_key(),
+        "{} key {}",
+        if created { "created" } else { "loaded" },
+        key_path.display()
+    );
+    enable_forwarding();
+    let mut reconciler = Reconciler::new(
+        Settings {
+            interface: cli.interface.clone(),
+            cni_dir: (!cli.no_cni).then(|| cli.cni_dir.clone()),
+            manage_nat: !cli.no_nat,
+        },
+        key,
+    )
+    .map_err(|e| e.to_string())?;
+
+    let mut last_modified = None;
+    let mut last_pass = Instant::now() - Duration::from_secs(cli.resync + 1);
+    let mut last_rejections = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let modified = std::fs::metadata(&cli.mesh).and_then(|m| m.modified()).ok();
+        let due = last_pass.elapsed() >= Duration::from_secs(cli.resync);
+        if modified == last_modified && !due {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        last_modified = modified;
+        last_pass = Instant::now();
+        let started = Instant::now();
+        let loaded = match MeshFile::read(&cli.mesh) {
+            Ok(l) => l,
+            Err(e) => {
+                // Keep what is applied: a broken file is not a reason for an outage.
+                tracing::error!("{e}; keeping the current state");
+                continue;
+            }
+        };
+        let rejections: Vec<String> = loaded.rejected.iter().map(ToString::to_string).collect();
+        if rejections != last_rejections {
+            for r in &rejections {
+                tracing::warn!("left out {r}");
+            }
+            last_rejections = rejections;
+        }
+        let topology = match Topology::new(&loaded.snapshot, &loaded.options, now()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("{e}; keeping the current state");
+                continue;
+            }
+        };
+        let Some(desired) = topology.desired_state(&cli.hostname) else {
+            let why = topology
+                .excluded
+                .iter()
+                .find(|e| e.name == cli.hostname)
+                .map(|e| e.reason.clone())
+                .unwrap_or_else(|| "not in the mesh description".into());
+            tracing::warn!(node = %cli.hostname, "this node is not in the mesh ({why}); keeping the current state");
+            continue;
+        };
+        let pod_cidrs = topology
+            .segments
+            .iter()
+            .flat_map(|s| &s.nodes)
+            .find(|n| n.name == cli.hostname)
+            .map(|n| n.pod_cidrs.clone())
+            .unwrap_or_default();
+        match reconciler.apply(&desired, &pod_cidrs, loaded.options.mtu) {
+            Ok(c) if c.is_empty() => tracing::debug!("no changes"),
+            Ok(c) => tracing::info!(
+                leader = desired.is_leader,
+                segment = %desired.segment,
+                peers_updated = c.peers_updated,
+                routes_added = c.routes_added,
+                routes_removed = c.routes_removed,
+                nat = c.nat_applied,
+                cni = c.cni_written,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "applied"
+            ),
+            Err(e) => {
+                tracing::error!("reconcile failed: {e}; retrying in 1 s");
+                last_pass = Instant::now() - Duration::from_secs(cli.resync.saturating_sub(1));
+            }
+        }
+    }
+    if cli.clean_up {
+        tracing::info!("cleaning up");
+        reconciler.clean_up().map_err(|e| e.to_string())?;
+    } else {
+        tracing::info!("stopping; the node's network stays as it is");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("weft-agent: must run as root (TUN, routes, netfilter)");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

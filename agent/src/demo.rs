@@ -1,0 +1,580 @@
+//! A multi-cloud cluster on one Linux host, no Kubernetes needed: network
+//! namespaces play the nodes, the clouds' private networks and the internet.
+//!
+//! ```text
+//!   internet 203.0.113.0/24 (a bridge)
+//!     |-- aws-1 .11 ---+                    location aws: two nodes on one
+//!     |-- aws-2 .12 ---+-- 172.31.0.0/24     private subnet; aws-1 leads
+//!     |-- gcp-1 .21 ------ 10.128.0.0/24     location gcp
+//!     `-- home router .31 (NAT, forwards udp/51820)
+//!                     `--- 192.168.1.0/24 -- home-1 (endpoint forced to .31)
+//! ```
+//!
+//! Every node runs `weft-agent` with the file backend and the embedded
+//! userspace tunnel; every node has a pod wired by `weft-cni` into
+//! `kube-bridge` from the conflist the agent wrote. All traffic stays inside
+//! namespaces the demo creates (the addresses are documentation and private
+//! ranges), and everything is removed on the way out.
+
+use crate::file_backend::MeshFile;
+use crate::mesh::Topology;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every namespace the demo creates starts with this.
+pub const PREFIX: &str = "wd-";
+const NET: &str = "wd-net";
+const ROUTER: &str = "wd-home-router";
+
+/// One node of the demo.
+#[derive(Clone, Debug)]
+pub struct DemoNode {
+    pub name: &'static str,
+    pub location: &'static str,
+    /// Address on the internet bridge (None: behind the home router).
+    pub public: Option<&'static str>,
+    pub private: &'static str,
+    pub lan: &'static str,
+    pub pod_cidr: &'static str,
+    /// The endpoint others use (forced for the node behind NAT).
+    pub endpoint: &'static str,
+}
+
+pub fn nodes() -> Vec<DemoNode> {
+    vec![
+        DemoNode {
+            name: "aws-1",
+            location: "aws",
+            public: Some("203.0.113.11/24"),
+            private: "172.31.0.11/24",
+            lan: "br-aws",
+            pod_cidr: "10.42.1.0/24",
+            endpoint: "203.0.113.11:51820",
+        },
+        DemoNode {
+            name: "aws-2",
+            location: "aws",
+            public: Some("203.0.113.12/24"),
+            private: "172.31.0.12/24",
+            lan: "br-aws",
+            pod_cidr: "10.42.2.0/24",
+            endpoint: "203.0.113.12:51820",
+        },
+        DemoNode {
+            name: "gcp-1",
+            location: "gcp",
+            public: Some("203.0.113.21/24"),
+            private: "10.128.0.21/24",
+            lan: "br-gcp",
+            pod_cidr: "10.42.3.0/24",
+            endpoint: "203.0.113.21:51820",
+        },
+        DemoNode {
+            name: "home-1",
+            location: "home",
+            public: None,
+            private: "192.168.1.10/24",
+            lan: "br-home",
+            pod_cidr: "10.42.4.0/24",
+            endpoint: "203.0.113.31:51820",
+        },
+    ]
+}
+
+pub fn node_ns(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+pub fn pod_ns(name: &str) -> String {
+    format!("{PREFIX}{name}-pod")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DemoError(pub String);
+
+fn sh(args: &[&str]) -> Result<String, DemoError> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| DemoError(format!("cannot run {}: {e}", args[0])))?;
+    if !out.status.success() {
+        return Err(DemoError(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ns_exec(ns: &str, args: &[&str]) -> Result<String, DemoError> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+fn ip_n(ns: &str, args: &[&str]) -> Result<String, DemoError> {
+    let mut v = vec!["ip", "-n", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+/// Where the binaries are, and where the demo keeps its files.
+#[derive(Clone, Debug)]
+pub struct DemoPaths {
+    pub agent: PathBuf,
+    pub cni: PathBuf,
+    pub work: PathBuf,
+}
+
+impl DemoPaths {
+    /// The agent and plugin next to the running executable.
+    pub fn beside_current_exe() -> Result<Self, DemoError> {
+        let exe = std::env::current_exe().map_err(|e| DemoError(e.to_string()))?;
+        let dir = exe
+            .parent()
+            .ok_or_else(|| DemoError("no executable dir".into()))?;
+        Ok(Self::in_dir(dir))
+    }
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            agent: dir.join("weft-agent"),
+            cni: dir.join("weft-cni"),
+            work: std::env::temp_dir().join("weft-demo"),
+        }
+    }
+}
+
+/// A running demo; everything is removed on drop.
+pub struct Demo {
+    pub paths: DemoPaths,
+    agents: Vec<(String, Child)>,
+}
+
+/// One row of the reachability table.
+#[derive(Clone, Debug)]
+pub struct Reach {
+    pub from: String,
+    pub to: String,
+    pub target: String,
+    pub path: &'static str,
+    pub rtt_ms: Option<f64>,
+}
+
+impl Demo {
+    /// Builds the whole scenario and waits until every agent has applied it.
+    pub fn up(paths: DemoPaths, progress: &dyn Fn(&str)) -> Result<Self, DemoError> {
+        for (what, p) in [("weft-agent", &paths.agent), ("weft-cni", &paths.cni)] {
+            if !p.is_file() {
+                return Err(DemoError(format!(
+                    "{what} not found at {} (build with: cargo build --release --workspace)",
+                    p.display()
+                )));
+            }
+        }
+        down(&paths.work);
+        let mut demo = Demo {
+            paths,
+            agents: Vec::new(),
+        };
+        progress("creating the internet, three clouds' networks and a home router");
+        demo.build_networks()?;
+        progress("writing keys and the mesh description");
+        demo.write_mesh()?;
+        progress("starting a weft-agent on every node");
+        for n in nodes() {
+            demo.start_agent(n.name)?;
+        }
+        demo.wait_applied(Duration::from_secs(20))?;
+        progress("wiring a pod on every node with weft-cni");
+        for n in nodes() {
+            demo.add_pod(n.name)?;
+        }
+        Ok(demo)
+    }
+
+    fn build_networks(&self) -> Result<(), DemoError> {
+        sh(&["ip", "netns", "add", NET])?;
+        for br in ["br-inet", "br-aws", "br-gcp", "br-home"] {
+            ip_n(NET, &["link", "add", br, "type", "bridge"])?;
+            ip_n(NET, &["link", "set", br, "up"])?;
+        }
+        let mut port = 0;
+        let mut plug =
+            |ns: &str, ifname: &str, bridge: &str, addr: &str| -> Result<(), DemoError> {
+                port += 1;
+                let peer = format!("p{port}");
+                sh(&[
+                    "ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name",
+                    &peer, "netns", NET,
+                ])?;
+                ip_n(NET, &["link", "set", &peer, "master", bridge, "up"])?;
+                ip_n(ns, &["addr", "add", addr, "dev", ifname])?;
+                ip_n(ns, &["link", "set", ifname, "up"]).map(|_| ())
+            };
+        // The home router: NAT for the home LAN, udp/51820 forwarded to home-1.
+        sh(&["ip", "netns", "add", ROUTER])?;
+        ip_n(ROUTER, &["link", "set", "lo", "up"])?;
+        plug(ROUTER, "wan", "br-inet", "203.0.113.31/24")?;
+        plug(ROUTER, "lan", "br-home", "192.168.1.1/24")?;
+        ns_exec(
+            ROUTER,
+            &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+        )?;
+        ns_exec(
+            ROUTER,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan",
+                "-j",
+                "MASQUERADE",
+            ],
+        )?;
+        ns_exec(
+            ROUTER,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-i",
+                "wan",
+                "-p",
+                "udp",
+                "--dport",
+                "51820",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                "192.168.1.10:51820",
+            ],
+        )?;
+        for n in nodes() {
+            let ns = node_ns(n.name);
+            sh(&["ip", "netns", "add", &ns])?;
+            ip_n(&ns, &["link", "set", "lo", "up"])?;
+            if let Some(public) = n.public {
+                plug(&ns, "eth0", "br-inet", public)?;
+            }
+            plug(&ns, "eth1", n.lan, n.private)?;
+            if n.public.is_none() {
+                ip_n(&ns, &["route", "add", "default", "via", "192.168.1.1"])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mesh_path(&self) -> PathBuf {
+        self.paths.work.join("mesh.yaml")
+    }
+
+    fn write_mesh(&self) -> Result<(), DemoError> {
+        let io = |e: std::io::Error| DemoError(format!("{}: {e}", self.paths.work.display()));
+        std::fs::create_dir_all(&self.paths.work).map_err(io)?;
+        let mut yaml =
+            String::from("# Written by weftctl demo.\noptions: {granularity: location}\nnodes:\n");
+        for n in nodes() {
+            let dir = self.paths.work.join(n.name);
+            let (key, _) = crate::reconcile::key::load_or_create(&dir.join("key"))
+                .map_err(|e| DemoError(e.to_string()))?;
+            let _ = writeln!(
+                yaml,
+                "  - name: {}\n    location: {}\n    endpoint: {}\n    internalIP: {}\n    podCIDRs: [{}]\n    publicKey: {}{}",
+                n.name,
+                n.location,
+                n.endpoint,
+                n.private,
+                n.pod_cidr,
+                key.public_key(),
+                if n.public.is_none() { "\n    persistentKeepalive: \"25\"" } else { "" }
+            );
+        }
+        std::fs::write(self.mesh_path(), yaml).map_err(io)
+    }
+
+    /// Starts (or restarts) the agent of `node`.
+    pub fn start_agent(&mut self, node: &str) -> Result<(), DemoError> {
+        let dir = self.paths.work.join(node);
+        let log =
+            std::fs::File::create(dir.join("agent.log")).map_err(|e| DemoError(e.to_string()))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node_ns(node)])
+            .arg(&self.paths.agent)
+            .args(["--hostname", node, "--resync", "5", "--interface", "weft0"])
+            .arg("--mesh")
+            .arg(self.mesh_path())
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("--cni-dir")
+            .arg(dir.join("cni"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| DemoError(format!("cannot start weft-agent: {e}")))?;
+        self.agents.push((node.to_string(), child));
+        Ok(())
+    }
+
+    /// Stops the agent of `node` (SIGTERM; its network state stays).
+    pub fn stop_agent(&mut self, node: &str) {
+        if let Some(pos) = self.agents.iter().position(|(n, _)| n == node) {
+            let (_, mut child) = self.agents.remove(pos);
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until every agent has written its CNI configuration, which it
+    /// does after applying the tunnel and routes.
+    pub fn wait_applied(&mut self, timeout: Duration) -> Result<(), DemoError> {
+        let end = Instant::now() + timeout;
+        for n in nodes() {
+            let conf = self
+                .paths
+                .work
+                .join(n.name)
+                .join("cni")
+                .join(crate::reconcile::cni::FILE_NAME);
+            while !conf.exists() {
+                for (name, child) in &mut self.agents {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(DemoError(format!(
+                            "weft-agent on {name} exited ({status}); see {}",
+                            self.paths
+                                .work
+                                .join(name.as_str())
+                                .join("agent.log")
+                                .display()
+                        )));
+                    }
+                }
+                if Instant::now() > end {
+                    return Err(DemoError(format!(
+                        "weft-agent on {} did not apply within {timeout:?}",
+                        n.name
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    fn add_pod(&self, node: &str) -> Result<(), DemoError> {
+        let pod = pod_ns(node);
+        sh(&["ip", "netns", "add", &pod])?;
+        ip_n(&pod, &["link", "set", "lo", "up"])?;
+        let conflist_path = self
+            .paths
+            .work
+            .join(node)
+            .join("cni")
+            .join(crate::reconcile::cni::FILE_NAME);
+        let conflist: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&conflist_path).map_err(|e| DemoError(e.to_string()))?,
+        )
+        .map_err(|e| DemoError(format!("{}: {e}", conflist_path.display())))?;
+        // As libcni does: the plugin's entry plus the list's name and version.
+        let mut conf = conflist["plugins"][0].clone();
+        conf["name"] = conflist["name"].clone();
+        conf["cniVersion"] = conflist["cniVersion"].clone();
+        conf["ipam"]["dataDir"] = serde_json::json!(self.paths.work.join(node).join("ipam"));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node_ns(node)])
+            .arg(&self.paths.cni)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("demo-{node}"))
+            .env("CNI_NETNS", format!("/var/run/netns/{pod}"))
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_PATH",
+                self.paths.cni.parent().unwrap_or(Path::new("/")),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| DemoError(format!("cannot run weft-cni: {e}")))?;
+        if let Some(mut i) = child.stdin.take() {
+            use std::io::Write;
+            i.write_all(conf.to_string().as_bytes())
+                .map_err(|e| DemoError(e.to_string()))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| DemoError(e.to_string()))?;
+        if !out.status.success() {
+            return Err(DemoError(format!(
+                "weft-cni ADD on {node}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The pod's address on `node` (the first host of its CIDR after the gateway).
+    pub fn pod_ip(node: &str) -> String {
+        let n = nodes()
+            .into_iter()
+            .find(|n| n.name == node)
+            .map(|n| n.pod_cidr)
+            .unwrap_or("0.0.0.0/0");
+        let base = n.split('/').next().unwrap_or("0.0.0.0");
+        let mut parts: Vec<&str> = base.split('.').collect();
+        parts.truncate(3);
+        format!("{}.2", parts.join("."))
+    }
+
+    /// Pings from every pod to every other pod and to every other node's
+    /// private address, waiting up to `settle` for tunnels to come up.
+    pub fn check(&self, settle: Duration) -> Vec<Reach> {
+        let all = nodes();
+        let mut rows = Vec::new();
+        let end = Instant::now() + settle;
+        for a in &all {
+            for b in all.iter().filter(|b| b.name != a.name) {
+                let path = if a.location == b.location {
+                    "private"
+                } else {
+                    "encrypted"
+                };
+                for (to, target) in [
+                    (format!("pod@{}", b.name), Self::pod_ip(b.name)),
+                    (
+                        format!("node {}", b.name),
+                        b.private.split('/').next().unwrap_or("").to_string(),
+                    ),
+                ] {
+                    let mut rtt = ping(&pod_ns(a.name), &target);
+                    while rtt.is_none() && Instant::now() < end {
+                        rtt = ping(&pod_ns(a.name), &target);
+                    }
+                    rows.push(Reach {
+                        from: format!("pod@{}", a.name),
+                        to,
+                        target,
+                        path,
+                        rtt_ms: rtt,
+                    });
+                }
+            }
+        }
+        rows
+    }
+
+    /// The mesh as weftctl draws it.
+    pub fn graph(&self) -> Result<String, DemoError> {
+        let loaded = MeshFile::read(&self.mesh_path()).map_err(|e| DemoError(e.to_string()))?;
+        let t = Topology::new(&loaded.snapshot, &loaded.options, 0)
+            .map_err(|e| DemoError(e.to_string()))?;
+        Ok(crate::render::graph(&t))
+    }
+
+    /// The WireGuard address on a node's weft0, if it has one.
+    pub fn wireguard_address(node: &str) -> Option<String> {
+        let out = ip_n(
+            &node_ns(node),
+            &["-o", "-4", "addr", "show", "dev", "weft0"],
+        )
+        .ok()?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .map(str::to_string)
+    }
+
+    pub fn public_key(&self, node: &str) -> Option<String> {
+        crate::reconcile::key::load_or_create(&self.paths.work.join(node).join("key"))
+            .ok()
+            .map(|(k, _)| k.public_key().to_string())
+    }
+}
+
+/// One ping; the RTT in ms if it was answered within a second.
+pub fn ping(ns: &str, target: &str) -> Option<f64> {
+    let out = ns_exec(ns, &["ping", "-c", "1", "-W", "1", target]).ok()?;
+    let t = out.split("time=").nth(1)?;
+    t.split_whitespace().next()?.parse().ok()
+}
+
+/// Renders the reachability table.
+pub fn table(rows: &[Reach]) -> String {
+    let mut out = format!(
+        "{:<12} {:<14} {:<15} {:<10} {}\n",
+        "from", "to", "address", "path", "rtt"
+    );
+    for r in rows {
+        let rtt = r
+            .rtt_ms
+            .map_or("UNREACHABLE".to_string(), |t| format!("{t:.3} ms"));
+        let _ = writeln!(
+            out,
+            "{:<12} {:<14} {:<15} {:<10} {rtt}",
+            r.from, r.to, r.target, r.path
+        );
+    }
+    out
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        for (_, mut child) in self.agents.drain(..) {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        down(&self.paths.work);
+    }
+}
+
+/// Removes every trace of a demo: its agents, namespaces and files.
+pub fn down(work: &Path) {
+    // Agents of an earlier demo that was killed hard.
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        let marker = work.join("mesh.yaml");
+        let marker = marker.to_string_lossy();
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("weft-agent") && cmd.contains(marker.as_ref()) {
+                // SAFETY: kill(2) on a process we identified as a demo agent.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    if let Ok(list) = sh(&["ip", "netns", "list"]) {
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if name.starts_with(PREFIX) {
+                let _ = sh(&["ip", "netns", "del", name]);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(work);
+}

@@ -1,0 +1,270 @@
+//! The reconciler: makes the node look like its desired state, touching only
+//! what differs. It owns the embedded WireGuard device, the routes it tags
+//! with its own protocol number, its netfilter chains and the CNI conflist;
+//! nothing else on the node is changed.
+//!
+//! A restart finds the routes it tagged and the state dir's key, so it
+//! carries on where the last run stopped; nothing is torn down on exit
+//! unless asked (`--clean-up`).
+
+pub mod cni;
+pub mod key;
+pub mod nat;
+pub mod wireguard;
+
+use crate::mesh::{DesiredState, Endpoint, RouteDevice};
+use dataplane::{Device, DeviceOptions, PrivateKey, PublicKey};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use weft_netlink::{Cidr, Netlink, OwnedRoute, RouteProtocol};
+
+/// The protocol number on every route the agent adds ("W"), so it can tell
+/// its routes from everybody else's across restarts.
+pub const ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Other(87);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("netlink: {0}")]
+    Netlink(#[from] weft_netlink::NetlinkError),
+    #[error("WireGuard device: {0}")]
+    Device(#[from] dataplane::DeviceError),
+    #[error("netfilter: {0}")]
+    Nat(#[from] nat::NatError),
+    #[error("CNI configuration: {0}")]
+    Cni(std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What one pass changed, for the log and the tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Changes {
+    pub peers_updated: usize,
+    pub routes_added: usize,
+    pub routes_removed: usize,
+    pub address_set: bool,
+    pub nat_applied: bool,
+    pub cni_written: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+pub struct Settings {
+    pub interface: String,
+    pub cni_dir: Option<PathBuf>,
+    pub manage_nat: bool,
+}
+
+pub struct Reconciler {
+    settings: Settings,
+    key: PrivateKey,
+    nl: Netlink,
+    device: Option<Device>,
+    applied_peers: BTreeMap<PublicKey, wireguard::Applied>,
+    applied_nat: Option<crate::mesh::desired::Masquerade>,
+}
+
+/// Resolves an endpoint now; a name that does not resolve is logged and
+/// leaves that one peer without an endpoint (Kilo aborts the whole pass).
+pub fn resolve(ep: &Endpoint) -> Option<SocketAddr> {
+    match ep {
+        Endpoint::Ip(a) => Some(*a),
+        Endpoint::Dns { host, port } => match (host.as_str(), *port).to_socket_addrs() {
+            Ok(mut it) => it.next(),
+            Err(e) => {
+                eprintln!(
+                    "weft-agent: cannot resolve {host}: {e}; its peer waits for the next pass"
+                );
+                None
+            }
+        },
+    }
+}
+
+impl Reconciler {
+    pub fn new(settings: Settings, key: PrivateKey) -> Result<Self, ReconcileError> {
+        Ok(Self {
+            settings,
+            key,
+            nl: Netlink::new()?,
+            device: None,
+            applied_peers: BTreeMap::new(),
+            applied_nat: None,
+        })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// The embedded device, if this node runs one now.
+    pub fn device(&self) -> Option<&Device> {
+        self.device.as_ref()
+    }
+
+    /// One pass: WireGuard, address, routes, netfilter, CNI.
+    pub fn apply(
+        &mut self,
+        desired: &DesiredState,
+        pod_cidrs: &[ipnet::IpNet],
+        mtu: u16,
+    ) -> Result<Changes, ReconcileError> {
+        let mut changes = Changes::default();
+        let wg_index = match &desired.wireguard {
+            Some(wg) => {
+                if self.device.is_none() {
+                    let mut opts = DeviceOptions::new(&self.settings.interface);
+                    opts.mtu = wg.mtu;
+                    self.device = Some(Device::create(&opts)?);
+                }
+                let device = self
+                    .device
+                    .as_ref()
+                    .ok_or_else(|| ReconcileError::Other("no device".into()))?;
+                let peers: Vec<wireguard::ResolvedPeer> = wg
+                    .peers
+                    .iter()
+                    .map(|p| wireguard::ResolvedPeer {
+                        public_key: p.public_key,
+                        endpoint: p.endpoint.as_ref().and_then(resolve),
+                        allowed_ips: p.allowed_ips.clone(),
+                        persistent_keepalive: p.persistent_keepalive,
+                        preshared_key: p.preshared_key,
+                    })
+                    .collect();
+                let update = wireguard::diff(
+                    &self.key,
+                    &device.info(),
+                    wg,
+                    &peers,
+                    &mut self.applied_peers,
+                );
+                if !wireguard::is_noop(&update) {
+                    changes.peers_updated = update.peers.len();
+                    device.apply(&update)?;
+                }
+                let link = self.nl.link(&self.settings.interface)?.ok_or_else(|| {
+                    ReconcileError::Other(format!("{} vanished", self.settings.interface))
+                })?;
+                let addr = Cidr {
+                    addr: wg.address.addr(),
+                    prefix: wg.address.prefix_len(),
+                };
+                let had = self.nl.addresses(link.index)?;
+                if !had.contains(&addr) {
+                    self.nl
+                        .ensure_address(link.index, addr, true, &self.settings.interface)?;
+                    changes.address_set = true;
+                }
+                if link.mtu != u32::from(wg.mtu) || changes.address_set {
+                    self.nl
+                        .set_mtu_up(link.index, u32::from(wg.mtu), &self.settings.interface)?;
+                } else {
+                    self.nl.set_up(link.index, &self.settings.interface)?;
+                }
+                Some(link.index)
+            }
+            None => {
+                // Not (or no longer) a leader: no tunnel of our own.
+                if let Some(d) = self.device.take() {
+                    d.stop("this node is no longer a segment leader");
+                }
+                None
+            }
+        };
+        self.reconcile_routes(desired, wg_index, &mut changes)?;
+        if self.settings.manage_nat && self.applied_nat.as_ref() != Some(&desired.masquerade) {
+            nat::apply(&desired.masquerade)?;
+            self.applied_nat = Some(desired.masquerade.clone());
+            changes.nat_applied = true;
+        }
+        if let Some(dir) = &self.settings.cni_dir {
+            let text = cni::conflist(pod_cidrs, mtu);
+            changes.cni_written = cni::write_if_changed(dir, &text).map_err(ReconcileError::Cni)?;
+        }
+        Ok(changes)
+    }
+
+    fn reconcile_routes(
+        &mut self,
+        desired: &DesiredState,
+        wg_index: Option<u32>,
+        changes: &mut Changes,
+    ) -> Result<(), ReconcileError> {
+        let mut want: BTreeSet<OwnedRoute> = BTreeSet::new();
+        for r in &desired.routes {
+            let oif = match r.device {
+                RouteDevice::WireGuard => match wg_index {
+                    Some(i) => i,
+                    None => continue,
+                },
+                RouteDevice::Private | RouteDevice::Encapsulation => {
+                    // The link that reaches the gateway directly.
+                    let Some(gw) = r.gateway else { continue };
+                    match self.link_towards(gw)? {
+                        Some(i) => i,
+                        None => {
+                            eprintln!(
+                                "weft-agent: no interface reaches {gw}; route to {} skipped",
+                                r.dst
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            want.insert(OwnedRoute {
+                dst: Cidr {
+                    addr: r.dst.addr(),
+                    prefix: r.dst.prefix_len(),
+                },
+                gateway: r.gateway,
+                oif,
+                src: r.src,
+            });
+        }
+        let have: BTreeSet<OwnedRoute> =
+            self.nl.owned_routes(ROUTE_PROTOCOL)?.into_iter().collect();
+        for r in have.difference(&want) {
+            self.nl.del_owned_route(r, ROUTE_PROTOCOL)?;
+            changes.routes_removed += 1;
+        }
+        for r in want.difference(&have) {
+            self.nl.add_owned_route(r, ROUTE_PROTOCOL)?;
+            changes.routes_added += 1;
+        }
+        Ok(())
+    }
+
+    /// The interface whose subnet contains `gw`.
+    fn link_towards(&self, gw: std::net::IpAddr) -> Result<Option<u32>, ReconcileError> {
+        for (dst, via, oif) in self.nl.routes(gw.is_ipv4())? {
+            if via.is_none() && dst.prefix > 0 && dst.contains(gw) && oif != 0 {
+                return Ok(Some(oif));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes everything this agent created (for `--clean-up`).
+    pub fn clean_up(&mut self) -> Result<(), ReconcileError> {
+        for r in self.nl.owned_routes(ROUTE_PROTOCOL)? {
+            self.nl.del_owned_route(&r, ROUTE_PROTOCOL)?;
+        }
+        if self.settings.manage_nat {
+            nat::remove();
+        }
+        if let Some(dir) = &self.settings.cni_dir {
+            let _ = std::fs::remove_file(dir.join(cni::FILE_NAME));
+        }
+        if let Some(d) = self.device.take() {
+            d.stop("clean-up");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! Netfilter: masquerade pod (and, on a leader, peer) traffic that leaves the
+//! mesh, and accept forwarding between mesh prefixes.
+//!
+//! Through `iptables-restore`/`ip6tables-restore` rather than a netfilter
+//! crate: the host's kube-proxy, portmap and the reference CNI plugins all go
+//! through the iptables binaries (legacy or nft, whichever the host uses), and
+//! our rules must live in the same tables as theirs. Our rules sit in chains
+//! of our own (WEFT-POSTROUTING, WEFT-NAT, WEFT-FORWARD), each rebuilt in one
+//! atomic restore, reached by one jump each from the built-in chains.
+
+use crate::mesh::desired::Masquerade;
+use ipnet::IpNet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NatError(pub String);
+
+const COMMENT: &str = "weft: mesh";
+
+/// The `*-restore --noflush` input for one family. Declaring a chain flushes
+/// it, so each apply replaces exactly our rules and nobody else's.
+pub fn ruleset(masq: &Masquerade, v4: bool) -> String {
+    let family = |c: &&IpNet| c.addr().is_ipv4() == v4;
+    let mut out = String::from("*nat\n:WEFT-POSTROUTING - [0:0]\n:WEFT-NAT - [0:0]\n");
+    for s in masq.sources.iter().filter(family) {
+        out.push_str(&format!("-A WEFT-POSTROUTING -s {s} -j WEFT-NAT\n"));
+    }
+    for d in masq.mesh.iter().filter(family) {
+        out.push_str(&format!("-A WEFT-NAT -d {d} -j RETURN\n"));
+    }
+    out.push_str("-A WEFT-NAT -j MASQUERADE\nCOMMIT\n*filter\n:WEFT-FORWARD - [0:0]\n");
+    for c in masq.mesh.iter().filter(family) {
+        out.push_str(&format!(
+            "-A WEFT-FORWARD -s {c} -j ACCEPT\n-A WEFT-FORWARD -d {c} -j ACCEPT\n"
+        ));
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+fn run(bin: &str, args: &[&str], stdin: Option<&str>) -> Result<(), NatError> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NatError(format!("cannot run {bin}: {e}")))?;
+    if let (Some(text), Some(mut i)) = (stdin, child.stdin.take()) {
+        i.write_all(text.as_bytes())
+            .map_err(|e| NatError(format!("{bin}: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NatError(format!("{bin}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NatError(format!(
+            "{bin} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Applies the rules of both families and makes sure the jumps exist.
+pub fn apply(masq: &Masquerade) -> Result<(), NatError> {
+    for v4 in [true, false] {
+        let has_any = masq
+            .sources
+            .iter()
+            .chain(&masq.mesh)
+            .any(|c| c.addr().is_ipv4() == v4);
+        if !has_any {
+            continue;
+        }
+        let (restore, tables) = if v4 {
+            ("iptables-restore", "iptables")
+        } else {
+            ("ip6tables-restore", "ip6tables")
+        };
+        run(restore, &["-w", "5", "--noflush"], Some(&ruleset(masq, v4)))?;
+        for (table, chain, target) in [
+            ("nat", "POSTROUTING", "WEFT-POSTROUTING"),
+            ("filter", "FORWARD", "WEFT-FORWARD"),
+        ] {
+            let rule = [
+                "-t",
+                table,
+                "-C",
+                chain,
+                "-m",
+                "comment",
+                "--comment",
+                COMMENT,
+                "-j",
+                target,
+            ];
+            if run(tables, &[&["-w", "5"][..], &rule[..]].concat(), None).is_err() {
+                let mut insert = rule;
+                insert[2] = "-I";
+                run(tables, &[&["-w", "5"][..], &insert[..]].concat(), None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything `apply` created (for --clean-up).
+pub fn remove() {
+    for (tables, v4) in [("iptables", true), ("ip6tables", false)] {
+        let _ = v4;
+        for (table, chain, target) in [
+            ("nat", "POSTROUTING", "WEFT-POSTROUTING"),
+            ("filter", "FORWARD", "WEFT-FORWARD"),
+        ] {
+            let _ = run(
+                tables,
+                &[
+                    "-w",
+                    "5",
+                    "-t",
+                    table,
+                    "-D",
+                    chain,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    COMMENT,
+                    "-j",
+                    target,
+                ],
+                None,
+            );
+        }
+        for (table, chain) in [
+            ("nat", "WEFT-POSTROUTING"),
+            ("nat", "WEFT-NAT"),
+            ("filter", "WEFT-FORWARD"),
+        ] {
+            let _ = run(tables, &["-w", "5", "-t", table, "-F", chain], None);
+            let _ = run(tables, &["-w", "5", "-t", table, "-X", chain], None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_per_family() {
+        let m = Masquerade {
+            sources: vec![
+                "10.42.0.0/24".parse().unwrap(),
+                "fd42::/64".parse().unwrap(),
+            ],
+            mesh: vec![
+                "10.42.1.0/24".parse().unwrap(),
+                "10.4.0.0/16".parse().unwrap(),
+            ],
+        };
+        let v4 = ruleset(&m, true);
+        assert_eq!(
+            v4,
+            "*nat\n:WEFT-POSTROUTING - [0:0]\n:WEFT-NAT - [0:0]\n\
+             -A WEFT-POSTROUTING -s 10.42.0.0/24 -j WEFT-NAT\n\
+             -A WEFT-NAT -d 10.42.1.0/24 -j RETURN\n-A WEFT-NAT -d 10.4.0.0/16 -j RETURN\n\
+             -A WEFT-NAT -j MASQUERADE\nCOMMIT\n*filter\n:WEFT-FORWARD - [0:0]\n\
+             -A WEFT-FORWARD -s 10.42.1.0/24 -j ACCEPT\n-A WEFT-FORWARD -d 10.42.1.0/24 -j ACCEPT\n\
+             -A WEFT-FORWARD -s 10.4.0.0/16 -j ACCEPT\n-A WEFT-FORWARD -d 10.4.0.0/16 -j ACCEPT\nCOMMIT\n"
+        );
+        let v6 = ruleset(&m, false);
+        assert!(v6.contains("-A WEFT-POSTROUTING -s fd42::/64 -j WEFT-NAT"));
+        assert!(!v6.contains("10.42"));
+    }
+}
