@@ -175,7 +175,7 @@ fn run(cli: Cli) -> Result<(), String> {
             .map(|n| n.pod_cidrs.clone())
             .unwrap_or_default();
         match reconciler.apply(&desired, &pod_cidrs, loaded.options.mtu) {
-            Ok(c) if c.is_empty() => tracing::debug!("no changes"),
+            Ok(c) if c.is_empty() => tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "no changes"),
             Ok(c) => tracing::info!(
                 leader = desired.is_leader,
                 segment = %desired.segment,
