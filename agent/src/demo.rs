@@ -17,7 +17,7 @@
 //! ranges), and everything is removed on the way out.
 
 use crate::file_backend::MeshFile;
-use crate::mesh::Topology;
+use crate::mesh::{Encapsulate, Topology};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -153,6 +153,7 @@ impl DemoPaths {
 pub struct Demo {
     pub paths: DemoPaths,
     agents: Vec<(String, Child)>,
+    encapsulate: Encapsulate,
 }
 
 /// One row of the reachability table.
@@ -168,6 +169,15 @@ pub struct Reach {
 impl Demo {
     /// Builds the whole scenario and waits until every agent has applied it.
     pub fn up(paths: DemoPaths, progress: &dyn Fn(&str)) -> Result<Self, DemoError> {
+        Self::up_with(paths, Encapsulate::Never, progress)
+    }
+
+    /// As [`Demo::up`], with traffic inside a location encapsulated as asked.
+    pub fn up_with(
+        paths: DemoPaths,
+        encapsulate: Encapsulate,
+        progress: &dyn Fn(&str),
+    ) -> Result<Self, DemoError> {
         for (what, p) in [("weft-agent", &paths.agent), ("weft-cni", &paths.cni)] {
             if !p.is_file() {
                 return Err(DemoError(format!(
@@ -180,6 +190,7 @@ impl Demo {
         let mut demo = Demo {
             paths,
             agents: Vec::new(),
+            encapsulate,
         };
         progress("creating the internet, three clouds' networks and a home router");
         demo.build_networks()?;
@@ -281,8 +292,14 @@ impl Demo {
     fn write_mesh(&self) -> Result<(), DemoError> {
         let io = |e: std::io::Error| DemoError(format!("{}: {e}", self.paths.work.display()));
         std::fs::create_dir_all(&self.paths.work).map_err(io)?;
-        let mut yaml =
-            String::from("# Written by weftctl demo.\noptions: {granularity: location}\nnodes:\n");
+        let encapsulate = match self.encapsulate {
+            Encapsulate::Never => "never",
+            Encapsulate::CrossSubnet => "crosssubnet",
+            Encapsulate::Always => "always",
+        };
+        let mut yaml = format!(
+            "# Written by weftctl demo.\noptions: {{granularity: location, encapsulate: {encapsulate}}}\nnodes:\n"
+        );
         for n in nodes() {
             let dir = self.paths.work.join(n.name);
             let (key, _) = crate::reconcile::key::load_or_create(&dir.join("key"))
@@ -366,9 +383,15 @@ impl Demo {
                     }
                 }
                 if Instant::now() > end {
+                    let log =
+                        std::fs::read_to_string(self.paths.work.join(n.name).join("agent.log"))
+                            .unwrap_or_default();
+                    let mut tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    tail.reverse();
                     return Err(DemoError(format!(
-                        "weft-agent on {} did not apply within {timeout:?}",
-                        n.name
+                        "weft-agent on {} did not apply within {timeout:?}; its log ends:\n{}",
+                        n.name,
+                        tail.join("\n")
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -450,10 +473,10 @@ impl Demo {
         let end = Instant::now() + settle;
         for a in &all {
             for b in all.iter().filter(|b| b.name != a.name) {
-                let path = if a.location == b.location {
-                    "private"
-                } else {
-                    "encrypted"
+                let path = match (a.location == b.location, self.encapsulate) {
+                    (false, _) => "encrypted",
+                    (true, Encapsulate::Always) => "vxlan",
+                    (true, _) => "private",
                 };
                 for (to, target) in [
                     (format!("pod@{}", b.name), Self::pod_ip(b.name)),

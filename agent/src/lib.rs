@@ -1,5 +1,6 @@
 //! Weft's node agent: backend -> mesh core -> reconciler, and `weftctl`.
 
+pub mod backend;
 pub mod demo;
 pub mod file_backend;
 pub mod mesh;

@@ -22,7 +22,11 @@ fn paths() -> DemoPaths {
     let mut p = DemoPaths::in_dir(dir);
     // weft-cni is another package's binary: make sure it is built (same profile).
     if !p.cni.is_file() {
-        let profile = if dir.ends_with("release") { vec!["--release"] } else { vec![] };
+        let profile = if dir.ends_with("release") {
+            vec!["--release"]
+        } else {
+            vec![]
+        };
         let ok = std::process::Command::new(env!("CARGO"))
             .args(["build", "-p", "cni-plugin", "--bin", "weft-cni"])
             .args(profile)
@@ -34,11 +38,18 @@ fn paths() -> DemoPaths {
     p
 }
 
+/// Both scenarios share the demo's fixed namespace names, so they run in
+/// sequence within one test.
 #[test]
-fn demo_mesh_end_to_end_and_agent_restart() {
+fn demo_scenarios() {
     if !can_run() {
         return;
     }
+    demo_mesh_end_to_end_and_agent_restart();
+    demo_mesh_with_vxlan_inside_a_location();
+}
+
+fn demo_mesh_end_to_end_and_agent_restart() {
     let mut d = Demo::up(paths(), &|step| eprintln!("== {step}")).expect("demo up");
     let rows = d.check(Duration::from_secs(15));
     eprintln!("{}", demo::table(&rows));
@@ -46,7 +57,9 @@ fn demo_mesh_end_to_end_and_agent_restart() {
     assert!(unreachable.is_empty(), "unreachable: {unreachable:?}");
     assert_eq!(rows.len(), 24);
     // Same location goes over the private network, the rest is encrypted.
-    assert!(rows.iter().any(|r| r.from == "pod@aws-1" && r.to == "pod@aws-2" && r.path == "private"));
+    assert!(rows
+        .iter()
+        .any(|r| r.from == "pod@aws-1" && r.to == "pod@aws-2" && r.path == "private"));
 
     // Kill the aws leader's agent and restart it.
     let key_before = d.public_key("aws-1").expect("key");
@@ -67,13 +80,70 @@ fn demo_mesh_end_to_end_and_agent_restart() {
     }
     let reconnected = reconnected.expect("pods did not reconnect within 10 s of the restart");
     eprintln!("pods reconnected {reconnected:?} after the agent restart");
-    assert!(reconnected < Duration::from_secs(5), "reconnect took {reconnected:?}");
-    assert_eq!(d.public_key("aws-1").expect("key"), key_before, "key changed on restart");
-    assert_eq!(Demo::wireguard_address("aws-1").as_deref(), Some(wg_before.as_str()));
+    assert!(
+        reconnected < Duration::from_secs(5),
+        "reconnect took {reconnected:?}"
+    );
+    assert_eq!(
+        d.public_key("aws-1").expect("key"),
+        key_before,
+        "key changed on restart"
+    );
+    assert_eq!(
+        Demo::wireguard_address("aws-1").as_deref(),
+        Some(wg_before.as_str())
+    );
     drop(d);
-    let left = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip");
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
     assert!(
         !String::from_utf8_lossy(&left.stdout).contains(demo::PREFIX),
         "namespaces left behind"
     );
+}
+
+/// Inside a location, `encapsulate: always` sends node-to-node traffic
+/// through VXLAN (this kernel has no IPIP), and everything still connects.
+fn demo_mesh_with_vxlan_inside_a_location() {
+    let mut p = paths();
+    p.work = std::env::temp_dir().join(format!("weft-demo-vxlan-{}", std::process::id()));
+    let d = Demo::up_with(p, weft_agent::mesh::Encapsulate::Always, &|step| {
+        eprintln!("== {step}")
+    })
+    .expect("demo up");
+    let rows = d.check(Duration::from_secs(15));
+    eprintln!("{}", demo::table(&rows));
+    assert!(
+        rows.iter().all(|r| r.rtt_ms.is_some()),
+        "some paths unreachable"
+    );
+    let routes = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &demo::node_ns("aws-2"),
+            "route",
+            "show",
+            "10.42.1.0/24",
+        ])
+        .output()
+        .expect("ip route");
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(
+        routes.contains("dev weft-vxlan"),
+        "aws-2 reaches aws-1's pods through {routes}"
+    );
+    let link = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &demo::node_ns("aws-2"),
+            "-d",
+            "link",
+            "show",
+            "weft-vxlan",
+        ])
+        .output()
+        .expect("ip link");
+    assert!(String::from_utf8_lossy(&link.stdout).contains("vxlan id 1107"));
 }

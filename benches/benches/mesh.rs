@@ -23,9 +23,19 @@ fn snapshot(nodes: u32, locations: u32, peers: u32) -> Snapshot {
             Node {
                 name: format!("node-{i:04}"),
                 location: format!("loc-{loc:02}"),
-                endpoint: Some(format!("198.18.{}.{}:51820", i / 250, i % 250 + 1).parse().expect("endpoint")),
-                internal_ip: Some(format!("10.{}.{}.{}/16", 100 + loc, i / 250, i % 250 + 1).parse().expect("ip")),
-                pod_cidrs: vec![format!("10.{}.{}.0/24", 40 + i / 256, i % 256).parse().expect("cidr")],
+                endpoint: Some(
+                    format!("198.18.{}.{}:51820", i / 250, i % 250 + 1)
+                        .parse()
+                        .expect("endpoint"),
+                ),
+                internal_ip: Some(
+                    format!("10.{}.{}.{}/16", 100 + loc, i / 250, i % 250 + 1)
+                        .parse()
+                        .expect("ip"),
+                ),
+                pod_cidrs: vec![format!("10.{}.{}.0/24", 40 + i / 256, i % 256)
+                    .parse()
+                    .expect("cidr")],
                 public_key: Some(key(i)),
                 persistent_keepalive: 0,
                 leader: false,
@@ -38,7 +48,9 @@ fn snapshot(nodes: u32, locations: u32, peers: u32) -> Snapshot {
     let peers = (0..peers)
         .map(|i| Peer {
             name: format!("peer-{i:03}"),
-            allowed_ips: vec![format!("10.5.{}.{}/32", i / 250, i % 250 + 1).parse().expect("cidr")],
+            allowed_ips: vec![format!("10.5.{}.{}/32", i / 250, i % 250 + 1)
+                .parse()
+                .expect("cidr")],
             public_key: key(100_000 + i),
             endpoint: None,
             persistent_keepalive: 25,

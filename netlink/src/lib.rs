@@ -6,10 +6,13 @@
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 pub use rtnetlink::packet_route::route::RouteProtocol;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage,
+};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
@@ -100,6 +103,34 @@ fn mac_string(bytes: &[u8]) -> String {
         .join(":")
 }
 
+async fn first_link(
+    mut s: impl futures_util::Stream<
+            Item = Result<rtnetlink::packet_route::link::LinkMessage, rtnetlink::Error>,
+        > + Unpin,
+    what: &str,
+) -> Result<Option<LinkInfo>, NetlinkError> {
+    match s.try_next().await {
+        Ok(Some(msg)) => {
+            let mut info = LinkInfo {
+                index: msg.header.index,
+                mac: String::new(),
+                mtu: 0,
+            };
+            for a in msg.attributes {
+                match a {
+                    LinkAttribute::Address(b) => info.mac = mac_string(&b),
+                    LinkAttribute::Mtu(m) => info.mtu = m,
+                    _ => {}
+                }
+            }
+            Ok(Some(info))
+        }
+        Ok(None) => Ok(None),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(nl_err(format!("get link {what}"), e)),
+    }
+}
+
 impl Netlink {
     pub fn new() -> Result<Self, NetlinkError> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -117,28 +148,18 @@ impl Netlink {
 
     pub fn link(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
         let h = self.handle.clone();
+        let name = name.to_string();
         self.rt.block_on(async move {
-            let mut s = h.link().get().match_name(name.to_string()).execute();
-            match s.try_next().await {
-                Ok(Some(msg)) => {
-                    let mut info = LinkInfo {
-                        index: msg.header.index,
-                        mac: String::new(),
-                        mtu: 0,
-                    };
-                    for a in msg.attributes {
-                        match a {
-                            LinkAttribute::Address(b) => info.mac = mac_string(&b),
-                            LinkAttribute::Mtu(m) => info.mtu = m,
-                            _ => {}
-                        }
-                    }
-                    Ok(Some(info))
-                }
-                Ok(None) => Ok(None),
-                Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
-                Err(e) => Err(nl_err(format!("get link {name}"), e)),
-            }
+            let s = h.link().get().match_name(name.clone()).execute();
+            first_link(s, &name).await
+        })
+    }
+
+    pub fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let s = h.link().get().match_index(index).execute();
+            first_link(s, &format!("#{index}")).await
         })
     }
 
@@ -367,6 +388,7 @@ impl Netlink {
                 gateway: gw,
                 oif: index,
                 src: None,
+                onlink: false,
             },
             RouteProtocol::Static,
         )
@@ -385,6 +407,9 @@ impl Netlink {
                 if let Some(IpAddr::V4(s)) = r.src {
                     b = b.pref_source(s);
                 }
+                if r.onlink {
+                    b = b.onlink();
+                }
                 b.build()
             }
             IpAddr::V6(d) => {
@@ -394,6 +419,9 @@ impl Netlink {
                     .protocol(protocol);
                 if let Some(IpAddr::V6(g)) = r.gateway {
                     b = b.gateway(g);
+                }
+                if r.onlink {
+                    b = b.onlink();
                 }
                 b.build()
             }
@@ -474,6 +502,69 @@ impl Netlink {
         })
     }
 
+    /// Creates (if missing) a VXLAN link without learning as `spec` says;
+    /// sets its MTU and brings it up.
+    pub fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<LinkInfo, NetlinkError> {
+        let name = spec.name.as_str();
+        if self.link(name)?.is_none() {
+            let msg = LinkVxlan::new(name, spec.vni)
+                .dev(spec.dev)
+                .local(spec.local)
+                .port(spec.port)
+                .learning(false)
+                .address(spec.mac.to_vec())
+                .mtu(spec.mtu)
+                .up()
+                .build();
+            let h = self.handle.clone();
+            match self
+                .rt
+                .block_on(async move { h.link().add(msg).execute().await })
+            {
+                Ok(()) => {}
+                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                Err(e) => return Err(nl_err(format!("create vxlan {name}"), e)),
+            }
+        }
+        let info = self
+            .link(name)?
+            .ok_or_else(|| NetlinkError::Failed(format!("{name} vanished")))?;
+        self.set_mtu_up(info.index, spec.mtu, name)?;
+        Ok(info)
+    }
+
+    /// A permanent neighbour entry (`ip neigh replace IP lladdr MAC`) and the
+    /// matching forwarding entry of a VXLAN link (`bridge fdb replace MAC dst IP`).
+    pub fn set_vxlan_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        let h = self.handle.clone();
+        self.rt
+            .block_on(async move {
+                h.neighbours()
+                    .add(index, ip)
+                    .link_layer_address(&mac)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await?;
+                // NTF_SELF: the entry belongs to the VXLAN device itself, not
+                // to a bridge it might be enslaved to.
+                h.neighbours()
+                    .add_bridge(index, &mac)
+                    .destination(ip)
+                    .state(NeighbourState::Permanent)
+                    .flags(NeighbourFlags::Own)
+                    .replace()
+                    .execute()
+                    .await
+            })
+            .map_err(|e| nl_err(format!("neighbour {ip}"), e))
+    }
+
     /// Sets a link's MTU and brings it up.
     pub fn set_mtu_up(&self, index: u32, mtu: u32, what: &str) -> Result<(), NetlinkError> {
         self.set(
@@ -517,6 +608,7 @@ impl Netlink {
                     gateway: None,
                     oif: 0,
                     src: None,
+                    onlink: m.header.flags.contains(RouteFlags::Onlink),
                 };
                 for a in m.attributes {
                     match a {
@@ -549,6 +641,19 @@ impl Netlink {
     }
 }
 
+/// A VXLAN link: identifier, underlay source address and link, UDP port,
+/// its own MAC, MTU.
+#[derive(Clone, Debug)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub dev: u32,
+    pub port: u16,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
 /// A route as its owner describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OwnedRoute {
@@ -556,6 +661,8 @@ pub struct OwnedRoute {
     pub gateway: Option<IpAddr>,
     pub oif: u32,
     pub src: Option<IpAddr>,
+    /// The gateway is reachable on the link even outside its subnets.
+    pub onlink: bool,
 }
 
 /// Runs `f` with a netlink connection inside the network namespace at `path`,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use weft_agent::file_backend::MeshFile;
+use weft_agent::backend::{Backend, FileBackend};
 use weft_agent::mesh::Topology;
 use weft_agent::reconcile::{key, Reconciler, Settings};
 
@@ -122,20 +122,19 @@ fn run(cli: Cli) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let mut last_modified = None;
+    let mut backend: Box<dyn Backend> = Box::new(FileBackend::new(cli.mesh.clone()));
+    tracing::info!("mesh from {}", backend.describe());
     let mut last_pass = Instant::now() - Duration::from_secs(cli.resync + 1);
     let mut last_rejections = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        let modified = std::fs::metadata(&cli.mesh).and_then(|m| m.modified()).ok();
         let due = last_pass.elapsed() >= Duration::from_secs(cli.resync);
-        if modified == last_modified && !due {
+        if !due && !backend.changed() {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
-        last_modified = modified;
         last_pass = Instant::now();
         let started = Instant::now();
-        let loaded = match MeshFile::read(&cli.mesh) {
+        let loaded = match backend.observe() {
             Ok(l) => l,
             Err(e) => {
                 // Keep what is applied: a broken file is not a reason for an outage.
@@ -175,7 +174,10 @@ fn run(cli: Cli) -> Result<(), String> {
             .map(|n| n.pod_cidrs.clone())
             .unwrap_or_default();
         match reconciler.apply(&desired, &pod_cidrs, loaded.options.mtu) {
-            Ok(c) if c.is_empty() => tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "no changes"),
+            Ok(c) if c.is_empty() => tracing::debug!(
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "no changes"
+            ),
             Ok(c) => tracing::info!(
                 leader = desired.is_leader,
                 segment = %desired.segment,

@@ -58,6 +58,9 @@ enum DemoAction {
         /// (e.g. `sudo ip netns exec wd-aws-1-pod ping 10.42.3.2`).
         #[arg(long)]
         keep: bool,
+        /// Encapsulate traffic between the nodes of one location (VXLAN).
+        #[arg(long, default_value = "never", value_parser = ["never", "crosssubnet", "always"])]
+        encapsulate: String,
     },
     /// Remove what an interrupted demo left behind.
     Down,
@@ -107,7 +110,12 @@ fn demo(action: DemoAction) -> Result<String, String> {
         demo::down(&paths.work);
         return Ok("removed the demo's namespaces, agents and files\n".into());
     }
-    let keep = matches!(action, DemoAction::Up { keep: true });
+    let (keep, encapsulate) = match &action {
+        DemoAction::Up { keep, encapsulate } => {
+            (*keep, encapsulate.parse().map_err(|e: String| e)?)
+        }
+        DemoAction::Down => (false, weft_agent::mesh::Encapsulate::Never),
+    };
     if unsafe { libc::geteuid() } != 0 {
         return Err("the demo needs root (network namespaces, TUN, routes)".into());
     }
@@ -131,7 +139,8 @@ fn demo(action: DemoAction) -> Result<String, String> {
         std::process::exit(130);
     });
     let started = std::time::Instant::now();
-    let d = demo::Demo::up(paths, &|step| eprintln!("== {step}")).map_err(|e| e.to_string())?;
+    let d = demo::Demo::up_with(paths, encapsulate, &|step| eprintln!("== {step}"))
+        .map_err(|e| e.to_string())?;
     eprintln!("== checking reachability across the mesh");
     let rows = d.check(std::time::Duration::from_secs(15));
     let mut out = String::new();

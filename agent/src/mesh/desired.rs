@@ -77,6 +77,8 @@ pub struct DesiredState {
     pub masquerade: Masquerade,
     /// Whether an encapsulation device is needed (some route uses it).
     pub encapsulation: bool,
+    /// The node's private address (the encapsulation's underlay source).
+    pub private_ip: Option<IpNet>,
 }
 
 fn host(ip: IpAddr) -> IpNet {
@@ -262,6 +264,7 @@ impl Topology {
             routes,
             masquerade: Masquerade { sources, mesh },
             encapsulation,
+            private_ip: private,
         })
     }
 }

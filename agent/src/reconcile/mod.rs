@@ -17,11 +17,26 @@ use dataplane::{Device, DeviceOptions, PrivateKey, PublicKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use weft_netlink::{Cidr, Netlink, OwnedRoute, RouteProtocol};
+use weft_netlink::{Cidr, Netlink, OwnedRoute, RouteProtocol, VxlanSpec};
 
 /// The protocol number on every route the agent adds ("W"), so it can tell
 /// its routes from everybody else's across restarts.
 pub const ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Other(87);
+
+/// The encapsulation device. The kernels Weft targets may lack IPIP (Kilo's
+/// choice), so nodes of one location that need encapsulation talk VXLAN.
+pub const VXLAN_NAME: &str = "weft-vxlan";
+const VXLAN_VNI: u32 = 1107;
+const VXLAN_PORT: u16 = 4789;
+/// Outer IPv4 + UDP + VXLAN + inner Ethernet headers.
+const VXLAN_OVERHEAD: u32 = 50;
+
+/// Every node's VXLAN MAC follows from its private IPv4 address, so no MAC
+/// has to be exchanged: 02:57 ('W') and the four address bytes.
+pub fn vxlan_mac(ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x57, o[0], o[1], o[2], o[3]]
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -177,7 +192,13 @@ impl Reconciler {
                 None
             }
         };
-        self.reconcile_routes(desired, wg_index, &mut changes)?;
+        let vxlan_index = self.reconcile_vxlan(desired)?;
+        self.reconcile_routes(desired, wg_index, vxlan_index, &mut changes)?;
+        if vxlan_index.is_none() {
+            if let Some(l) = self.nl.link(VXLAN_NAME)? {
+                self.nl.delete(l.index, VXLAN_NAME)?;
+            }
+        }
         if self.settings.manage_nat && self.applied_nat.as_ref() != Some(&desired.masquerade) {
             nat::apply(&desired.masquerade)?;
             self.applied_nat = Some(desired.masquerade.clone());
@@ -190,33 +211,64 @@ impl Reconciler {
         Ok(changes)
     }
 
+    /// The VXLAN device when some route needs it (IPv4 underlay only).
+    fn reconcile_vxlan(&mut self, desired: &DesiredState) -> Result<Option<u32>, ReconcileError> {
+        if !desired.encapsulation {
+            return Ok(None);
+        }
+        let Some(std::net::IpAddr::V4(local)) = desired.private_ip.map(|c| c.addr()) else {
+            tracing::warn!("encapsulation needs an IPv4 private address; routing without it");
+            return Ok(None);
+        };
+        let Some((dev, _)) = self.nl.link_with_address(local.into())? else {
+            tracing::warn!("no interface holds {local}; routing without encapsulation");
+            return Ok(None);
+        };
+        let mtu = self
+            .nl
+            .link_by_index(dev)?
+            .map_or(1500, |l| l.mtu)
+            .saturating_sub(VXLAN_OVERHEAD);
+        let link = self.nl.ensure_vxlan(&VxlanSpec {
+            name: VXLAN_NAME.into(),
+            vni: VXLAN_VNI,
+            local,
+            dev,
+            port: VXLAN_PORT,
+            mac: vxlan_mac(local),
+            mtu,
+        })?;
+        Ok(Some(link.index))
+    }
+
     fn reconcile_routes(
         &mut self,
         desired: &DesiredState,
         wg_index: Option<u32>,
+        vxlan_index: Option<u32>,
         changes: &mut Changes,
     ) -> Result<(), ReconcileError> {
         let mut want: BTreeSet<OwnedRoute> = BTreeSet::new();
         for r in &desired.routes {
-            let oif = match r.device {
-                RouteDevice::WireGuard => match wg_index {
-                    Some(i) => i,
+            let (oif, onlink) = match (r.device, r.gateway, vxlan_index) {
+                (RouteDevice::WireGuard, _, _) => match wg_index {
+                    Some(i) => (i, false),
                     None => continue,
                 },
-                RouteDevice::Private | RouteDevice::Encapsulation => {
-                    // The link that reaches the gateway directly.
-                    let Some(gw) = r.gateway else { continue };
-                    match self.link_towards(gw)? {
-                        Some(i) => i,
-                        None => {
-                            eprintln!(
-                                "weft-agent: no interface reaches {gw}; route to {} skipped",
-                                r.dst
-                            );
-                            continue;
-                        }
-                    }
+                (RouteDevice::Encapsulation, Some(std::net::IpAddr::V4(gw)), Some(vx)) => {
+                    // The remote end answers on its own VXLAN MAC, found
+                    // through a permanent neighbour and forwarding entry.
+                    self.nl.set_vxlan_neighbour(vx, gw.into(), vxlan_mac(gw))?;
+                    (vx, true)
                 }
+                (_, Some(gw), _) => match self.link_towards(gw)? {
+                    Some(i) => (i, false),
+                    None => {
+                        tracing::warn!("no interface reaches {gw}; route to {} skipped", r.dst);
+                        continue;
+                    }
+                },
+                (_, None, _) => continue,
             };
             want.insert(OwnedRoute {
                 dst: Cidr {
@@ -226,6 +278,7 @@ impl Reconciler {
                 gateway: r.gateway,
                 oif,
                 src: r.src,
+                onlink,
             });
         }
         let have: BTreeSet<OwnedRoute> =
@@ -261,6 +314,9 @@ impl Reconciler {
         }
         if let Some(dir) = &self.settings.cni_dir {
             let _ = std::fs::remove_file(dir.join(cni::FILE_NAME));
+        }
+        if let Some(l) = self.nl.link(VXLAN_NAME)? {
+            self.nl.delete(l.index, VXLAN_NAME)?;
         }
         if let Some(d) = self.device.take() {
             d.stop("clean-up");

@@ -1,0 +1,82 @@
+//! Where the mesh description comes from. The agent loop asks a backend
+//! whether anything changed and, if so (or at every resync), for the current
+//! snapshot. The file backend is here; the Kubernetes backend (Node
+//! annotations and Kilo's Peer resource) implements the same trait.
+
+use crate::file_backend::{FileError, Loaded, MeshFile};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+pub trait Backend {
+    /// Cheap: whether the source changed since the last `observe`.
+    fn changed(&mut self) -> bool;
+    /// The current options, nodes and peers, and the records left out.
+    fn observe(&mut self) -> Result<Loaded, BackendError>;
+    /// For logs.
+    fn describe(&self) -> String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// A YAML/JSON file, re-read when its modification time changes.
+pub struct FileBackend {
+    path: PathBuf,
+    seen: Option<SystemTime>,
+}
+
+impl FileBackend {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, seen: None }
+    }
+
+    fn modified(&self) -> Option<SystemTime> {
+        std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+    }
+}
+
+impl Backend for FileBackend {
+    fn changed(&mut self) -> bool {
+        self.seen.is_none() || self.modified() != self.seen
+    }
+
+    fn observe(&mut self) -> Result<Loaded, BackendError> {
+        self.seen = self.modified();
+        Ok(MeshFile::read(&self.path)?)
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_changes_to_the_file() {
+        let dir = std::env::temp_dir().join(format!("weft-backend-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.yaml");
+        std::fs::write(&path, "nodes: []\n").unwrap();
+        let mut b = FileBackend::new(path.clone());
+        assert!(b.changed(), "the first look is always a change");
+        assert!(b.observe().unwrap().snapshot.nodes.is_empty());
+        assert!(!b.changed());
+        // Make sure the new mtime differs even on coarse clocks.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, "nodes: [{name: a}]\n").unwrap();
+        let t = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(t).unwrap();
+        assert!(b.changed());
+        assert_eq!(b.observe().unwrap().snapshot.nodes.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
