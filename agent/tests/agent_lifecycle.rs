@@ -1,0 +1,186 @@
+//! weft-agent's lifecycle on one node in a namespace of its own: what it
+//! applies, that a stop leaves the node's configuration in place, and that
+//! `--clean-up` removes everything it created.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for network namespaces");
+        return false;
+    }
+    true
+}
+
+struct Node {
+    ns: String,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn new() -> Self {
+        let ns = format!("wl{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("weft-lifecycle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let run = |args: &[&str]| {
+            assert!(
+                Command::new("ip")
+                    .args(args)
+                    .status()
+                    .is_ok_and(|s| s.success()),
+                "ip {args:?}"
+            );
+        };
+        run(&["netns", "add", &ns]);
+        run(&["-n", &ns, "link", "set", "lo", "up"]);
+        run(&[
+            "-n", &ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p",
+        ]);
+        run(&["-n", &ns, "addr", "add", "10.0.0.1/24", "dev", "eth1"]);
+        run(&["-n", &ns, "link", "set", "eth1", "up"]);
+        run(&["-n", &ns, "link", "set", "eth1p", "up"]);
+        Self { ns, dir }
+    }
+
+    fn write_mesh(&self) {
+        // "me" must know its own key: create it the way the agent would.
+        let (key, _) =
+            weft_agent::reconcile::key::load_or_create(&self.dir.join("key")).expect("key");
+        let other = dataplane::PrivateKey([3; 32]).public_key();
+        let mesh = format!(
+            "nodes:\n\
+             - {{name: me, location: a, endpoint: '10.0.0.1:51820', internalIP: 10.0.0.1/24, podCIDRs: [10.42.0.0/24], publicKey: {}}}\n\
+             - {{name: other, location: b, endpoint: '10.0.0.2:51820', internalIP: 10.0.0.2/24, podCIDRs: [10.42.1.0/24], publicKey: {other}}}\n",
+            key.public_key()
+        );
+        std::fs::write(self.dir.join("mesh.yaml"), mesh).expect("mesh");
+    }
+
+    fn start(&self, clean_up: bool) -> Child {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, AGENT, "--hostname", "me"])
+            .arg("--mesh")
+            .arg(self.dir.join("mesh.yaml"))
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .arg("--cni-dir")
+            .arg(self.dir.join("cni"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if clean_up {
+            c.arg("--clean-up");
+        }
+        let child = c.spawn().expect("start agent");
+        let conf = self.dir.join("cni/10-weft.conflist");
+        let end = Instant::now() + Duration::from_secs(10);
+        while !conf.exists() {
+            assert!(Instant::now() < end, "the agent did not apply within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    fn sh(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .args(args)
+            .output()
+            .expect("run");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn cni_conf(&self) -> PathBuf {
+        self.dir.join("cni/10-weft.conflist")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the agent did not stop within 10 s of SIGTERM");
+}
+
+#[test]
+fn applies_keeps_on_stop_and_cleans_up_on_request() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new();
+    node.write_mesh();
+
+    // Applied: tunnel address, a route tagged with our protocol, NAT chains,
+    // the CNI conflist with the node's pod CIDR.
+    let agent = node.start(false);
+    assert!(node
+        .sh(&["ip", "-4", "addr", "show", "weft0"])
+        .contains("10.4.0.1/16"));
+    let routes = node.sh(&["ip", "route", "show", "proto", "87"]);
+    assert!(routes.contains("10.42.1.0/24 dev weft0"), "{routes}");
+    assert!(node
+        .sh(&["iptables", "-t", "nat", "-S", "WEFT-NAT"])
+        .contains("MASQUERADE"));
+    let conf = std::fs::read_to_string(node.cni_conf()).expect("conflist");
+    assert!(conf.contains("10.42.0.0/24"), "{conf}");
+    assert_eq!(
+        node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "1"
+    );
+
+    // A plain stop leaves rules and the CNI configuration: a restart is no outage.
+    stop(agent);
+    assert!(node.cni_conf().exists());
+    assert!(node
+        .sh(&["iptables", "-t", "nat", "-S", "WEFT-NAT"])
+        .contains("MASQUERADE"));
+
+    // The same key comes back, and --clean-up removes everything on exit.
+    let key_before = std::fs::read_to_string(node.dir.join("key")).expect("key");
+    // Removed so that start() can tell when the new agent has applied.
+    std::fs::remove_file(node.cni_conf()).expect("remove conflist");
+    let agent = node.start(true);
+    assert_eq!(
+        std::fs::read_to_string(node.dir.join("key")).expect("key"),
+        key_before
+    );
+    stop(agent);
+    assert!(!node.cni_conf().exists(), "conflist left behind");
+    assert!(node
+        .sh(&["ip", "route", "show", "proto", "87"])
+        .trim()
+        .is_empty());
+    assert!(
+        !node.sh(&["iptables", "-t", "nat", "-S"]).contains("WEFT"),
+        "NAT rules left"
+    );
+    assert!(
+        !node.sh(&["iptables", "-S"]).contains("WEFT"),
+        "filter rules left"
+    );
+    assert!(
+        node.sh(&["ip", "link", "show", "weft0"]).is_empty(),
+        "weft0 left"
+    );
+}
