@@ -3,6 +3,7 @@
 //! tunnel, addresses, routes, netfilter and the CNI configuration.
 
 use clap::Parser;
+use dataplane::signals::TerminationSignals;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,31 +78,10 @@ fn enable_forwarding() {
     }
 }
 
-/// Blocks SIGINT/SIGTERM here (and in every thread started later) and sets
-/// `stop` when one arrives.
-fn watch_signals(stop: Arc<AtomicBool>) {
-    // SAFETY: sigset manipulation on locals, then pthread_sigmask.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: waits on the set blocked above.
-            unsafe { libc::sigwait(&set, &mut sig) };
-            stop.store(true, Ordering::SeqCst);
-        });
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(stop.clone());
+    let flag = stop.clone();
+    TerminationSignals::block().on_arrival(move |_| flag.store(true, Ordering::SeqCst));
     let key_path = cli.state_dir.join("key");
     let (key, created) = key::load_or_create(&key_path).map_err(|e| e.to_string())?;
     tracing::info!(

@@ -121,19 +121,7 @@ fn demo(action: DemoAction) -> Result<String, String> {
     }
     // Ctrl-C at any point: clean up, then leave.
     let work = paths.work.clone();
-    // SAFETY: sigset manipulation on locals, then pthread_sigmask.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    let _ = std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: waits on the set blocked above.
-        unsafe { libc::sigwait(&set, &mut sig) };
+    dataplane::signals::TerminationSignals::block().on_arrival(move |_| {
         eprintln!("\nweftctl demo: interrupted; tearing down");
         demo::down(&work);
         std::process::exit(130);

@@ -2,6 +2,7 @@
 //! contract, so `wg`, `wg-quick` (`WG_QUICK_USERSPACE_IMPLEMENTATION=weft-wg`)
 //! and scripts written for wireguard-go work unchanged.
 
+use dataplane::signals::TerminationSignals;
 use dataplane::uapi::{UapiHandler, UapiListener};
 use dataplane::{Device, DeviceOptions};
 use std::io::{Read, Write};
@@ -75,21 +76,6 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-/// Blocks the termination signals in this thread and every thread it starts,
-/// so that one dedicated thread can wait for them.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local, then pthread_sigmask on it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
 }
 
 /// Forks; the parent waits for the child to report that the interface and its
@@ -181,7 +167,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
-    let sigset = block_signals();
+    let signals = TerminationSignals::block();
     let (device, uapi) = match start(&args) {
         Ok(x) => x,
         Err(e) => {
@@ -200,14 +186,7 @@ fn main() -> ExitCode {
     tracing::info!(interface = %args.ifname, socket = %uapi.path().display(), "running");
 
     let stopper = device.stopper();
-    let _ = std::thread::Builder::new()
-        .name("weft-signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: waits on the set blocked above.
-            unsafe { libc::sigwait(&sigset, &mut sig) };
-            stopper.stop(&format!("received signal {sig}"));
-        });
+    signals.on_arrival(move |sig| stopper.stop(&format!("received signal {sig}")));
     let handler: Arc<dyn UapiHandler> = device.clone();
     let uapi = Arc::new(uapi);
     let serving = uapi.clone();
