@@ -229,6 +229,12 @@ impl Reconciler {
             .link_by_index(dev)?
             .map_or(1500, |l| l.mtu)
             .saturating_sub(VXLAN_OVERHEAD);
+        if self.nl.link(VXLAN_NAME)?.is_none() {
+            tracing::info!(
+                "encapsulating traffic inside the location with VXLAN ({VXLAN_NAME}, VNI {VXLAN_VNI}, \
+                 udp/{VXLAN_PORT} from {local}); IPIP is not used, so kernels without it work"
+            );
+        }
         let link = self.nl.ensure_vxlan(&VxlanSpec {
             name: VXLAN_NAME.into(),
             vni: VXLAN_VNI,
