@@ -23,6 +23,9 @@ use weft_netlink::{Cidr, Netlink, OwnedRoute, RouteProtocol, VxlanSpec};
 /// its routes from everybody else's across restarts.
 pub const ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Other(87);
 
+/// How often the netfilter rules are rebuilt even when unchanged.
+const NAT_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The encapsulation device. The kernels Weft targets may lack IPIP (Kilo's
 /// choice), so nodes of one location that need encapsulation talk VXLAN.
 pub const VXLAN_NAME: &str = "weft-vxlan";
@@ -81,7 +84,7 @@ pub struct Reconciler {
     nl: Netlink,
     device: Option<Device>,
     applied_peers: BTreeMap<PublicKey, wireguard::Applied>,
-    applied_nat: Option<crate::mesh::desired::Masquerade>,
+    applied_nat: Option<(crate::mesh::desired::Masquerade, std::time::Instant)>,
 }
 
 /// Resolves an endpoint now; a name that does not resolve is logged and
@@ -199,10 +202,21 @@ impl Reconciler {
                 self.nl.delete(l.index, VXLAN_NAME)?;
             }
         }
-        if self.settings.manage_nat && self.applied_nat.as_ref() != Some(&desired.masquerade) {
+        // Re-applied when it changes, and at least every NAT_REFRESH in case
+        // something else (a firewall reload) flushed our chains.
+        let changed = self
+            .applied_nat
+            .as_ref()
+            .is_none_or(|(m, _)| *m != desired.masquerade);
+        let due = self
+            .applied_nat
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= NAT_REFRESH);
+        if self.settings.manage_nat && (changed || due) {
             nat::apply(&desired.masquerade)?;
-            self.applied_nat = Some(desired.masquerade.clone());
-            changes.nat_applied = true;
+            self.applied_nat = Some((desired.masquerade.clone(), std::time::Instant::now()));
+            // A refresh of unchanged rules is not a change.
+            changes.nat_applied = changed;
         }
         if let Some(dir) = &self.settings.cni_dir {
             let text = cni::conflist(pod_cidrs, mtu);
@@ -254,6 +268,23 @@ impl Reconciler {
         vxlan_index: Option<u32>,
         changes: &mut Changes,
     ) -> Result<(), ReconcileError> {
+        // The directly connected networks, read once per pass: a gateway is
+        // reached through the link whose subnet contains it.
+        let mut connected = Vec::new();
+        for v4 in [true, false] {
+            connected.extend(
+                self.nl
+                    .routes(v4)?
+                    .into_iter()
+                    .filter(|(dst, via, oif)| via.is_none() && dst.prefix > 0 && *oif != 0),
+            );
+        }
+        let link_towards = |gw: std::net::IpAddr| {
+            connected
+                .iter()
+                .find(|(dst, _, _)| dst.contains(gw))
+                .map(|(_, _, oif)| *oif)
+        };
         let mut want: BTreeSet<OwnedRoute> = BTreeSet::new();
         for r in &desired.routes {
             let (oif, onlink) = match (r.device, r.gateway, vxlan_index) {
@@ -267,7 +298,7 @@ impl Reconciler {
                     self.nl.set_vxlan_neighbour(vx, gw.into(), vxlan_mac(gw))?;
                     (vx, true)
                 }
-                (_, Some(gw), _) => match self.link_towards(gw)? {
+                (_, Some(gw), _) => match link_towards(gw) {
                     Some(i) => (i, false),
                     None => {
                         tracing::warn!("no interface reaches {gw}; route to {} skipped", r.dst);
@@ -298,16 +329,6 @@ impl Reconciler {
             changes.routes_added += 1;
         }
         Ok(())
-    }
-
-    /// The interface whose subnet contains `gw`.
-    fn link_towards(&self, gw: std::net::IpAddr) -> Result<Option<u32>, ReconcileError> {
-        for (dst, via, oif) in self.nl.routes(gw.is_ipv4())? {
-            if via.is_none() && dst.prefix > 0 && dst.contains(gw) && oif != 0 {
-                return Ok(Some(oif));
-            }
-        }
-        Ok(None)
     }
 
     /// Removes everything this agent created (for `--clean-up`).
