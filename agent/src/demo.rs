@@ -292,11 +292,7 @@ impl Demo {
     fn write_mesh(&self) -> Result<(), DemoError> {
         let io = |e: std::io::Error| DemoError(format!("{}: {e}", self.paths.work.display()));
         std::fs::create_dir_all(&self.paths.work).map_err(io)?;
-        let encapsulate = match self.encapsulate {
-            Encapsulate::Never => "never",
-            Encapsulate::CrossSubnet => "crosssubnet",
-            Encapsulate::Always => "always",
-        };
+        let encapsulate = self.encapsulate;
         let mut yaml = format!(
             "# Written by weftctl demo.\noptions: {{granularity: location, encapsulate: {encapsulate}}}\nnodes:\n"
         );

@@ -26,28 +26,6 @@ pub enum Granularity {
     Cross,
 }
 
-impl FromStr for Granularity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "location" => Ok(Self::Location),
-            "full" => Ok(Self::Full),
-            "cross" => Ok(Self::Cross),
-            _ => Err(format!("{s:?} is not one of location, full, cross")),
-        }
-    }
-}
-
-impl fmt::Display for Granularity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Location => "location",
-            Self::Full => "full",
-            Self::Cross => "cross",
-        })
-    }
-}
-
 /// When traffic between nodes of one location is encapsulated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -59,17 +37,31 @@ pub enum Encapsulate {
     Always,
 }
 
-impl FromStr for Encapsulate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "never" => Ok(Self::Never),
-            "crosssubnet" => Ok(Self::CrossSubnet),
-            "always" => Ok(Self::Always),
-            _ => Err(format!("{s:?} is not one of never, crosssubnet, always")),
+/// `FromStr` and `Display` from one table of names, as written in the mesh
+/// file and on the command line.
+macro_rules! named {
+    ($t:ident { $($v:ident => $s:literal),* $(,)? }) => {
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$v),)*
+                    _ => Err(format!("{s:?} is not one of {}", [$($s),*].join(", "))),
+                }
+            }
         }
-    }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self {
+                    $(Self::$v => $s,)*
+                })
+            }
+        }
+    };
 }
+
+named!(Granularity { Location => "location", Full => "full", Cross => "cross" });
+named!(Encapsulate { Never => "never", CrossSubnet => "crosssubnet", Always => "always" });
 
 /// Mesh-wide settings; every node must use the same ones to agree.
 #[derive(Clone, Debug, PartialEq)]

@@ -70,6 +70,38 @@ fn run(bin: &str, args: &[&str], stdin: Option<&str>) -> Result<(), NatError> {
     }
 }
 
+/// The jumps from the built-in chains into ours: (table, chain, target).
+const JUMPS: [(&str, &str, &str); 2] = [
+    ("nat", "POSTROUTING", "WEFT-POSTROUTING"),
+    ("filter", "FORWARD", "WEFT-FORWARD"),
+];
+
+/// `iptables` arguments for one jump rule with `op` (-C, -I or -D).
+fn jump<'a>(op: &'a str, (table, chain, target): (&'a str, &'a str, &'a str)) -> [&'a str; 12] {
+    [
+        "-w",
+        "5",
+        "-t",
+        table,
+        op,
+        chain,
+        "-m",
+        "comment",
+        "--comment",
+        COMMENT,
+        "-j",
+        target,
+    ]
+}
+
+fn binaries(v4: bool) -> (&'static str, &'static str) {
+    if v4 {
+        ("iptables-restore", "iptables")
+    } else {
+        ("ip6tables-restore", "ip6tables")
+    }
+}
+
 /// Applies the rules of both families and makes sure the jumps exist.
 pub fn apply(masq: &Masquerade) -> Result<(), NatError> {
     for v4 in [true, false] {
@@ -81,64 +113,23 @@ pub fn apply(masq: &Masquerade) -> Result<(), NatError> {
         if !has_any {
             continue;
         }
-        let (restore, tables) = if v4 {
-            ("iptables-restore", "iptables")
-        } else {
-            ("ip6tables-restore", "ip6tables")
-        };
+        let (restore, tables) = binaries(v4);
         run(restore, &["-w", "5", "--noflush"], Some(&ruleset(masq, v4)))?;
-        for (table, chain, target) in [
-            ("nat", "POSTROUTING", "WEFT-POSTROUTING"),
-            ("filter", "FORWARD", "WEFT-FORWARD"),
-        ] {
-            let rule = [
-                "-t",
-                table,
-                "-C",
-                chain,
-                "-m",
-                "comment",
-                "--comment",
-                COMMENT,
-                "-j",
-                target,
-            ];
-            if run(tables, &[&["-w", "5"][..], &rule[..]].concat(), None).is_err() {
-                let mut insert = rule;
-                insert[2] = "-I";
-                run(tables, &[&["-w", "5"][..], &insert[..]].concat(), None)?;
+        for j in JUMPS {
+            if run(tables, &jump("-C", j), None).is_err() {
+                run(tables, &jump("-I", j), None)?;
             }
         }
     }
     Ok(())
 }
 
-/// Removes everything `apply` created (for --clean-up).
+/// Removes everything `apply` created (for --clean-up); absent rules are fine.
 pub fn remove() {
-    for (tables, v4) in [("iptables", true), ("ip6tables", false)] {
-        let _ = v4;
-        for (table, chain, target) in [
-            ("nat", "POSTROUTING", "WEFT-POSTROUTING"),
-            ("filter", "FORWARD", "WEFT-FORWARD"),
-        ] {
-            let _ = run(
-                tables,
-                &[
-                    "-w",
-                    "5",
-                    "-t",
-                    table,
-                    "-D",
-                    chain,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    COMMENT,
-                    "-j",
-                    target,
-                ],
-                None,
-            );
+    for v4 in [true, false] {
+        let (_, tables) = binaries(v4);
+        for j in JUMPS {
+            let _ = run(tables, &jump("-D", j), None);
         }
         for (table, chain) in [
             ("nat", "WEFT-POSTROUTING"),
