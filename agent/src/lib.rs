@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod demo;
 pub mod file_backend;
+pub mod k8s;
 pub mod mesh;
 pub mod reconcile;
 pub mod render;
