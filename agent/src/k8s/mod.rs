@@ -4,3 +4,4 @@
 //! next step; everything here is tested without an API server.)
 
 pub mod annotations;
+pub mod peer;
