@@ -5,5 +5,6 @@ pub mod demo;
 pub mod file_backend;
 pub mod k8s;
 pub mod mesh;
+pub mod metrics;
 pub mod reconcile;
 pub mod render;

@@ -148,6 +148,32 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
         "1"
     );
+    // Metrics and health on the default listen address.
+    let fetch = |path: &str| {
+        node.sh(&[
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/1107 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 3 cat <&3"),
+        ])
+    };
+    // The gauges are set just after the pass that wrote the conflist.
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut metrics = fetch("/metrics");
+    while !metrics.contains("weft_leader 1") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+        metrics = fetch("/metrics");
+    }
+    for line in ["weft_nodes 2", "weft_peers 0", "weft_leader 1"] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("weft_peer_tx_bytes_total{public_key="),
+        "{metrics}"
+    );
+    assert!(fetch("/healthz").ends_with("ok\n"));
 
     // A plain stop leaves rules and the CNI configuration: a restart is no outage.
     stop(agent);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use weft_agent::backend::{Backend, FileBackend};
 use weft_agent::mesh::Topology;
+use weft_agent::metrics::{serve, Metrics};
 use weft_agent::reconcile::{key, Reconciler, Settings};
 
 #[derive(Parser)]
@@ -50,6 +51,10 @@ struct Cli {
     /// Re-apply everything this often (seconds) even without changes.
     #[arg(long, default_value_t = 30)]
     resync: u64,
+    /// Address for Prometheus metrics (/metrics) and the health check
+    /// (/healthz); empty to disable.
+    #[arg(long, default_value = "0.0.0.0:1107")]
+    listen: String,
     /// On exit, remove the routes, rules, CNI configuration and tunnel this
     /// agent created. Off by default: a restart should not be an outage.
     #[arg(long)]
@@ -102,6 +107,17 @@ fn run(cli: Cli) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
+    let metrics = Metrics::new();
+    if !cli.listen.is_empty() {
+        let listener = std::net::TcpListener::bind(&cli.listen)
+            .map_err(|e| format!("cannot listen on {} for metrics: {e}", cli.listen))?;
+        let m = metrics.clone();
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve(listener, m))
+            .map_err(|e| e.to_string())?;
+        tracing::info!("metrics on http://{}/metrics", cli.listen);
+    }
     let mut backend: Box<dyn Backend> = Box::new(FileBackend::new(cli.mesh.clone()));
     tracing::info!("mesh from {}", backend.describe());
     let mut last_pass = Instant::now() - Duration::from_secs(cli.resync + 1);
@@ -119,6 +135,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Err(e) => {
                 // Keep what is applied: a broken file is not a reason for an outage.
                 tracing::error!("{e}; keeping the current state");
+                metrics.error("backend");
                 continue;
             }
         };
@@ -133,9 +150,15 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!("{e}; keeping the current state");
+                metrics.error("topology");
                 continue;
             }
         };
+        metrics.set_mesh(
+            topology.segments.iter().map(|s| s.nodes.len()).sum(),
+            topology.peers.len(),
+            false,
+        );
         let Some(desired) = topology.desired_state(&cli.hostname) else {
             let why = topology
                 .excluded
@@ -153,7 +176,15 @@ fn run(cli: Cli) -> Result<(), String> {
             .find(|n| n.name == cli.hostname)
             .map(|n| n.pod_cidrs.clone())
             .unwrap_or_default();
-        match reconciler.apply(&desired, &pod_cidrs, loaded.options.mtu) {
+        let result = reconciler.apply(&desired, &pod_cidrs, loaded.options.mtu);
+        metrics.reconciled(started.elapsed().as_secs_f64());
+        metrics.set_mesh(
+            topology.segments.iter().map(|s| s.nodes.len()).sum(),
+            topology.peers.len(),
+            desired.is_leader,
+        );
+        metrics.set_peers(reconciler.peer_stats());
+        match result {
             Ok(c) if c.is_empty() => tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "no changes"
@@ -170,6 +201,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 "applied"
             ),
             Err(e) => {
+                metrics.error("reconcile");
                 tracing::error!("reconcile failed: {e}; retrying in 1 s");
                 last_pass = Instant::now() - Duration::from_secs(cli.resync.saturating_sub(1));
             }

@@ -125,6 +125,27 @@ impl Reconciler {
         self.device.as_ref()
     }
 
+    /// Per-peer counters of the embedded tunnel, for metrics.
+    pub fn peer_stats(&self) -> Vec<crate::metrics::PeerStat> {
+        let Some(d) = &self.device else {
+            return Vec::new();
+        };
+        let now = std::time::SystemTime::now();
+        d.info()
+            .peers
+            .into_iter()
+            .map(|p| crate::metrics::PeerStat {
+                public_key: p.public_key.to_base64(),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                handshake_age: p
+                    .last_handshake
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map(|d| d.as_secs_f64()),
+            })
+            .collect()
+    }
+
     /// One pass: WireGuard, address, routes, netfilter, CNI.
     pub fn apply(
         &mut self,
