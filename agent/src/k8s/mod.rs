@@ -4,4 +4,5 @@
 //! next step; everything here is tested without an API server.)
 
 pub mod annotations;
+pub mod backend;
 pub mod peer;
