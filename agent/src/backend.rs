@@ -25,7 +25,9 @@ pub enum BackendError {
 /// A YAML/JSON file, re-read when its modification time changes.
 pub struct FileBackend {
     path: PathBuf,
-    seen: Option<SystemTime>,
+    /// The modification time at the last `observe`; `None` inside means the
+    /// file was missing then (so a missing file is not re-read every time).
+    seen: Option<Option<SystemTime>>,
 }
 
 impl FileBackend {
@@ -42,11 +44,11 @@ impl FileBackend {
 
 impl Backend for FileBackend {
     fn changed(&mut self) -> bool {
-        self.seen.is_none() || self.modified() != self.seen
+        self.seen != Some(self.modified())
     }
 
     fn observe(&mut self) -> Result<Loaded, BackendError> {
-        self.seen = self.modified();
+        self.seen = Some(self.modified());
         Ok(MeshFile::read(&self.path)?)
     }
 
@@ -77,6 +79,11 @@ mod tests {
         f.set_modified(t).unwrap();
         assert!(b.changed());
         assert_eq!(b.observe().unwrap().snapshot.nodes.len(), 1);
+        // A missing file is an error once, not at every look.
+        std::fs::remove_file(&path).unwrap();
+        assert!(b.changed());
+        assert!(b.observe().is_err());
+        assert!(!b.changed());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
