@@ -30,39 +30,16 @@ impl Cidr {
             128
         }
     }
+    /// The network address; the arithmetic lives in the shared netlink crate.
     pub fn network(&self) -> IpAddr {
-        from_u128(self.addr.is_ipv4(), to_u128(self.addr) & self.mask())
-    }
-    fn mask(&self) -> u128 {
-        let bits = u32::from(Self::max_prefix(self.addr));
-        let host = bits - u32::from(self.prefix);
-        let all = if bits == 32 {
-            u128::from(u32::MAX)
-        } else {
-            u128::MAX
-        };
-        if host >= 128 {
-            0
-        } else {
-            all & !((1u128 << host) - 1) & all
-        }
+        weft_netlink::Cidr::from(*self).network()
     }
     /// The highest address in the network (broadcast for IPv4).
     pub fn last(&self) -> IpAddr {
-        let bits = u32::from(Self::max_prefix(self.addr));
-        let all = if bits == 32 {
-            u128::from(u32::MAX)
-        } else {
-            u128::MAX
-        };
-        from_u128(
-            self.addr.is_ipv4(),
-            (to_u128(self.addr) & self.mask()) | (all & !self.mask()),
-        )
+        weft_netlink::Cidr::from(*self).last()
     }
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4()
-            && to_u128(ip) & self.mask() == to_u128(self.addr) & self.mask()
+        weft_netlink::Cidr::from(*self).contains(ip)
     }
 }
 

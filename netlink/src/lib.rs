@@ -40,25 +40,46 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    fn mask(&self) -> u128 {
-        let bits: u32 = if self.addr.is_ipv4() { 32 } else { 128 };
-        let host = bits - u32::from(self.prefix.min(bits as u8));
-        let all = if bits == 32 {
-            u128::from(u32::MAX)
-        } else {
-            u128::MAX
-        };
-        if host >= 128 {
-            0
-        } else {
-            all & !((1u128 << host) - 1)
-        }
-    }
     fn bits(ip: IpAddr) -> u128 {
         match ip {
             IpAddr::V4(a) => u128::from(u32::from(a)),
             IpAddr::V6(a) => u128::from(a),
         }
+    }
+    fn from_bits(v4: bool, n: u128) -> IpAddr {
+        if v4 {
+            IpAddr::V4(Ipv4Addr::from(n as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(n))
+        }
+    }
+    /// Every bit of the address family set.
+    fn all(&self) -> u128 {
+        if self.addr.is_ipv4() {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        }
+    }
+    fn mask(&self) -> u128 {
+        let bits: u32 = if self.addr.is_ipv4() { 32 } else { 128 };
+        let host = bits - u32::from(self.prefix.min(bits as u8));
+        if host >= 128 {
+            0
+        } else {
+            self.all() & !((1u128 << host) - 1)
+        }
+    }
+    /// The network address (host bits cleared).
+    pub fn network(&self) -> IpAddr {
+        Self::from_bits(self.addr.is_ipv4(), Self::bits(self.addr) & self.mask())
+    }
+    /// The highest address in the network (broadcast for IPv4).
+    pub fn last(&self) -> IpAddr {
+        Self::from_bits(
+            self.addr.is_ipv4(),
+            (Self::bits(self.addr) & self.mask()) | (self.all() & !self.mask()),
+        )
     }
     /// Whether `ip` is inside this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
