@@ -4,6 +4,11 @@
 //! annotations and Kilo's Peer resource) implements the same trait.
 
 use crate::file_backend::{FileError, Loaded, MeshFile};
+use crate::mesh::{Granularity, RecordError};
+use dataplane::PublicKey;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -14,12 +19,45 @@ pub trait Backend {
     fn observe(&mut self) -> Result<Loaded, BackendError>;
     /// For logs.
     fn describe(&self) -> String;
+    /// Tells the other nodes what this node is (its key, endpoint, addresses,
+    /// and that it is alive). A backend the agent cannot write to (a mesh
+    /// file) ignores it.
+    fn publish(&mut self, _report: &SelfReport) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Reports records left out of the mesh or read without a bad field,
+    /// where users look for them. Called only when the set changes; logging
+    /// is the agent's job.
+    fn report_problems(&mut self, _problems: &[RecordError]) {}
+    /// Whether the backend has a complete first picture; until then the
+    /// agent leaves the node as it is.
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// What a node announces about itself: Kilo's agent-owned annotations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelfReport {
+    pub public_key: PublicKey,
+    /// `host:port` as others should dial it.
+    pub endpoint: String,
+    /// The private address with its interface prefix, if the node has one.
+    pub internal_ip: Option<IpNet>,
+    /// Set while this node leads its segment.
+    pub wireguard_ip: Option<IpNet>,
+    pub granularity: Granularity,
+    /// NAT endpoints this node learned from handshakes of roaming peers.
+    pub discovered_endpoints: BTreeMap<PublicKey, SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error(transparent)]
     File(#[from] FileError),
+    /// The API refused or could not be reached; the message says which call.
+    #[error("{0}")]
+    Api(String),
 }
 
 /// A YAML/JSON file, re-read when its modification time changes.

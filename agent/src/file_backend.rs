@@ -70,6 +70,8 @@ pub struct Loaded {
     pub options: MeshOptions,
     pub snapshot: Snapshot,
     pub rejected: Vec<RecordError>,
+    /// Records kept, but with a field ignored.
+    pub warnings: Vec<RecordError>,
 }
 
 impl MeshFile {
@@ -156,6 +158,7 @@ impl MeshFile {
             options,
             snapshot,
             rejected,
+            warnings: Vec::new(),
         })
     }
 }

@@ -1,7 +1,9 @@
 //! Weft's node agent: backend -> mesh core -> reconciler, and `weftctl`.
 
 pub mod backend;
+pub mod cli;
 pub mod demo;
+pub mod discover;
 pub mod file_backend;
 pub mod k8s;
 pub mod mesh;

@@ -499,6 +499,47 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every address on every link, with the link's name (for discovering
+    /// this node's own addresses).
+    pub fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, NetlinkError> {
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut names = std::collections::HashMap::new();
+            let mut links = h.link().get().execute();
+            while let Some(msg) = links
+                .try_next()
+                .await
+                .map_err(|e| nl_err("list links", e))?
+            {
+                for a in msg.attributes {
+                    if let LinkAttribute::IfName(n) = a {
+                        names.insert(msg.header.index, n);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            let mut s = h.address().get().execute();
+            while let Some(msg) = s
+                .try_next()
+                .await
+                .map_err(|e| nl_err("list addresses", e))?
+            {
+                let prefix = msg.header.prefix_len;
+                let index = msg.header.index;
+                for a in msg.attributes {
+                    if let AddressAttribute::Address(addr) = a {
+                        out.push(InterfaceAddress {
+                            index,
+                            name: names.get(&index).cloned().unwrap_or_default(),
+                            cidr: Cidr { addr, prefix },
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The index of the link holding `ip`, if any.
     pub fn link_with_address(&self, ip: IpAddr) -> Result<Option<(u32, Cidr)>, NetlinkError> {
         let h = self.handle.clone();
@@ -660,6 +701,14 @@ impl Netlink {
             Ok(out)
         })
     }
+}
+
+/// An address and the link that holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub index: u32,
+    pub name: String,
+    pub cidr: Cidr,
 }
 
 /// A VXLAN link: identifier, underlay source address and link, UDP port,

@@ -1,18 +1,25 @@
-//! `weft-agent`: the per-node agent. Reads the mesh (file backend), computes
-//! this node's desired state and applies it: the embedded userspace WireGuard
-//! tunnel, addresses, routes, netfilter and the CNI configuration.
+//! `weft-agent`: the per-node agent. Reads the mesh (a file, or the
+//! Kubernetes API as Kilo does), computes this node's desired state and
+//! applies it: the embedded userspace WireGuard tunnel, addresses, routes,
+//! netfilter and the CNI configuration. With the Kubernetes backend it also
+//! announces the node (key, endpoint, addresses, check-ins).
 
 use clap::Parser;
 use dataplane::signals::TerminationSignals;
+use ipnet::IpNet;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use weft_agent::backend::{Backend, FileBackend};
-use weft_agent::mesh::Topology;
+use weft_agent::backend::{Backend, SelfReport};
+use weft_agent::cli::{BackendArgs, BackendKind};
+use weft_agent::discover;
+use weft_agent::mesh::{DesiredState, RecordError, Topology};
 use weft_agent::metrics::{serve, Metrics};
-use weft_agent::reconcile::{key, Reconciler, Settings};
+use weft_agent::reconcile::{key, Settings};
+use weft_agent::reconcile::{Reconciler, VXLAN_NAME};
 
 #[derive(Parser)]
 #[command(
@@ -27,12 +34,18 @@ use weft_agent::reconcile::{key, Reconciler, Settings};
                   --clean-up is given."
 )]
 struct Cli {
-    /// This node's name in the mesh.
+    /// This node's name in the mesh (with Kubernetes: the Node's name).
     #[arg(long, env = "NODE_NAME")]
     hostname: String,
-    /// Mesh description (YAML or JSON) of the file backend; re-read on change.
-    #[arg(long, env = "WEFT_MESH", default_value = "/etc/weft/mesh.yaml")]
-    mesh: PathBuf,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Kubernetes backend: only private addresses inside these CIDRs may be
+    /// announced as the node's internal IP (repeatable).
+    #[arg(long = "internal-cidr")]
+    internal_cidrs: Vec<IpNet>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
     /// Name of the WireGuard interface.
     #[arg(long, default_value = "weft0")]
     interface: String,
@@ -59,6 +72,76 @@ struct Cli {
     /// agent created. Off by default: a restart should not be an outage.
     #[arg(long)]
     clean_up: bool,
+}
+
+/// Announces this node through the backend: what it discovered about its
+/// own addresses, its key, and what it runs.
+struct Announcer {
+    hostname: String,
+    ignore: Vec<String>,
+    internal_cidrs: Vec<IpNet>,
+    /// The last failure, so a lasting one is logged once.
+    last_error: Option<String>,
+}
+
+impl Announcer {
+    fn announce(
+        &mut self,
+        backend: &mut dyn Backend,
+        reconciler: &Reconciler,
+        topology: &Topology,
+        desired: Option<&DesiredState>,
+    ) -> Result<(), String> {
+        let result = self.try_announce(backend, reconciler, topology, desired);
+        match &result {
+            Err(e) if self.last_error.as_ref() == Some(e) => return Ok(()),
+            Err(e) => self.last_error = Some(e.clone()),
+            Ok(()) => self.last_error = None,
+        }
+        result
+    }
+
+    fn try_announce(
+        &self,
+        backend: &mut dyn Backend,
+        reconciler: &Reconciler,
+        topology: &Topology,
+        desired: Option<&DesiredState>,
+    ) -> Result<(), String> {
+        let candidates = discover::candidates(&self.hostname)
+            .map_err(|e| format!("reading this node's addresses: {e}"))?;
+        let ignore: Vec<&str> = self.ignore.iter().map(String::as_str).collect();
+        let found = discover::choose(&candidates, &ignore, &self.internal_cidrs)
+            .map_err(|e| e.to_string())?;
+        let roaming: BTreeSet<_> = topology
+            .segments
+            .iter()
+            .flat_map(|s| &s.nodes)
+            .filter(|n| n.persistent_keepalive > 0)
+            .filter_map(|n| n.public_key)
+            .chain(
+                topology
+                    .peers
+                    .iter()
+                    .filter(|p| p.persistent_keepalive > 0)
+                    .map(|p| p.public_key),
+            )
+            .collect();
+        let report = SelfReport {
+            public_key: reconciler.public_key(),
+            endpoint: std::net::SocketAddr::new(found.public_ip, topology.options.port).to_string(),
+            internal_ip: found.internal_ip,
+            wireguard_ip: desired
+                .filter(|d| d.is_leader)
+                .and_then(|d| d.wireguard.as_ref())
+                .map(|w| w.address),
+            granularity: topology.options.granularity,
+            discovered_endpoints: reconciler.learned_endpoints(&roaming),
+        };
+        backend
+            .publish(&report)
+            .map_err(|e| format!("announcing this node: {e}"))
+    }
 }
 
 fn now() -> u64 {
@@ -118,13 +201,35 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         tracing::info!("metrics on http://{}/metrics", cli.listen);
     }
-    let mut backend: Box<dyn Backend> = Box::new(FileBackend::new(cli.mesh.clone()));
+    let mut backend = cli.backend.open(&cli.hostname)?;
     tracing::info!("mesh from {}", backend.describe());
+    let mut announcer = (cli.backend.backend == BackendKind::Kubernetes).then(|| Announcer {
+        hostname: cli.hostname.clone(),
+        ignore: vec![
+            cli.interface.clone(),
+            VXLAN_NAME.into(),
+            "kube-bridge".into(),
+        ],
+        internal_cidrs: cli.internal_cidrs.clone(),
+        last_error: None,
+    });
     let mut last_pass = Instant::now() - Duration::from_secs(cli.resync + 1);
-    let mut last_rejections = Vec::new();
+    let mut last_problems = Vec::new();
+    let mut waiting_logged = false;
     while !stop.load(Ordering::SeqCst) {
         let due = last_pass.elapsed() >= Duration::from_secs(cli.resync);
         if !due && !backend.changed() {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        if !backend.ready() {
+            if !waiting_logged {
+                tracing::info!(
+                    "waiting for a first complete picture from {}",
+                    backend.describe()
+                );
+                waiting_logged = true;
+            }
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
@@ -139,12 +244,21 @@ fn run(cli: Cli) -> Result<(), String> {
                 continue;
             }
         };
-        let rejections: Vec<String> = loaded.rejected.iter().map(ToString::to_string).collect();
-        if rejections != last_rejections {
-            for r in &rejections {
-                tracing::warn!("left out {r}");
+        let problems: Vec<RecordError> = loaded
+            .rejected
+            .iter()
+            .chain(&loaded.warnings)
+            .cloned()
+            .collect();
+        if problems != last_problems {
+            for r in &loaded.rejected {
+                tracing::warn!(kind = r.kind, name = %r.name, field = %r.field, "left out: {r}");
             }
-            last_rejections = rejections;
+            for w in &loaded.warnings {
+                tracing::warn!(kind = w.kind, name = %w.name, field = %w.field, "ignored a value: {w}");
+            }
+            backend.report_problems(&problems);
+            last_problems = problems;
         }
         let topology = match Topology::new(&loaded.snapshot, &loaded.options, now()) {
             Ok(t) => t,
@@ -159,7 +273,14 @@ fn run(cli: Cli) -> Result<(), String> {
             topology.peers.len(),
             false,
         );
-        let Some(desired) = topology.desired_state(&cli.hostname) else {
+        let desired = topology.desired_state(&cli.hostname);
+        if let Some(a) = announcer.as_mut() {
+            if let Err(e) = a.announce(backend.as_mut(), &reconciler, &topology, desired.as_ref()) {
+                metrics.error("announce");
+                tracing::error!("{e}");
+            }
+        }
+        let Some(desired) = desired else {
             let why = topology
                 .excluded
                 .iter()
@@ -220,10 +341,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("weft-agent: must run as root (TUN, routes, netfilter)");
         return ExitCode::FAILURE;

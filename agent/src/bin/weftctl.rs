@@ -4,9 +4,9 @@
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use weft_agent::file_backend::MeshFile;
+use weft_agent::cli::BackendArgs;
+use weft_agent::file_backend::Loaded;
 use weft_agent::mesh::Topology;
 use weft_agent::render::{self, Format, RenderError};
 
@@ -21,9 +21,8 @@ use weft_agent::render::{self, Format, RenderError};
                   nodes do."
 )]
 struct Cli {
-    /// Mesh description (YAML or JSON) of the file backend.
-    #[arg(long, env = "WEFT_MESH", default_value = "/etc/weft/mesh.yaml")]
-    mesh: PathBuf,
+    #[command(flatten)]
+    backend: BackendArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -161,9 +160,12 @@ fn run(cli: Cli) -> Result<String, String> {
     if let Command::Demo { action } = cli.command {
         return demo(action);
     }
-    let loaded = MeshFile::read(&cli.mesh).map_err(|e| e.to_string())?;
+    let loaded = load(&cli.backend)?;
     for r in &loaded.rejected {
         eprintln!("weftctl: left out {r}");
+    }
+    for w in &loaded.warnings {
+        eprintln!("weftctl: ignored a value: {w}");
     }
     let topology =
         Topology::new(&loaded.snapshot, &loaded.options, now()).map_err(|e| e.to_string())?;
@@ -212,6 +214,20 @@ fn run(cli: Cli) -> Result<String, String> {
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Reads the mesh once; the Kubernetes API gets 15 s to answer its lists.
+fn load(args: &BackendArgs) -> Result<Loaded, String> {
+    // weftctl only reads: no node of its own to announce.
+    let mut backend = args.open("")?;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !backend.ready() {
+        if std::time::Instant::now() >= end {
+            return Err(format!("no answer from {} within 15 s", backend.describe()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    backend.observe().map_err(|e| e.to_string())
 }
 
 fn to_svg(dot: &str) -> Result<String, String> {

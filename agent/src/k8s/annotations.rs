@@ -2,10 +2,14 @@
 //! cluster set up for Kilo works unchanged and Kilo's `kgctl` can read a Weft
 //! cluster.
 
-use crate::mesh::RawNode;
+use crate::backend::SelfReport;
+use crate::mesh::{RawNode, RecordError};
+use dataplane::PublicKey;
 use k8s_openapi::api::core::v1::Node;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 
 const PREFIX: &str = "kilo.squat.ai/";
 /// Set by users.
@@ -36,12 +40,111 @@ pub const OWNED: [&str; 7] = [
 /// Where the location comes from when there is no annotation.
 pub const DEFAULT_TOPOLOGY_LABEL: &str = "topology.kubernetes.io/region";
 
-/// A problem with one annotation; the node is still used where Kilo would.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Warning {
-    pub node: String,
-    pub field: String,
-    pub reason: String,
+/// How often a node re-announces that it is alive (Kilo: 30 s; others leave
+/// it out after twice that).
+pub const CHECK_IN_PERIOD: u64 = 30;
+
+/// One entry of `discovered-endpoints`: the JSON form of Go's `net.UDPAddr`,
+/// which is what Kilo writes and reads.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UdpAddr {
+    #[serde(rename = "IP")]
+    ip: IpAddr,
+    port: u16,
+    #[serde(default)]
+    zone: String,
+}
+
+/// `discovered-endpoints` as Kilo writes it; "" when there is nothing.
+pub fn format_discovered(map: &BTreeMap<PublicKey, SocketAddr>) -> String {
+    if map.is_empty() {
+        return String::new();
+    }
+    let m: BTreeMap<String, UdpAddr> = map
+        .iter()
+        .map(|(k, a)| {
+            (
+                k.to_base64(),
+                UdpAddr {
+                    ip: a.ip(),
+                    port: a.port(),
+                    zone: String::new(),
+                },
+            )
+        })
+        .collect();
+    serde_json::to_string(&m).unwrap_or_default()
+}
+
+/// Parses `discovered-endpoints` into key -> `ip:port`; entries that are
+/// not a key and an address are dropped with a warning.
+fn parse_discovered(v: &str, warn: &mut dyn FnMut(&str, String)) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if v.trim().is_empty() {
+        return out;
+    }
+    let map: BTreeMap<String, Value> = match serde_json::from_str(v) {
+        Ok(m) => m,
+        Err(e) => {
+            warn(
+                DISCOVERED_ENDPOINTS,
+                format!("not a JSON map of endpoints: {e}"),
+            );
+            return out;
+        }
+    };
+    for (k, entry) in map {
+        let addr = serde_json::from_value::<UdpAddr>(entry)
+            .ok()
+            .filter(|a| a.port != 0)
+            .map(|a| SocketAddr::new(a.ip, a.port));
+        match (PublicKey::from_base64(&k), addr) {
+            (Ok(_), Some(a)) => {
+                out.insert(k, a.to_string());
+            }
+            _ => warn(
+                DISCOVERED_ENDPOINTS,
+                format!("entry {k:?} is not a public key with an IP and port; ignored"),
+            ),
+        }
+    }
+    out
+}
+
+/// The agent-owned annotations in Kilo's formats ("" where Kilo writes "").
+pub fn owned_annotations(report: &SelfReport, last_seen: u64) -> BTreeMap<String, String> {
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    BTreeMap::from([
+        (ENDPOINT.to_string(), report.endpoint.clone()),
+        (
+            INTERNAL_IP.to_string(),
+            opt(report.internal_ip.map(|c| c.to_string())),
+        ),
+        (KEY.to_string(), report.public_key.to_base64()),
+        (LAST_SEEN.to_string(), last_seen.to_string()),
+        (
+            WIREGUARD_IP.to_string(),
+            opt(report.wireguard_ip.map(|c| c.to_string())),
+        ),
+        (GRANULARITY.to_string(), report.granularity.to_string()),
+        (
+            DISCOVERED_ENDPOINTS.to_string(),
+            format_discovered(&report.discovered_endpoints),
+        ),
+    ])
+}
+
+/// The `last-seen` to write: the node's current one while it is younger
+/// than the check-in period (no patch just for it), else `now`.
+pub fn check_in_value(node: &Node, now: u64) -> u64 {
+    node.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LAST_SEEN))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|t| *t <= now && now - t < CHECK_IN_PERIOD)
+        .unwrap_or(now)
 }
 
 /// Reads a Node into a raw mesh record, following Kilo's rules:
@@ -54,15 +157,19 @@ pub struct Warning {
 /// - allowed-location-ips entries without a prefix length are dropped
 ///   (reported, where Kilo drops them silently);
 /// - a node without a valid `last-seen` is treated as stale.
-pub fn raw_node(node: &Node, topology_label: &str) -> (RawNode, Vec<Warning>) {
+///
+/// Problems with single annotations come back as warnings: the node is still
+/// used, without that value.
+pub fn raw_node(node: &Node, topology_label: &str) -> (RawNode, Vec<RecordError>) {
     let name = node.metadata.name.clone().unwrap_or_default();
     let empty = BTreeMap::new();
     let ann = node.metadata.annotations.as_ref().unwrap_or(&empty);
     let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
     let mut warnings = Vec::new();
     let mut warn = |field: &str, reason: String| {
-        warnings.push(Warning {
-            node: name.clone(),
+        warnings.push(RecordError {
+            kind: "node",
+            name: name.clone(),
             field: field.to_string(),
             reason,
         })
@@ -124,6 +231,10 @@ pub fn raw_node(node: &Node, topology_label: &str) -> (RawNode, Vec<Warning>) {
         // Tracked by this backend: no check-in yet means stale.
         None => Some(0),
     };
+    let discovered_endpoints = ann
+        .get(DISCOVERED_ENDPOINTS)
+        .map(|v| parse_discovered(v, &mut warn))
+        .unwrap_or_default();
     let spec = node.spec.as_ref();
     let mut pod_cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
     if pod_cidrs.is_empty() {
@@ -143,6 +254,7 @@ pub fn raw_node(node: &Node, topology_label: &str) -> (RawNode, Vec<Warning>) {
             leader: ann.contains_key(LEADER),
             allowed_location_ips,
             last_seen,
+            discovered_endpoints,
         },
         warnings,
     )
@@ -310,5 +422,85 @@ mod tests {
         ann.insert(ENDPOINT.into(), "3.120.0.1:51820".into());
         ann.remove(WIREGUARD_IP);
         assert_eq!(owned_patch(&applied, &want), None);
+    }
+
+    #[test]
+    fn discovered_endpoints_in_kilos_format() {
+        let key = PublicKey::from_base64(KEY_B64).unwrap();
+        let map = BTreeMap::from([(key, "198.51.100.7:40001".parse().unwrap())]);
+        let text = format_discovered(&map);
+        // Go's json.Marshal of map[string]*net.UDPAddr.
+        assert_eq!(
+            text,
+            format!(r#"{{"{KEY_B64}":{{"IP":"198.51.100.7","Port":40001,"Zone":""}}}}"#)
+        );
+        assert_eq!(format_discovered(&BTreeMap::new()), "");
+        let n = node_json(
+            json!({
+                "kilo.squat.ai/discovered-endpoints": format!(
+                    r#"{{"{KEY_B64}":{{"IP":"198.51.100.7","Port":40001,"Zone":""}},"bad":{{"IP":"1.2.3.4","Port":1}},"{KEY_B64}x":{{"IP":"x"}}}}"#
+                )
+            }),
+            json!({}),
+            json!({}),
+        );
+        let (raw, warnings) = raw_node(&n, DEFAULT_TOPOLOGY_LABEL);
+        assert_eq!(
+            raw.discovered_endpoints,
+            BTreeMap::from([(KEY_B64.to_string(), "198.51.100.7:40001".to_string())])
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings.iter().all(|w| w.field == DISCOVERED_ENDPOINTS));
+        let parsed = raw.parse().unwrap();
+        assert_eq!(parsed.discovered_endpoints, map);
+        // Not JSON at all: one warning, nothing learned.
+        let n = node_json(
+            json!({"kilo.squat.ai/discovered-endpoints": "{oops"}),
+            json!({}),
+            json!({}),
+        );
+        let (raw, warnings) = raw_node(&n, DEFAULT_TOPOLOGY_LABEL);
+        assert!(raw.discovered_endpoints.is_empty());
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn check_in_keeps_a_fresh_last_seen_and_renews_an_old_one() {
+        let at = |v: &str| node_json(json!({"kilo.squat.ai/last-seen": v}), json!({}), json!({}));
+        assert_eq!(check_in_value(&at("1000"), 1010), 1000);
+        assert_eq!(
+            check_in_value(&at("1000"), 1000 + CHECK_IN_PERIOD),
+            1000 + CHECK_IN_PERIOD
+        );
+        assert_eq!(
+            check_in_value(&at("5000"), 1000),
+            1000,
+            "from the future: renewed"
+        );
+        assert_eq!(check_in_value(&at("soon"), 1000), 1000);
+        assert_eq!(
+            check_in_value(&node_json(json!({}), json!({}), json!({})), 7),
+            7
+        );
+    }
+
+    #[test]
+    fn owned_annotations_write_empty_strings_where_kilo_does() {
+        let report = SelfReport {
+            public_key: PublicKey::from_base64(KEY_B64).unwrap(),
+            endpoint: "203.0.113.9:51820".into(),
+            internal_ip: None,
+            wireguard_ip: Some("10.4.0.2/16".parse().unwrap()),
+            granularity: crate::mesh::Granularity::Full,
+            discovered_endpoints: BTreeMap::new(),
+        };
+        let a = owned_annotations(&report, 1234);
+        assert_eq!(a.len(), OWNED.len());
+        assert_eq!(a[INTERNAL_IP], "");
+        assert_eq!(a[DISCOVERED_ENDPOINTS], "");
+        assert_eq!(a[WIREGUARD_IP], "10.4.0.2/16");
+        assert_eq!(a[GRANULARITY], "full");
+        assert_eq!(a[LAST_SEEN], "1234");
+        assert_eq!(a[KEY], KEY_B64);
     }
 }

@@ -1,31 +1,56 @@
 //! The Kubernetes backend: Nodes and Kilo Peers mirrored by reflectors (list,
 //! then watch, with back-off on API errors); the mirror keeps the last good
 //! state while the API is unreachable, so the mesh is never torn down for it.
+//! The agent's own node is written back with minimal merge patches (its key,
+//! endpoint, addresses and a check-in every 30 s), and records left out of
+//! the mesh become Kubernetes Events.
 
-use super::annotations::raw_node;
+use super::annotations::{
+    check_in_value, owned_annotations, owned_patch, raw_node, CHECK_IN_PERIOD,
+};
 use super::peer::{raw_peer, Peer};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, SelfReport};
 use crate::file_backend::Loaded;
 use crate::mesh::{MeshOptions, RecordError, Snapshot};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
-use kube::runtime::reflector::{self, Store};
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Config, Resource};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The field manager named in the API's managedFields for our patches.
+pub const FIELD_MANAGER: &str = "weft-agent";
+
+/// How this backend is set up.
+#[derive(Clone, Debug)]
+pub struct KubeSettings {
+    /// This node's name (the Node object the agent writes).
+    pub node_name: String,
+    pub options: MeshOptions,
+    /// The label read as the location when there is no location annotation.
+    pub topology_label: String,
+}
 
 pub struct KubeBackend {
-    // Keeps the watch tasks alive.
-    _rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
+    client: Client,
     nodes: Store<Node>,
     peers: Store<Peer>,
     changed: Arc<AtomicBool>,
-    options: MeshOptions,
-    topology_label: String,
+    settings: KubeSettings,
+    recorder: Recorder,
+    /// When this agent last wrote its `last-seen`.
+    last_check_in: Option<Instant>,
 }
 
 async fn mirror<K>(
@@ -46,24 +71,68 @@ async fn mirror<K>(
         match event {
             Ok(_) => changed.store(true, Ordering::SeqCst),
             Err(e) => tracing::warn!(
-                "watching {what}: {e}; retrying with back-off, keeping the last state"
+                "watching {what}: {e}; retrying with back-off, keeping the last state{}",
+                if what == "peers" {
+                    " (is manifests/crds.yaml applied?)"
+                } else {
+                    ""
+                }
             ),
         }
     }
 }
 
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("kube")
+        .enable_all()
+        .build()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 impl KubeBackend {
-    /// Starts mirroring Nodes and Peers through `client`.
-    pub fn new(
-        client: Client,
-        options: MeshOptions,
-        topology_label: String,
-    ) -> std::io::Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("kube")
-            .enable_all()
-            .build()?;
+    /// Connects with `kubeconfig`, or else as Kubernetes clients do by
+    /// default (`$KUBECONFIG`, `~/.kube/config`, then the in-cluster
+    /// service account), and starts mirroring Nodes and Peers.
+    pub fn connect(
+        kubeconfig: Option<&Path>,
+        settings: KubeSettings,
+    ) -> Result<Self, BackendError> {
+        let rt = runtime().map_err(|e| BackendError::Api(format!("runtime: {e}")))?;
+        let client = rt
+            .block_on(async {
+                let config = match kubeconfig {
+                    Some(path) => {
+                        let kc = Kubeconfig::read_from(path)
+                            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                            .await
+                            .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+                    }
+                    None => Config::infer().await.map_err(|e| {
+                        format!("no Kubernetes API configuration found (give --kubeconfig): {e}")
+                    })?,
+                };
+                Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+            })
+            .map_err(BackendError::Api)?;
+        Ok(Self::start(rt, client, settings))
+    }
+
+    /// Starts mirroring Nodes and Peers through an existing client (tests
+    /// hand in a mock API server here).
+    pub fn from_client(client: Client, settings: KubeSettings) -> std::io::Result<Self> {
+        Ok(Self::start(runtime()?, client, settings))
+    }
+
+    fn start(rt: tokio::runtime::Runtime, client: Client, settings: KubeSettings) -> Self {
         let (nodes, node_writer) = reflector::store();
         let (peers, peer_writer) = reflector::store();
         let changed = Arc::new(AtomicBool::new(false));
@@ -74,38 +143,90 @@ impl KubeBackend {
             "nodes",
         ));
         rt.spawn(mirror(
-            Api::<Peer>::all(client),
+            Api::<Peer>::all(client.clone()),
             peer_writer,
             changed.clone(),
             "peers",
         ));
-        Ok(Self {
-            _rt: rt,
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(settings.node_name.clone()),
+            },
+        );
+        Self {
+            rt,
+            client,
             nodes,
             peers,
             changed,
-            options,
-            topology_label,
-        })
+            settings,
+            recorder,
+            last_check_in: None,
+        }
+    }
+
+    fn check_in_due(&self) -> bool {
+        self.last_check_in
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(CHECK_IN_PERIOD))
+    }
+
+    /// The agent of the name-wise first node reports bad Peers, so a bad
+    /// Peer makes one Event, not one per node.
+    fn reports_peers(&self) -> bool {
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .min()
+            .is_some_and(|first| first == self.settings.node_name)
+    }
+
+    fn reference(&self, e: &RecordError) -> Option<ObjectReference> {
+        match e.kind {
+            "node" => self
+                .nodes
+                .get(&ObjectRef::new(&e.name))
+                .map(|n| n.object_ref(&())),
+            "peer" => self
+                .peers
+                .get(&ObjectRef::new(&e.name))
+                .map(|p| p.object_ref(&())),
+            _ => None,
+        }
     }
 }
 
 impl Backend for KubeBackend {
     fn changed(&mut self) -> bool {
-        self.changed.load(Ordering::SeqCst)
+        self.changed.load(Ordering::SeqCst) || self.check_in_due()
+    }
+
+    fn ready(&self) -> bool {
+        // Both lists must have arrived: acting on half a picture would drop
+        // routes and tunnels that are fine.
+        self.rt.block_on(async {
+            let t = Duration::from_millis(1);
+            tokio::time::timeout(t, self.nodes.wait_until_ready())
+                .await
+                .is_ok_and(|r| r.is_ok())
+                && tokio::time::timeout(t, self.peers.wait_until_ready())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+        })
     }
 
     fn observe(&mut self) -> Result<Loaded, BackendError> {
         self.changed.store(false, Ordering::SeqCst);
         let mut snapshot = Snapshot::default();
         let mut rejected = Vec::new();
+        let mut warnings = Vec::new();
         let mut nodes = self.nodes.state();
         nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         for node in nodes {
-            let (raw, warnings) = raw_node(&node, &self.topology_label);
-            for w in warnings {
-                tracing::warn!(node = %w.node, field = %w.field, "{}", w.reason);
-            }
+            let (raw, w) = raw_node(&node, &self.settings.topology_label);
+            warnings.extend(w);
             match raw.parse() {
                 Ok(n) => snapshot.nodes.push(n),
                 Err(e) => rejected.push(e),
@@ -120,147 +241,76 @@ impl Backend for KubeBackend {
             }
         }
         Ok(Loaded {
-            options: self.options.clone(),
+            options: self.settings.options.clone(),
             snapshot,
             rejected,
+            warnings,
         })
     }
 
     fn describe(&self) -> String {
         "the Kubernetes API (Nodes, kilo.squat.ai/v1alpha1 Peers)".into()
     }
-}
 
-/// A rejected record reported the way a Kubernetes Event would name it.
-pub fn event_message(e: &RecordError) -> String {
-    format!(
-        "weft: {} {} ignored: {}: {}",
-        e.kind, e.name, e.field, e.reason
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::{Request, Response};
-    use kube::client::Body;
-    use serde_json::json;
-    use std::time::{Duration, Instant};
-
-    const KEY_A: &str = "jYkfTPBnJTk8ehUeUMvJjwWShRJD4ls1YrtIl0pZuXY=";
-    const KEY_B: &str = "CtSz0h5pUnM7LuFEIUyP3igPtAHcVj+PSMKR2f/zqz0=";
-
-    fn node(name: &str, endpoint: &str, pod: &str, key: &str) -> serde_json::Value {
-        json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {
-                "name": name, "resourceVersion": "10",
-                "labels": {"topology.kubernetes.io/region": "eu-west-1"},
-                "annotations": {
-                    "kilo.squat.ai/endpoint": endpoint,
-                    "kilo.squat.ai/internal-ip": "10.0.0.5/24",
-                    "kilo.squat.ai/key": key,
-                    "kilo.squat.ai/last-seen": "1795000000"
-                }
-            },
-            "spec": {"podCIDR": pod, "podCIDRs": [pod]}
-        })
+    fn publish(&mut self, report: &SelfReport) -> Result<(), BackendError> {
+        let name = self.settings.node_name.clone();
+        let node = self.nodes.get(&ObjectRef::new(&name)).ok_or_else(|| {
+            BackendError::Api(format!(
+                "node {name:?} is not in the API; is --hostname (NODE_NAME) the Node's name?"
+            ))
+        })?;
+        let now = unix_now();
+        let due = self.check_in_due();
+        let last_seen = if due { now } else { check_in_value(&node, now) };
+        let want = owned_annotations(report, last_seen);
+        if let Some(patch) = owned_patch(&node, &want) {
+            let api = Api::<Node>::all(self.client.clone());
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            self.rt
+                .block_on(api.patch(&name, &params, &Patch::Merge(&patch)))
+                .map_err(|e| BackendError::Api(format!("patching node {name}: {e}")))?;
+            tracing::debug!(%patch, "patched node {name}");
+        }
+        if due {
+            self.last_check_in = Some(Instant::now());
+        }
+        Ok(())
     }
 
-    /// Answers the reflectors as an API server would: a list of each kind,
-    /// then for nodes one watch event (a node joins); later watches are left
-    /// pending, as a quiet API server leaves them.
-    async fn api_server(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
-        let mut held = Vec::new();
-        let mut node_watches = 0;
-        while let Some((req, send)) = handle.next_request().await {
-            let uri = req.uri().to_string();
-            let body = if uri.starts_with("/api/v1/nodes") && !uri.contains("watch=") {
-                json!({
-                    "kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"},
-                    "items": [
-                        node("a", "3.0.0.1:51820", "10.42.0.0/24", KEY_A),
-                        node("broken", "no port here", "10.42.9.0/24", KEY_A)
-                    ]
-                })
-                .to_string()
-            } else if uri.starts_with("/apis/kilo.squat.ai/v1alpha1/peers")
-                && !uri.contains("watch=")
-            {
-                json!({
-                    "kind": "PeerList", "apiVersion": "kilo.squat.ai/v1alpha1", "metadata": {"resourceVersion": "10"},
-                    "items": [
-                        {"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer",
-                         "metadata": {"name": "laptop", "resourceVersion": "10"},
-                         "spec": {"allowedIPs": ["10.5.0.1/32"], "publicKey": KEY_B, "persistentKeepalive": 10}},
-                        {"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer",
-                         "metadata": {"name": "bad", "resourceVersion": "10"},
-                         "spec": {"allowedIPs": ["not-a-cidr"], "publicKey": KEY_B}}
-                    ]
-                })
-                .to_string()
-            } else if uri.starts_with("/api/v1/nodes") && node_watches == 0 {
-                node_watches += 1;
-                let added = json!({"type": "ADDED", "object": node("b", "34.0.0.1:51820", "10.42.1.0/24", KEY_B)});
-                format!("{added}\n")
-            } else {
-                held.push(send);
+    fn report_problems(&mut self, problems: &[RecordError]) {
+        let reports_peers = self.reports_peers();
+        for e in problems {
+            let mine = match e.kind {
+                "node" => e.name == self.settings.node_name,
+                _ => reports_peers,
+            };
+            let Some(reference) = mine.then(|| self.reference(e)).flatten() else {
                 continue;
             };
-            send.send_response(Response::new(Body::from(body.into_bytes())));
+            let event = Event {
+                type_: EventType::Warning,
+                reason: match e.kind {
+                    "peer" => "InvalidPeer",
+                    _ => "InvalidAnnotation",
+                }
+                .into(),
+                note: Some(event_message(e)),
+                action: "Read".into(),
+                secondary: None,
+            };
+            if let Err(err) = self.rt.block_on(self.recorder.publish(&event, &reference)) {
+                tracing::warn!("cannot record an Event for {} {}: {err}", e.kind, e.name);
+            }
         }
     }
-
-    #[test]
-    fn mirrors_nodes_and_peers_and_reports_bad_records() {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server_rt = tokio::runtime::Runtime::new().expect("runtime");
-        server_rt.spawn(api_server(handle));
-        let client = server_rt.block_on(async { Client::new(service, "default") });
-        let mut backend = KubeBackend::new(
-            client,
-            MeshOptions::default(),
-            "topology.kubernetes.io/region".into(),
-        )
-        .expect("backend");
-
-        // Bounded wait for the lists and the watch event to arrive.
-        let end = Instant::now() + Duration::from_secs(10);
-        let loaded = loop {
-            if backend.changed() {
-                let l = backend.observe().expect("observe");
-                if l.snapshot.nodes.len() == 2 && l.snapshot.peers.len() == 1 {
-                    break l;
-                }
-            }
-            assert!(Instant::now() < end, "the mirror did not fill within 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let names: Vec<&str> = loaded
-            .snapshot
-            .nodes
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect();
-        assert_eq!(names, ["a", "b"], "the listed node and the one that joined");
-        assert_eq!(loaded.snapshot.nodes[0].location, "eu-west-1");
-        assert_eq!(loaded.snapshot.peers[0].name, "laptop");
-        let rejected: Vec<String> = loaded.rejected.iter().map(event_message).collect();
-        assert!(
-            rejected
-                .iter()
-                .any(|m| m.contains("node broken ignored: endpoint")),
-            "{rejected:?}"
-        );
-        assert!(
-            rejected
-                .iter()
-                .any(|m| m.contains("peer bad ignored: spec.allowedIPs")),
-            "{rejected:?}"
-        );
-        // Nothing new: no change reported.
-        assert!(!backend.changed());
-        drop(backend);
-        drop(server_rt);
-    }
 }
+
+/// A record's problem as the Event's message names it.
+pub fn event_message(e: &RecordError) -> String {
+    format!("weft: {} {}: {}: {}", e.kind, e.name, e.field, e.reason)
+}
+
+// Tested in tests/kube_backend.rs against an in-memory API server.

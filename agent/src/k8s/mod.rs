@@ -1,7 +1,7 @@
-//! The Kubernetes backend's pure half: Kilo's node annotations and labels
-//! read into the mesh's raw records, and the annotations the agent owns
-//! written back as a minimal patch. (The watch loop that feeds it is the
-//! next step; everything here is tested without an API server.)
+//! The Kubernetes backend: Kilo's node annotations and Peer resource read
+//! into the mesh's raw records (pure, tested without an API server), the
+//! annotations the agent owns written back as minimal patches, and the
+//! reflector-based backend that ties them to the API.
 
 pub mod annotations;
 pub mod backend;

@@ -261,6 +261,13 @@ pub struct RawNode {
     pub allowed_location_ips: Vec<String>,
     #[serde(default)]
     pub last_seen: Option<u64>,
+    /// NAT endpoints the node learned: public key -> `ip:port`.
+    #[serde(
+        default,
+        rename = "discoveredEndpoints",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub discovered_endpoints: BTreeMap<String, String>,
 }
 
 /// A peer as a backend reads it.
@@ -339,6 +346,18 @@ impl RawNode {
             .iter()
             .map(|s| parse_cidr("node", n, "allowedLocationIPs", s).map(|c| c.trunc()))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut discovered_endpoints = BTreeMap::new();
+        for (k, a) in &self.discovered_endpoints {
+            let key = PublicKey::from_base64(k)
+                .map_err(|e| err("discoveredEndpoints", format!("{k:?}: {e}")))?;
+            let addr = a.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    "discoveredEndpoints",
+                    format!("{a:?} is not an IP address and port"),
+                )
+            })?;
+            discovered_endpoints.insert(key, addr);
+        }
         Ok(Node {
             name: n.clone(),
             location: self.location.clone(),
@@ -350,7 +369,7 @@ impl RawNode {
             leader: self.leader,
             allowed_location_ips,
             last_seen: self.last_seen,
-            discovered_endpoints: BTreeMap::new(),
+            discovered_endpoints,
         })
     }
 }

@@ -146,6 +146,24 @@ impl Reconciler {
             .collect()
     }
 
+    /// The endpoints the tunnel learned for `roaming` keys (nodes and peers
+    /// behind NAT, which announce a keepalive): where their handshakes came
+    /// from. Others read them from this node's `discovered-endpoints`.
+    pub fn learned_endpoints(
+        &self,
+        roaming: &BTreeSet<PublicKey>,
+    ) -> BTreeMap<PublicKey, SocketAddr> {
+        let Some(d) = &self.device else {
+            return Default::default();
+        };
+        d.info()
+            .peers
+            .into_iter()
+            .filter(|p| roaming.contains(&p.public_key) && p.last_handshake.is_some())
+            .filter_map(|p| Some((p.public_key, p.endpoint?)))
+            .collect()
+    }
+
     /// One pass: WireGuard, address, routes, netfilter, CNI.
     pub fn apply(
         &mut self,

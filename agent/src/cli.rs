@@ -1,0 +1,94 @@
+//! Command-line options shared by `weft-agent` and `weftctl`: where the mesh
+//! comes from and, for the Kubernetes backend, the mesh-wide options (which
+//! a mesh file carries itself).
+
+use crate::backend::{Backend, FileBackend};
+use crate::k8s::annotations::DEFAULT_TOPOLOGY_LABEL;
+use crate::k8s::backend::{KubeBackend, KubeSettings};
+use crate::mesh::{Encapsulate, Granularity, MeshOptions};
+use ipnet::IpNet;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// A YAML/JSON mesh description (--mesh), re-read when it changes.
+    File,
+    /// Nodes' kilo.squat.ai/* annotations and Kilo's Peer resources.
+    Kubernetes,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BackendArgs {
+    /// Where the mesh comes from.
+    #[arg(long, value_enum, env = "WEFT_BACKEND", default_value_t = BackendKind::File)]
+    pub backend: BackendKind,
+    /// Mesh description (YAML or JSON) of the file backend.
+    #[arg(long, env = "WEFT_MESH", default_value = "/etc/weft/mesh.yaml")]
+    pub mesh: PathBuf,
+    /// Kubernetes backend: kubeconfig file. Default: $KUBECONFIG,
+    /// ~/.kube/config, then the in-cluster service account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes backend: the Node label read as the location when a node
+    /// has no kilo.squat.ai/location annotation.
+    #[arg(long, default_value = DEFAULT_TOPOLOGY_LABEL)]
+    pub topology_label: String,
+    /// Kubernetes backend: how nodes are grouped: location (one tunnel per
+    /// location, through its leader), full (every node its own), cross
+    /// (tunnels only between locations, no leader bottleneck).
+    #[arg(long = "mesh-granularity", default_value = "location", value_parser = parse_granularity)]
+    pub granularity: Granularity,
+    /// Kubernetes backend: the pool the leaders' WireGuard IPs come from.
+    #[arg(long, default_value = "10.4.0.0/16")]
+    pub subnet: IpNet,
+    /// Kubernetes backend: the WireGuard UDP port.
+    #[arg(long, default_value_t = 51820, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Kubernetes backend: when traffic between nodes of one location is
+    /// encapsulated (VXLAN): never, crosssubnet, always. Kilo's default is
+    /// always, which works where the cloud drops packets for pod IPs.
+    #[arg(long, default_value = "always", value_parser = parse_encapsulate)]
+    pub encapsulate: Encapsulate,
+    /// Kubernetes backend: MTU of the tunnel and of the pods' interfaces.
+    #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u16).range(1280..))]
+    pub mtu: u16,
+}
+
+fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    s.parse()
+}
+
+fn parse_encapsulate(s: &str) -> Result<Encapsulate, String> {
+    s.parse()
+}
+
+impl BackendArgs {
+    pub fn mesh_options(&self) -> MeshOptions {
+        MeshOptions {
+            granularity: self.granularity,
+            subnet: self.subnet,
+            port: self.port,
+            encapsulate: self.encapsulate,
+            mtu: self.mtu,
+        }
+    }
+
+    /// Opens the chosen backend; `node_name` is the node the Kubernetes
+    /// backend writes its own annotations to.
+    pub fn open(&self, node_name: &str) -> Result<Box<dyn Backend>, String> {
+        Ok(match self.backend {
+            BackendKind::File => Box::new(FileBackend::new(self.mesh.clone())),
+            BackendKind::Kubernetes => Box::new(
+                KubeBackend::connect(
+                    self.kubeconfig.as_deref(),
+                    KubeSettings {
+                        node_name: node_name.to_string(),
+                        options: self.mesh_options(),
+                        topology_label: self.topology_label.clone(),
+                    },
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+        })
+    }
+}

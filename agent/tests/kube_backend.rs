@@ -1,0 +1,452 @@
+//! The Kubernetes backend against an in-memory API server (tests/fake_api):
+//! mirroring Nodes and Peers, agents announcing themselves with minimal
+//! merge patches until the mesh converges, Events for bad records, and API
+//! failures reported as errors.
+
+mod fake_api;
+
+use dataplane::PrivateKey;
+use fake_api::{k3s_node, FakeApi};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+use weft_agent::backend::{Backend, SelfReport};
+use weft_agent::file_backend::Loaded;
+use weft_agent::k8s::backend::{KubeBackend, KubeSettings};
+use weft_agent::mesh::{MeshOptions, Topology};
+
+const REGION: &str = "topology.kubernetes.io/region";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn backend(api: &FakeApi, rt: &tokio::runtime::Runtime, node: &str) -> KubeBackend {
+    KubeBackend::from_client(
+        api.client(rt),
+        KubeSettings {
+            node_name: node.into(),
+            options: MeshOptions::default(),
+            topology_label: REGION.into(),
+        },
+    )
+    .expect("backend")
+}
+
+/// Polls `backend` until `done` accepts what it observes (10 s at most).
+fn observe_until(backend: &mut KubeBackend, what: &str, done: impl Fn(&Loaded) -> bool) -> Loaded {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if backend.ready() {
+            let l = backend.observe().expect("observe");
+            if done(&l) {
+                return l;
+            }
+        }
+        assert!(Instant::now() < end, "within 10 s: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn with_region(mut node: Value, region: &str) -> Value {
+    node["metadata"]["labels"][REGION] = json!(region);
+    node
+}
+
+fn peer(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer",
+           "metadata": {"name": name, "uid": format!("uid-{name}")}, "spec": spec})
+}
+
+#[test]
+fn mirrors_nodes_and_peers_and_leaves_out_bad_records() {
+    let api = FakeApi::new();
+    let key_a = PrivateKey::generate().unwrap().public_key().to_base64();
+    let key_b = PrivateKey::generate().unwrap().public_key().to_base64();
+    let mut a = with_region(k3s_node("a", "10.42.0.0/24"), "eu-west-1");
+    a["metadata"]["annotations"]["kilo.squat.ai/key"] = json!(key_a);
+    a["metadata"]["annotations"]["kilo.squat.ai/endpoint"] = json!("3.0.0.1:51820");
+    a["metadata"]["annotations"]["kilo.squat.ai/last-seen"] = json!(now().to_string());
+    api.put("nodes", a);
+    let mut broken = k3s_node("broken", "10.42.9.0/24");
+    broken["metadata"]["annotations"]["kilo.squat.ai/endpoint"] = json!("no port here");
+    api.put("nodes", broken);
+    api.put(
+        "peers",
+        peer(
+            "laptop",
+            json!({"allowedIPs": ["10.5.0.1/32"], "publicKey": key_b, "persistentKeepalive": 10}),
+        ),
+    );
+    api.put(
+        "peers",
+        peer(
+            "bad",
+            json!({"allowedIPs": ["not-a-cidr"], "publicKey": key_b}),
+        ),
+    );
+    let rt = runtime();
+    let mut b = backend(&api, &rt, "a");
+    let l = observe_until(&mut b, "the lists", |l| l.snapshot.nodes.len() == 1);
+    assert_eq!(l.snapshot.nodes[0].name, "a");
+    assert_eq!(
+        l.snapshot.nodes[0].location, "eu-west-1",
+        "from the topology label"
+    );
+    assert_eq!(l.snapshot.peers.len(), 1);
+    assert_eq!(l.snapshot.peers[0].name, "laptop");
+    let rejected: Vec<String> = l.rejected.iter().map(ToString::to_string).collect();
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.contains("broken") && r.contains("endpoint")),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r.contains("bad") && r.contains("allowedIPs")),
+        "{rejected:?}"
+    );
+
+    // A node joins (watch ADDED), then is deleted (watch DELETED).
+    api.put("nodes", k3s_node("c", "10.42.2.0/24"));
+    observe_until(&mut b, "node c added", |l| {
+        l.snapshot.nodes.iter().any(|n| n.name == "c")
+    });
+    api.delete("nodes", "c");
+    observe_until(&mut b, "node c deleted", |l| {
+        l.snapshot.nodes.iter().all(|n| n.name != "c")
+    });
+}
+
+struct Agent {
+    name: String,
+    key: PrivateKey,
+    backend: KubeBackend,
+    topology: Option<Topology>,
+}
+
+impl Agent {
+    /// One agent pass as weft-agent does it: observe, compute, announce.
+    fn pass(&mut self, index: u8) {
+        if !self.backend.ready() || !self.backend.changed() {
+            return;
+        }
+        let loaded = self.backend.observe().expect("observe");
+        let t = Topology::new(&loaded.snapshot, &loaded.options, now()).expect("topology");
+        let desired = t.desired_state(&self.name);
+        let report = SelfReport {
+            public_key: self.key.public_key(),
+            endpoint: format!("203.0.113.{index}:51820"),
+            internal_ip: Some(format!("10.0.{}.{index}/24", index / 3).parse().unwrap()),
+            wireguard_ip: desired
+                .as_ref()
+                .filter(|d| d.is_leader)
+                .and_then(|d| d.wireguard.as_ref())
+                .map(|w| w.address),
+            granularity: t.options.granularity,
+            discovered_endpoints: BTreeMap::new(),
+        };
+        self.backend.publish(&report).expect("publish");
+        self.topology = Some(t);
+    }
+}
+
+fn leaders(t: &Topology) -> Vec<(String, String)> {
+    t.segments
+        .iter()
+        .map(|s| (s.location.clone(), s.nodes[s.leader].name.clone()))
+        .collect()
+}
+
+#[test]
+fn agents_announce_themselves_and_converge() {
+    let api = FakeApi::new();
+    // Three fresh k3s nodes in two regions; one also names its location
+    // with Kilo's annotation, which wins over the label.
+    api.put(
+        "nodes",
+        with_region(k3s_node("aws-1", "10.42.0.0/24"), "aws"),
+    );
+    api.put(
+        "nodes",
+        with_region(k3s_node("aws-2", "10.42.1.0/24"), "aws"),
+    );
+    let mut gcp = with_region(k3s_node("gcp-1", "10.42.2.0/24"), "us-central1");
+    gcp["metadata"]["annotations"]["kilo.squat.ai/location"] = json!("gcp");
+    api.put("nodes", gcp);
+    let rt = runtime();
+    let mut agents: Vec<Agent> = ["aws-1", "aws-2", "gcp-1"]
+        .iter()
+        .map(|n| Agent {
+            name: n.to_string(),
+            key: PrivateKey::generate().unwrap(),
+            backend: backend(&api, &rt, n),
+            topology: None,
+        })
+        .collect();
+
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.pass(i as u8 + 1);
+        }
+        let converged = agents.iter().all(|a| {
+            a.topology.as_ref().is_some_and(|t| {
+                t.segments.iter().map(|s| s.nodes.len()).sum::<usize>() == 3
+                    && t.desired_state(&a.name).is_some()
+            })
+        }) && ["aws-1", "gcp-1"].iter().all(|n| {
+            api.get("nodes", n).unwrap()["metadata"]["annotations"]["kilo.squat.ai/wireguard-ip"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        });
+        if converged {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the mesh did not converge within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Every agent computed the same mesh.
+    let first = leaders(agents[0].topology.as_ref().unwrap());
+    assert_eq!(
+        first,
+        [
+            ("aws".to_string(), "aws-1".to_string()),
+            ("gcp".into(), "gcp-1".into())
+        ]
+    );
+    for a in &agents {
+        assert_eq!(leaders(a.topology.as_ref().unwrap()), first, "{}", a.name);
+    }
+
+    // What is in the API is what Kilo writes, in Kilo's formats.
+    let ann = |n: &str| api.get("nodes", n).unwrap()["metadata"]["annotations"].clone();
+    let aws1 = ann("aws-1");
+    assert_eq!(
+        aws1["kilo.squat.ai/key"],
+        json!(agents[0].key.public_key().to_base64())
+    );
+    assert_eq!(aws1["kilo.squat.ai/endpoint"], "203.0.113.1:51820");
+    assert_eq!(aws1["kilo.squat.ai/internal-ip"], "10.0.0.1/24");
+    assert_eq!(aws1["kilo.squat.ai/granularity"], "location");
+    assert_eq!(aws1["kilo.squat.ai/discovered-endpoints"], "");
+    assert!(aws1["kilo.squat.ai/wireguard-ip"]
+        .as_str()
+        .unwrap()
+        .ends_with("/16"));
+    let last_seen: u64 = aws1["kilo.squat.ai/last-seen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        now().abs_diff(last_seen) < 15,
+        "last-seen is a recent unix time"
+    );
+    assert_eq!(
+        ann("aws-2")["kilo.squat.ai/wireguard-ip"],
+        "",
+        "not a leader"
+    );
+    // k3s's own annotations are untouched.
+    assert_eq!(aws1["k3s.io/hostname"], "aws-1");
+
+    // The patches: JSON merge patches of kilo.squat.ai annotations only.
+    let patches: Vec<_> = api
+        .received()
+        .into_iter()
+        .filter(|r| r.method == http::Method::PATCH)
+        .collect();
+    assert!(!patches.is_empty());
+    for p in &patches {
+        assert_eq!(p.content_type, "application/merge-patch+json");
+        let keys: Vec<&String> = p.body["metadata"]["annotations"]
+            .as_object()
+            .expect("only annotations")
+            .keys()
+            .collect();
+        assert!(
+            keys.iter().all(|k| k.starts_with("kilo.squat.ai/")),
+            "{keys:?}"
+        );
+        assert_eq!(p.body.as_object().unwrap().len(), 1, "{}", p.body);
+    }
+    // The first patch of each node announces it completely...
+    let first_of_aws2 = patches.iter().find(|p| p.path.ends_with("/aws-2")).unwrap();
+    assert_eq!(
+        first_of_aws2.body["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .len(),
+        7
+    );
+    // ...and later ones carry only what changed: the leader's WireGuard IP.
+    let later_of_aws1: Vec<_> = patches
+        .iter()
+        .filter(|p| p.path.ends_with("/aws-1"))
+        .skip(1)
+        .collect();
+    assert!(!later_of_aws1.is_empty());
+    for p in later_of_aws1 {
+        assert!(
+            p.body["metadata"]["annotations"].as_object().unwrap().len() < 7,
+            "{}",
+            p.body
+        );
+    }
+
+    // Nothing left to say: another round patches nothing (the check-in is
+    // not due for 30 s).
+    let before = api
+        .received()
+        .iter()
+        .filter(|r| r.method == http::Method::PATCH)
+        .count();
+    for a in agents.iter_mut() {
+        let loaded = a.backend.observe().unwrap();
+        let t = Topology::new(&loaded.snapshot, &loaded.options, now()).unwrap();
+        let d = t.desired_state(&a.name).unwrap();
+        let i = agents_index(&a.name);
+        a.backend
+            .publish(&SelfReport {
+                public_key: a.key.public_key(),
+                endpoint: format!("203.0.113.{i}:51820"),
+                internal_ip: Some(format!("10.0.{}.{i}/24", i / 3).parse().unwrap()),
+                wireguard_ip: d
+                    .wireguard
+                    .as_ref()
+                    .filter(|_| d.is_leader)
+                    .map(|w| w.address),
+                granularity: t.options.granularity,
+                discovered_endpoints: BTreeMap::new(),
+            })
+            .unwrap();
+    }
+    let after = api
+        .received()
+        .iter()
+        .filter(|r| r.method == http::Method::PATCH)
+        .count();
+    assert_eq!(before, after, "a steady mesh writes nothing");
+}
+
+fn agents_index(name: &str) -> u8 {
+    ["aws-1", "aws-2", "gcp-1"]
+        .iter()
+        .position(|n| *n == name)
+        .unwrap() as u8
+        + 1
+}
+
+#[test]
+fn bad_records_become_events_on_the_object() {
+    let api = FakeApi::new();
+    let mut a = k3s_node("a", "10.42.0.0/24");
+    a["metadata"]["annotations"]["kilo.squat.ai/persistent-keepalive"] = json!("soon");
+    api.put("nodes", a);
+    api.put("nodes", k3s_node("b", "10.42.1.0/24"));
+    let key = PrivateKey::generate().unwrap().public_key().to_base64();
+    api.put(
+        "peers",
+        peer(
+            "bad",
+            json!({"allowedIPs": ["10.5.0.0/33"], "publicKey": key}),
+        ),
+    );
+    let rt = runtime();
+    // Node b's agent reports nothing: not its node, and the name-wise first
+    // node's agent reports Peers.
+    let mut b = backend(&api, &rt, "b");
+    let l = observe_until(&mut b, "lists", |l| l.snapshot.nodes.len() == 2);
+    let problems: Vec<_> = l.rejected.iter().chain(&l.warnings).cloned().collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    b.report_problems(&problems);
+    let events = |api: &FakeApi| -> Vec<Value> {
+        api.received()
+            .into_iter()
+            .filter(|r| {
+                r.path
+                    .starts_with("/apis/events.k8s.io/v1/namespaces/default/events")
+            })
+            .map(|r| r.body)
+            .collect()
+    };
+    assert!(events(&api).is_empty(), "{:?}", events(&api));
+
+    let mut a = backend(&api, &rt, "a");
+    observe_until(&mut a, "lists", |l| l.snapshot.nodes.len() == 2);
+    a.report_problems(&problems);
+    let ev = events(&api);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    let on_node = ev
+        .iter()
+        .find(|e| e["regarding"]["kind"] == "Node")
+        .unwrap();
+    assert_eq!(on_node["regarding"]["name"], "a");
+    assert_eq!(on_node["type"], "Warning");
+    assert_eq!(on_node["reason"], "InvalidAnnotation");
+    assert_eq!(on_node["reportingController"], "weft-agent");
+    let note = on_node["note"].as_str().unwrap();
+    assert!(
+        note.contains("kilo.squat.ai/persistent-keepalive") && note.contains("node a"),
+        "{note}"
+    );
+    let on_peer = ev
+        .iter()
+        .find(|e| e["regarding"]["kind"] == "Peer")
+        .unwrap();
+    assert_eq!(on_peer["regarding"]["name"], "bad");
+    assert_eq!(on_peer["regarding"]["apiVersion"], "kilo.squat.ai/v1alpha1");
+    assert_eq!(on_peer["reason"], "InvalidPeer");
+    assert!(on_peer["note"].as_str().unwrap().contains("allowedIPs"));
+}
+
+#[test]
+fn api_failures_are_reported_not_fatal() {
+    let api = FakeApi::new();
+    api.put("nodes", k3s_node("a", "10.42.0.0/24"));
+    let rt = runtime();
+    let mut b = backend(&api, &rt, "a");
+    observe_until(&mut b, "lists", |l| l.snapshot.nodes.len() == 1);
+    let report = SelfReport {
+        public_key: PrivateKey::generate().unwrap().public_key(),
+        endpoint: "203.0.113.1:51820".into(),
+        internal_ip: None,
+        wireguard_ip: None,
+        granularity: Default::default(),
+        discovered_endpoints: BTreeMap::new(),
+    };
+    api.fail_patches(Some(403));
+    let e = b.publish(&report).unwrap_err().to_string();
+    assert!(
+        e.contains("patching node a") && e.contains("injected failure"),
+        "{e}"
+    );
+    // The mirror still answers with the last state.
+    assert_eq!(b.observe().unwrap().snapshot.nodes.len(), 1);
+    api.fail_patches(None);
+    b.publish(&report).expect("works again once the API does");
+
+    // A name that is not a Node is a clear error.
+    let mut stranger = backend(&api, &rt, "not-a-node");
+    observe_until(&mut stranger, "lists", |l| l.snapshot.nodes.len() == 1);
+    let e = stranger.publish(&report).unwrap_err().to_string();
+    assert!(e.contains("not-a-node") && e.contains("NODE_NAME"), "{e}");
+}
