@@ -37,12 +37,12 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== tests"
 cargo test --workspace --release
 
-echo "== weft-cni under real container runtimes (podman's CNI backend, containerd's CRI)"
+echo "== weft-cni under real container runtimes (podman's CNI backend; containerd's CRI on the conflist weft-agent writes)"
 cargo build --release -p cni-plugin --bins
 shared=$(cd "$(dirname "$0")/../.." && pwd)/shared/cni-runtime
 if [[ $(id -u) == 0 && -d $shared ]]; then
     bash "$shared/cni-podman-e2e.sh" "$PWD/target/release/weft-cni"
-    bash "$shared/cni-cri-e2e.sh" "$PWD/target/release/weft-cni"
+    bash scripts/cni-cri-agent-conflist.sh "$shared"
 else
     echo "SKIPPED: needs root and $shared (the steering repo's shared/ beside this checkout)"
 fi

@@ -144,6 +144,13 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         .contains("MASQUERADE"));
     let conf = std::fs::read_to_string(node.cni_conf()).expect("conflist");
     assert!(conf.contains("10.42.0.0/24"), "{conf}");
+    // What `weftctl cni-config` prints (and the containerd CRI e2e runs
+    // weft-cni on) is byte for byte what the agent wrote.
+    let printed = Command::new(env!("CARGO_BIN_EXE_weftctl"))
+        .args(["cni-config", "--pod-cidr", "10.42.0.0/24"])
+        .output()
+        .expect("weftctl");
+    assert_eq!(String::from_utf8_lossy(&printed.stdout), conf);
     assert_eq!(
         node.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
         "1"

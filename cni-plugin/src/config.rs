@@ -283,7 +283,10 @@ impl IpamConf {
         }
         if sets.is_empty() || sets.iter().any(Vec::is_empty) {
             return Err(CniError::invalid_config(
-                "ipam: no ranges (set ipam.ranges or ipam.subnet)",
+                "ipam: no address ranges: this node has no pod CIDR yet (weft-agent writes \
+                 the Node's spec.podCIDRs into ipam.ranges once Kubernetes assigns them; \
+                 check `kubectl get node NAME -o jsonpath={.spec.podCIDRs}`), or set \
+                 ipam.ranges / ipam.subnet by hand",
             ));
         }
         let mut out = Vec::new();

@@ -738,3 +738,31 @@ fn delegates_other_ipam_plugins() {
         .success());
     assert!(!pod.ok(&["ip", "link", "show", "eth0"]));
 }
+
+/// The conflist weft-agent writes before Kubernetes gave the node a pod
+/// CIDR has no ranges: ADD fails with a CNI error that says so, and leaves
+/// nothing behind.
+#[test]
+fn add_before_the_node_has_a_pod_cidr_is_a_clear_error() {
+    if !can_run() {
+        return;
+    }
+    let node = Node::new("10.65.0.0/24");
+    let pod = Ns::new();
+    let mut conf = node.conf("1.0.0", "host-local");
+    conf["ipam"]["ranges"] = json!([]);
+    let out = node.call(PLUGIN, "ADD", "early", Some(&pod.path()), &conf);
+    assert!(!out.status.success());
+    assert_ne!(out.status.code(), Some(101), "not a panic");
+    let err: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
+    assert_eq!(err["code"], 7, "invalid network configuration: {err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no pod CIDR yet"),
+        "{err}"
+    );
+    node.assert_no_veths();
+    assert!(node.reserved().is_empty());
+}

@@ -40,6 +40,16 @@ enum Command {
         #[command(subcommand)]
         what: Showconf,
     },
+    /// Print the CNI conflist weft-agent writes for a node with these pod
+    /// CIDRs (10-weft.conflist), e.g. to check a node's or to set one up by hand.
+    CniConfig {
+        /// The node's pod CIDRs (spec.podCIDRs), one per family.
+        #[arg(long = "pod-cidr", required = true)]
+        pod_cidrs: Vec<IpNet>,
+        /// MTU of the pods' interfaces and the bridge.
+        #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u16).range(1280..))]
+        mtu: u16,
+    },
     /// A local multi-cloud mesh in network namespaces (needs root).
     Demo {
         #[command(subcommand)]
@@ -157,8 +167,12 @@ fn demo(action: DemoAction) -> Result<String, String> {
 }
 
 fn run(cli: Cli) -> Result<String, String> {
-    if let Command::Demo { action } = cli.command {
-        return demo(action);
+    match cli.command {
+        Command::Demo { action } => return demo(action),
+        Command::CniConfig { pod_cidrs, mtu } => {
+            return Ok(weft_agent::reconcile::cni::conflist(&pod_cidrs, mtu));
+        }
+        _ => {}
     }
     let loaded = load(&cli.backend)?;
     for r in &loaded.rejected {
@@ -179,7 +193,7 @@ fn run(cli: Cli) -> Result<String, String> {
         Ok(())
     };
     let result = match cli.command {
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::CniConfig { .. } => unreachable!("handled above"),
         Command::Graph { svg } => {
             let dot = render::graph(&topology);
             return if svg { to_svg(&dot) } else { Ok(dot) };
