@@ -149,11 +149,22 @@ impl DemoPaths {
     }
 }
 
+/// Where the demo's agents read the mesh from.
+#[derive(Clone, Debug)]
+pub enum MeshSource {
+    /// A mesh file the demo writes with every node's key and addresses.
+    File,
+    /// A Kubernetes API server holding the demo's Nodes (the tests run one
+    /// in the demo's internet namespace); the agents announce themselves.
+    Kubernetes { kubeconfig: PathBuf },
+}
+
 /// A running demo; everything is removed on drop.
 pub struct Demo {
     pub paths: DemoPaths,
     agents: Vec<(String, Child)>,
     encapsulate: Encapsulate,
+    source: MeshSource,
 }
 
 /// One row of the reachability table.
@@ -178,6 +189,17 @@ impl Demo {
         encapsulate: Encapsulate,
         progress: &dyn Fn(&str),
     ) -> Result<Self, DemoError> {
+        let mut demo = Self::networks(paths, encapsulate, progress)?;
+        demo.start(MeshSource::File, progress)?;
+        Ok(demo)
+    }
+
+    /// The namespaces and networks only, no agents yet (see [`Demo::start`]).
+    pub fn networks(
+        paths: DemoPaths,
+        encapsulate: Encapsulate,
+        progress: &dyn Fn(&str),
+    ) -> Result<Self, DemoError> {
         for (what, p) in [("weft-agent", &paths.agent), ("weft-cni", &paths.cni)] {
             if !p.is_file() {
                 return Err(DemoError(format!(
@@ -187,15 +209,32 @@ impl Demo {
             }
         }
         down(&paths.work);
-        let mut demo = Demo {
+        let demo = Demo {
             paths,
             agents: Vec::new(),
             encapsulate,
+            source: MeshSource::File,
         };
         progress("creating the internet, three clouds' networks and a home router");
         demo.build_networks()?;
-        progress("writing keys and the mesh description");
-        demo.write_mesh()?;
+        Ok(demo)
+    }
+
+    /// Starts an agent on every node reading from `source`, waits until all
+    /// have applied, then wires a pod on every node.
+    pub fn start(&mut self, source: MeshSource, progress: &dyn Fn(&str)) -> Result<(), DemoError> {
+        let demo = self;
+        demo.source = source;
+        if let MeshSource::File = demo.source {
+            progress("writing keys and the mesh description");
+            demo.write_mesh()?;
+        } else {
+            for n in nodes() {
+                let dir = demo.paths.work.join(n.name);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| DemoError(format!("{}: {e}", dir.display())))?;
+            }
+        }
         progress("starting a weft-agent on every node");
         for n in nodes() {
             demo.start_agent(n.name)?;
@@ -205,7 +244,7 @@ impl Demo {
         for n in nodes() {
             demo.add_pod(n.name)?;
         }
-        Ok(demo)
+        Ok(())
     }
 
     fn build_networks(&self) -> Result<(), DemoError> {
@@ -320,12 +359,18 @@ impl Demo {
         let dir = self.paths.work.join(node);
         let log =
             std::fs::File::create(dir.join("agent.log")).map_err(|e| DemoError(e.to_string()))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node_ns(node)])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node_ns(node)])
             .arg(&self.paths.agent)
-            .args(["--hostname", node, "--resync", "5", "--interface", "weft0"])
-            .arg("--mesh")
-            .arg(self.mesh_path())
+            .args(["--hostname", node, "--resync", "5", "--interface", "weft0"]);
+        match &self.source {
+            MeshSource::File => cmd.arg("--mesh").arg(self.mesh_path()),
+            MeshSource::Kubernetes { kubeconfig } => cmd
+                .args(["--backend", "kubernetes", "--kubeconfig"])
+                .arg(kubeconfig)
+                .args(["--encapsulate", &self.encapsulate.to_string()]),
+        };
+        let child = cmd
             .arg("--state-dir")
             .arg(&dir)
             .arg("--cni-dir")

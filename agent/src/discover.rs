@@ -91,9 +91,17 @@ pub fn choose(
     })
 }
 
-/// Reads this host's addresses, its default-route interfaces and what its
-/// hostname resolves to.
-pub fn candidates(hostname: &str) -> Result<Vec<Candidate>, weft_netlink::NetlinkError> {
+/// What `hostname` resolves to; empty if it does not (no DNS on the node
+/// only loses a hint). Resolved once at start: it may wait on DNS.
+pub fn resolve_hostname(hostname: &str) -> Vec<IpAddr> {
+    std::net::ToSocketAddrs::to_socket_addrs(&(hostname, 0))
+        .map(|it| it.map(|a| a.ip()).collect())
+        .unwrap_or_default()
+}
+
+/// Reads this host's addresses and its default-route interfaces; `resolved`
+/// is what the hostname resolves to.
+pub fn candidates(resolved: &[IpAddr]) -> Result<Vec<Candidate>, weft_netlink::NetlinkError> {
     let nl = weft_netlink::Netlink::new()?;
     let mut default_links = Vec::new();
     for v4 in [true, false] {
@@ -103,11 +111,6 @@ pub fn candidates(hostname: &str) -> Result<Vec<Candidate>, weft_netlink::Netlin
             }
         }
     }
-    // The hostname may not resolve at all (no DNS on the node); that only
-    // loses a hint.
-    let resolved: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(hostname, 0))
-        .map(|it| it.map(|a| a.ip()).collect())
-        .unwrap_or_default();
     Ok(nl
         .interface_addresses()?
         .into_iter()

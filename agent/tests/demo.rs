@@ -2,6 +2,11 @@
 //! locations (one behind NAT) in network namespaces, each running weft-agent
 //! with its embedded tunnel and a pod wired by weft-cni. Then an agent is
 //! killed and restarted: its key and WireGuard IP stay, and pods reconnect.
+//! The same mesh again with VXLAN inside a location, and again driven
+//! through the Kubernetes backend: the agents read Nodes from an API server
+//! in the demo's internet namespace and announce themselves there.
+
+mod fake_api;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -47,6 +52,7 @@ fn demo_scenarios() {
     }
     demo_mesh_end_to_end_and_agent_restart();
     demo_mesh_with_vxlan_inside_a_location();
+    demo_mesh_through_the_kubernetes_backend();
 }
 
 fn demo_mesh_end_to_end_and_agent_restart() {
@@ -146,4 +152,141 @@ fn demo_mesh_with_vxlan_inside_a_location() {
         .output()
         .expect("ip link");
     assert!(String::from_utf8_lossy(&link.stdout).contains("vxlan id 1107"));
+}
+
+/// The demo's nodes as k3s would register them, with only what users set
+/// for Kilo: a location (the region label, or Kilo's annotation), and for
+/// the node behind NAT a forced endpoint and a keepalive. Everything else
+/// (keys, endpoints, internal IPs, WireGuard IPs) the agents announce.
+fn demo_mesh_through_the_kubernetes_backend() {
+    use serde_json::json;
+    let mut p = paths();
+    p.work = std::env::temp_dir().join(format!("weft-demo-kube-{}", std::process::id()));
+    let work = p.work.clone();
+    let progress = |step: &str| eprintln!("== {step}");
+    let mut d =
+        Demo::networks(p, weft_agent::mesh::Encapsulate::Always, &progress).expect("demo networks");
+
+    // The API server, on the internet bridge (plain HTTP, in-memory).
+    let api = fake_api::FakeApi::new();
+    let net = "wd-net";
+    let ok = std::process::Command::new("ip")
+        .args(["-n", net, "addr", "add", "203.0.113.1/24", "dev", "br-inet"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "address for the API server");
+    let listener = weft_netlink::in_netns(Path::new(&format!("/var/run/netns/{net}")), |_| {
+        std::net::TcpListener::bind("203.0.113.1:6443")
+            .map_err(|e| weft_netlink::NetlinkError::Failed(e.to_string()))
+    })
+    .expect("listen in the internet namespace");
+    api.serve_http(listener);
+    for n in demo::nodes() {
+        let mut node = fake_api::k3s_node(n.name, n.pod_cidr);
+        if n.public.is_some() {
+            node["metadata"]["labels"]["topology.kubernetes.io/region"] = json!(n.location);
+        } else {
+            let a = &mut node["metadata"]["annotations"];
+            a["kilo.squat.ai/location"] = json!(n.location);
+            a["kilo.squat.ai/force-endpoint"] = json!(n.endpoint);
+            a["kilo.squat.ai/persistent-keepalive"] = json!("25");
+        }
+        api.put("nodes", node);
+    }
+    std::fs::create_dir_all(&work).expect("work dir");
+    let kubeconfig = work.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: demo\n  cluster: {server: 'http://203.0.113.1:6443'}\nusers:\n- name: demo\n  user: {}\ncontexts:\n- name: demo\n  context: {cluster: demo, user: demo}\ncurrent-context: demo\n",
+    )
+    .expect("kubeconfig");
+
+    let started = Instant::now();
+    d.start(demo::MeshSource::Kubernetes { kubeconfig }, &progress)
+        .expect("agents applied the mesh read from the API");
+    eprintln!(
+        "four agents announced themselves and applied the mesh in {:?}",
+        started.elapsed()
+    );
+    let rows = d.check(Duration::from_secs(20));
+    eprintln!("{}", demo::table(&rows));
+    let unreachable: Vec<_> = rows.iter().filter(|r| r.rtt_ms.is_none()).collect();
+    assert!(unreachable.is_empty(), "unreachable: {unreachable:?}");
+    assert_eq!(rows.len(), 24);
+
+    // What the agents announced, in Kilo's formats.
+    let ann = |n: &str| api.get("nodes", n).expect("node")["metadata"]["annotations"].clone();
+    for n in demo::nodes() {
+        let a = ann(n.name);
+        assert_eq!(
+            a["kilo.squat.ai/key"],
+            json!(d.public_key(n.name).expect("key")),
+            "{}",
+            n.name
+        );
+        assert_eq!(
+            a["kilo.squat.ai/internal-ip"],
+            json!(n.private),
+            "{}",
+            n.name
+        );
+        assert_eq!(a["kilo.squat.ai/granularity"], "location");
+        let endpoint = match n.public {
+            Some(p) => format!("{}:51820", p.split('/').next().unwrap()),
+            // Behind NAT it only knows its private address; the forced
+            // endpoint is what others use.
+            None => format!("{}:51820", n.private.split('/').next().unwrap()),
+        };
+        assert_eq!(a["kilo.squat.ai/endpoint"], json!(endpoint), "{}", n.name);
+        let wg = a["kilo.squat.ai/wireguard-ip"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if n.name == "aws-2" {
+            assert_eq!(wg, "", "aws-2 does not lead aws");
+        } else {
+            assert_eq!(Some(wg), Demo::wireguard_address(n.name), "{}", n.name);
+        }
+    }
+    // The NATed node's keepalive lets the leaders learn where its packets
+    // come from (the router's public address) and publish it.
+    let home_key = d.public_key("home-1").expect("key");
+    let end = Instant::now() + Duration::from_secs(20);
+    let learned = loop {
+        let found = demo::nodes().iter().find_map(|n| {
+            let v = ann(n.name)["kilo.squat.ai/discovered-endpoints"]
+                .as_str()?
+                .to_string();
+            let m: serde_json::Value = serde_json::from_str(&v).ok()?;
+            Some((n.name, m.get(&home_key)?.clone()))
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            Instant::now() < end,
+            "no node published home-1's NAT endpoint within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("{} learned home-1 at {}", learned.0, learned.1);
+    assert_eq!(learned.1["IP"], "203.0.113.31");
+
+    // A restarted agent finds its node in the API and the mesh heals.
+    d.stop_agent("gcp-1");
+    d.start_agent("gcp-1").expect("restart");
+    let restarted = Instant::now();
+    while demo::ping(&demo::pod_ns("gcp-1"), &Demo::pod_ip("home-1")).is_none() {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "no reconnect within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "gcp-1's pod reached home-1's {:?} after the restart",
+        restarted.elapsed()
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&work);
 }

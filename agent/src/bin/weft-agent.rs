@@ -77,7 +77,8 @@ struct Cli {
 /// Announces this node through the backend: what it discovered about its
 /// own addresses, its key, and what it runs.
 struct Announcer {
-    hostname: String,
+    /// What the hostname resolved to at start.
+    hostname_ips: Vec<std::net::IpAddr>,
     ignore: Vec<String>,
     internal_cidrs: Vec<IpNet>,
     /// The last failure, so a lasting one is logged once.
@@ -108,7 +109,7 @@ impl Announcer {
         topology: &Topology,
         desired: Option<&DesiredState>,
     ) -> Result<(), String> {
-        let candidates = discover::candidates(&self.hostname)
+        let candidates = discover::candidates(&self.hostname_ips)
             .map_err(|e| format!("reading this node's addresses: {e}"))?;
         let ignore: Vec<&str> = self.ignore.iter().map(String::as_str).collect();
         let found = discover::choose(&candidates, &ignore, &self.internal_cidrs)
@@ -204,7 +205,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let mut backend = cli.backend.open(&cli.hostname)?;
     tracing::info!("mesh from {}", backend.describe());
     let mut announcer = (cli.backend.backend == BackendKind::Kubernetes).then(|| Announcer {
-        hostname: cli.hostname.clone(),
+        hostname_ips: discover::resolve_hostname(&cli.hostname),
         ignore: vec![
             cli.interface.clone(),
             VXLAN_NAME.into(),

@@ -12,7 +12,10 @@ use kube::client::Body;
 use kube::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -42,7 +45,24 @@ struct State {
 #[derive(Clone, Default)]
 pub struct FakeApi {
     state: Arc<Mutex<State>>,
+    /// Wakes the tower-test servers and the HTTP watch threads.
     changed: Arc<Notify>,
+    changed_sync: Arc<Condvar>,
+}
+
+/// What a request gets: an answer now, or a watch to answer once there are
+/// events after the given version.
+enum Reply {
+    Now(StatusCode, Value),
+    Watch(&'static str, u64),
+}
+
+fn status(code: StatusCode, message: String) -> Reply {
+    Reply::Now(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "message": message, "code": code.as_u16()}),
+    )
 }
 
 fn kind_of(path: &str) -> Option<&'static str> {
@@ -111,6 +131,7 @@ impl FakeApi {
         s.log.push((v, kind, json!({"type": t, "object": object})));
         drop(s);
         self.changed.notify_waiters();
+        self.changed_sync.notify_all();
     }
 
     /// Removes an object, as `kubectl delete` would.
@@ -125,6 +146,7 @@ impl FakeApi {
         }
         drop(s);
         self.changed.notify_waiters();
+        self.changed_sync.notify_all();
     }
 
     pub fn get(&self, kind: &'static str, name: &str) -> Option<Value> {
@@ -207,23 +229,38 @@ impl FakeApi {
             .unwrap_or("")
             .to_string();
         let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        match self.respond(method, &path, &query, content_type, &bytes) {
+            Reply::Now(code, body) => send.send_response(response(code, body)),
+            Reply::Watch(kind, since) => match self.events_after(kind, since) {
+                Some(b) => send.send_response(Response::new(Body::from(b.into_bytes()))),
+                None => return Some((kind, since, send)),
+            },
+        }
+        None
+    }
+
+    fn respond(
+        &self,
+        method: Method,
+        path: &str,
+        query: &str,
+        content_type: String,
+        bytes: &[u8],
+    ) -> Reply {
+        let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
         self.state.lock().unwrap().received.push(Received {
             method: method.clone(),
-            path: path.clone(),
+            path: path.to_string(),
             content_type,
             body: body.clone(),
         });
-        let kind = kind_of(&path);
+        let kind = kind_of(path);
         match (&method, kind) {
-            (&Method::GET, Some(kind)) if query_param(&query, "watch") == Some("true") => {
-                let since = query_param(&query, "resourceVersion")
+            (&Method::GET, Some(kind)) if query_param(query, "watch") == Some("true") => {
+                let since = query_param(query, "resourceVersion")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                match self.events_after(kind, since) {
-                    Some(b) => send.send_response(Response::new(Body::from(b.into_bytes()))),
-                    None => return Some((kind, since, send)),
-                }
+                Reply::Watch(kind, since)
             }
             (&Method::GET, Some(kind)) => {
                 let s = self.state.lock().unwrap();
@@ -236,50 +273,116 @@ impl FakeApi {
                     "nodes" => ("v1", "NodeList"),
                     _ => ("kilo.squat.ai/v1alpha1", "PeerList"),
                 };
-                let list = json!({
-                    "apiVersion": api_version, "kind": list_kind,
-                    "metadata": {"resourceVersion": s.version.to_string()},
-                    "items": items,
-                });
-                send.send_response(response(StatusCode::OK, list));
+                Reply::Now(
+                    StatusCode::OK,
+                    json!({
+                        "apiVersion": api_version, "kind": list_kind,
+                        "metadata": {"resourceVersion": s.version.to_string()},
+                        "items": items,
+                    }),
+                )
             }
             (&Method::PATCH, Some("nodes")) => {
                 let name = path.trim_start_matches("/api/v1/nodes/").to_string();
                 if let Some(code) = self.state.lock().unwrap().fail_patches {
-                    let status = StatusCode::from_u16(code).unwrap();
-                    send.send_response(response(
-                        status,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "message": "injected failure", "code": code}),
-                    ));
-                    return None;
+                    return status(
+                        StatusCode::from_u16(code).unwrap(),
+                        "injected failure".into(),
+                    );
                 }
                 let Some(mut node) = self.get("nodes", &name) else {
-                    send.send_response(response(
-                        StatusCode::NOT_FOUND,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "message": format!("nodes \"{name}\" not found"), "reason": "NotFound", "code": 404}),
-                    ));
-                    return None;
+                    return status(StatusCode::NOT_FOUND, format!("nodes \"{name}\" not found"));
                 };
                 merge_patch(&mut node, &body);
                 self.put("nodes", node);
-                let node = self.get("nodes", &name).unwrap();
-                send.send_response(response(StatusCode::OK, node));
+                Reply::Now(StatusCode::OK, self.get("nodes", &name).unwrap())
             }
             (&Method::POST, None) if path.starts_with("/apis/events.k8s.io/v1/namespaces/") => {
-                send.send_response(response(StatusCode::CREATED, body));
+                Reply::Now(StatusCode::CREATED, body)
             }
             (&Method::PATCH, None) if path.starts_with("/apis/events.k8s.io/v1/namespaces/") => {
-                send.send_response(response(StatusCode::OK, body));
+                Reply::Now(StatusCode::OK, body)
             }
-            _ => send.send_response(response(
+            _ => status(
                 StatusCode::NOT_FOUND,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                       "message": format!("the fake API does not serve {method} {path}"), "code": 404}),
-            )),
+                format!("the fake API does not serve {method} {path}"),
+            ),
         }
-        None
+    }
+
+    /// Serves plain HTTP/1.1 on `listener` (one request per connection),
+    /// for agents in other processes; a watch is answered with the events
+    /// after its version, waiting up to 20 s for some.
+    pub fn serve_http(&self, listener: TcpListener) {
+        let api = self.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let api = api.clone();
+                std::thread::spawn(move || {
+                    let _ = api.http_connection(conn);
+                });
+            }
+        });
+    }
+
+    fn http_connection(&self, conn: std::net::TcpStream) -> std::io::Result<()> {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let mut parts = line.split_whitespace();
+        let method =
+            Method::from_bytes(parts.next().unwrap_or("").as_bytes()).unwrap_or(Method::GET);
+        let target = parts.next().unwrap_or("/").to_string();
+        let (mut length, mut content_type) = (0usize, String::new());
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.trim().parse().unwrap_or(0),
+                    "content-type" => content_type = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut bytes = vec![0; length];
+        reader.read_exact(&mut bytes)?;
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let mut out = conn;
+        let (code, body) = match self.respond(method, path, query, content_type, &bytes) {
+            Reply::Now(code, body) => (code, body.to_string()),
+            Reply::Watch(kind, since) => {
+                let end = Instant::now() + Duration::from_secs(20);
+                loop {
+                    if let Some(b) = self.events_after(kind, since) {
+                        break (StatusCode::OK, b);
+                    }
+                    let left = end.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break (StatusCode::OK, String::new());
+                    }
+                    // Short waits: a change between the look and the wait
+                    // costs at most 100 ms, never the whole watch.
+                    let s = self.state.lock().unwrap();
+                    let _ = self
+                        .changed_sync
+                        .wait_timeout(s, left.min(Duration::from_millis(100)))
+                        .unwrap();
+                }
+            }
+        };
+        write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            code.as_u16(),
+            code.canonical_reason().unwrap_or(""),
+            body.len()
+        )?;
+        out.flush()
     }
 }
 
