@@ -1,6 +1,8 @@
 //! weftctl's outputs against golden files. Set WEFT_BLESS=1 to rewrite them
 //! after an intended change, then review the diff.
 
+mod fake_api;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -107,4 +109,88 @@ fn bad_input_is_named() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/mesh.yaml"));
+}
+
+/// weftctl reading a cluster: the mesh from Nodes annotated as Kilo (and
+/// Weft) agents write them, served over HTTP on loopback; the multi-cluster
+/// recipe's output is a Peer the other cluster's API would accept.
+#[test]
+fn reads_a_cluster_through_the_kubernetes_api() {
+    use serde_json::json;
+    let api = fake_api::FakeApi::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let keys = [
+        "jYkfTPBnJTk8ehUeUMvJjwWShRJD4ls1YrtIl0pZuXY=",
+        "CtSz0h5pUnM7LuFEIUyP3igPtAHcVj+PSMKR2f/zqz0=",
+    ];
+    for (i, (name, loc)) in [("a-1", "aws"), ("g-1", "gcp")].iter().enumerate() {
+        let mut n = fake_api::k3s_node(name, &format!("10.42.{i}.0/24"));
+        n["metadata"]["annotations"]["kilo.squat.ai/location"] = json!(loc);
+        n["metadata"]["annotations"]["kilo.squat.ai/key"] = json!(keys[i]);
+        n["metadata"]["annotations"]["kilo.squat.ai/endpoint"] =
+            json!(format!("203.0.113.{}:51820", i + 1));
+        n["metadata"]["annotations"]["kilo.squat.ai/internal-ip"] = json!(format!("10.0.{i}.5/24"));
+        n["metadata"]["annotations"]["kilo.squat.ai/last-seen"] = json!(now.to_string());
+        api.put("nodes", n);
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    api.serve_http(listener);
+    let dir = std::env::temp_dir().join(format!("weftctl-kube-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'http://127.0.0.1:{port}'}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(WEFTCTL)
+            .args(["--backend", "kubernetes", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("run weftctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let graph = run(&["graph"]);
+    assert!(
+        graph.starts_with("digraph") || graph.starts_with("graph"),
+        "{graph}"
+    );
+    assert!(graph.contains("a-1") && graph.contains("g-1"), "{graph}");
+    let peer = run(&[
+        "showconf",
+        "node",
+        "a-1",
+        "--as-peer",
+        "-o",
+        "yaml",
+        "--allowed-ips",
+        "10.43.0.0/16",
+    ]);
+    let v: serde_yaml::Value = serde_yaml::from_str(&peer).expect("YAML");
+    let p: weft_agent::k8s::peer::Peer = serde_yaml::from_value(v).expect("a Kilo Peer");
+    let raw = weft_agent::k8s::peer::raw_peer(&p).expect("valid for the other cluster");
+    assert_eq!(raw.public_key, keys[0]);
+    assert!(
+        raw.allowed_ips.contains(&"10.42.0.0/24".to_string()),
+        "{:?}",
+        raw.allowed_ips
+    );
+    assert!(
+        raw.allowed_ips.contains(&"10.43.0.0/16".to_string()),
+        "{:?}",
+        raw.allowed_ips
+    );
+    assert_eq!(raw.endpoint.as_deref(), Some("203.0.113.1:51820"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
