@@ -444,6 +444,19 @@ fn api_failures_are_reported_not_fatal() {
     api.fail_patches(None);
     b.publish(&report).expect("works again once the API does");
 
+    // An API server that takes the request and never answers holds the
+    // agent loop for the call's timeout, not for good.
+    api.hang_patches(true);
+    let report = SelfReport {
+        endpoint: "203.0.113.2:51820".into(),
+        ..report
+    };
+    let t = Instant::now();
+    let e = b.publish(&report).unwrap_err().to_string();
+    assert!(e.contains("no answer within"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    api.hang_patches(false);
+
     // A name that is not a Node is a clear error.
     let mut stranger = backend(&api, &rt, "not-a-node");
     observe_until(&mut stranger, "lists", |l| l.snapshot.nodes.len() == 1);

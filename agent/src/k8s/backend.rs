@@ -28,6 +28,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+/// How long the agent loop waits for one write to the API; a slow or absent
+/// API must not hold up reconciling (or stopping).
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The field manager named in the API's managedFields for our patches.
 pub const FIELD_MANAGER: &str = "weft-agent";
 
@@ -270,7 +274,18 @@ impl Backend for KubeBackend {
                 ..PatchParams::default()
             };
             self.rt
-                .block_on(api.patch(&name, &params, &Patch::Merge(&patch)))
+                .block_on(async {
+                    tokio::time::timeout(
+                        API_CALL_TIMEOUT,
+                        api.patch(&name, &params, &Patch::Merge(&patch)),
+                    )
+                    .await
+                })
+                .map_err(|_| {
+                    BackendError::Api(format!(
+                        "patching node {name}: no answer within {API_CALL_TIMEOUT:?}"
+                    ))
+                })?
                 .map_err(|e| BackendError::Api(format!("patching node {name}: {e}")))?;
             tracing::debug!(%patch, "patched node {name}");
         }
@@ -301,8 +316,20 @@ impl Backend for KubeBackend {
                 action: "Read".into(),
                 secondary: None,
             };
-            if let Err(err) = self.rt.block_on(self.recorder.publish(&event, &reference)) {
-                tracing::warn!("cannot record an Event for {} {}: {err}", e.kind, e.name);
+            let published = self.rt.block_on(async {
+                tokio::time::timeout(API_CALL_TIMEOUT, self.recorder.publish(&event, &reference))
+                    .await
+            });
+            match published {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!("cannot record an Event for {} {}: {err}", e.kind, e.name)
+                }
+                Err(_) => tracing::warn!(
+                    "cannot record an Event for {} {}: no answer within {API_CALL_TIMEOUT:?}",
+                    e.kind,
+                    e.name
+                ),
             }
         }
     }

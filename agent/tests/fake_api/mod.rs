@@ -40,6 +40,8 @@ struct State {
     received: Vec<Received>,
     /// Fail PATCHes of nodes with this status, to test error handling.
     fail_patches: Option<u16>,
+    /// Never answer PATCHes of nodes (an API server that hangs).
+    hang_patches: bool,
 }
 
 #[derive(Clone, Default)]
@@ -55,6 +57,8 @@ pub struct FakeApi {
 enum Reply {
     Now(StatusCode, Value),
     Watch(&'static str, u64),
+    /// Never answered.
+    Hang,
 }
 
 fn status(code: StatusCode, message: String) -> Reply {
@@ -163,6 +167,10 @@ impl FakeApi {
         self.state.lock().unwrap().received.clone()
     }
 
+    pub fn hang_patches(&self, hang: bool) {
+        self.state.lock().unwrap().hang_patches = hang;
+    }
+
     pub fn fail_patches(&self, status: Option<u16>) {
         self.state.lock().unwrap().fail_patches = status;
     }
@@ -231,6 +239,8 @@ impl FakeApi {
         let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
         match self.respond(method, &path, &query, content_type, &bytes) {
             Reply::Now(code, body) => send.send_response(response(code, body)),
+            // Held forever: parked as a watch of nothing.
+            Reply::Hang => return Some(("hung", u64::MAX, send)),
             Reply::Watch(kind, since) => match self.events_after(kind, since) {
                 Some(b) => send.send_response(Response::new(Body::from(b.into_bytes()))),
                 None => return Some((kind, since, send)),
@@ -284,6 +294,9 @@ impl FakeApi {
             }
             (&Method::PATCH, Some("nodes")) => {
                 let name = path.trim_start_matches("/api/v1/nodes/").to_string();
+                if self.state.lock().unwrap().hang_patches {
+                    return Reply::Hang;
+                }
                 if let Some(code) = self.state.lock().unwrap().fail_patches {
                     return status(
                         StatusCode::from_u16(code).unwrap(),
@@ -355,6 +368,10 @@ impl FakeApi {
         let mut out = conn;
         let (code, body) = match self.respond(method, path, query, content_type, &bytes) {
             Reply::Now(code, body) => (code, body.to_string()),
+            Reply::Hang => {
+                std::thread::sleep(Duration::from_secs(60));
+                return Ok(());
+            }
             Reply::Watch(kind, since) => {
                 let end = Instant::now() + Duration::from_secs(20);
                 loop {
