@@ -55,6 +55,10 @@ pub struct KubeBackend {
     recorder: Recorder,
     /// When this agent last wrote its `last-seen`.
     last_check_in: Option<Instant>,
+    /// The own Node as the last patch returned it, with the version the
+    /// mirror had then: until the watch delivers the patched Node, diffs are
+    /// taken against this, so a lagging mirror does not cause a second patch.
+    written: Option<(Option<String>, Node)>,
 }
 
 async fn mirror<K>(
@@ -168,6 +172,7 @@ impl KubeBackend {
             settings,
             recorder,
             last_check_in: None,
+            written: None,
         }
     }
 
@@ -263,17 +268,22 @@ impl Backend for KubeBackend {
                 "node {name:?} is not in the API; is --hostname (NODE_NAME) the Node's name?"
             ))
         })?;
+        let base = match &self.written {
+            Some((seen, patched)) if *seen == node.metadata.resource_version => patched.clone(),
+            _ => (*node).clone(),
+        };
         let now = unix_now();
         let due = self.check_in_due();
-        let last_seen = if due { now } else { check_in_value(&node, now) };
+        let last_seen = if due { now } else { check_in_value(&base, now) };
         let want = owned_annotations(report, last_seen);
-        if let Some(patch) = owned_patch(&node, &want) {
+        if let Some(patch) = owned_patch(&base, &want) {
             let api = Api::<Node>::all(self.client.clone());
             let params = PatchParams {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..PatchParams::default()
             };
-            self.rt
+            let patched = self
+                .rt
                 .block_on(async {
                     tokio::time::timeout(
                         API_CALL_TIMEOUT,
@@ -288,6 +298,7 @@ impl Backend for KubeBackend {
                 })?
                 .map_err(|e| BackendError::Api(format!("patching node {name}: {e}")))?;
             tracing::debug!(%patch, "patched node {name}");
+            self.written = Some((node.metadata.resource_version.clone(), patched));
         }
         if due {
             self.last_check_in = Some(Instant::now());
