@@ -362,7 +362,10 @@ impl Demo {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &node_ns(node)])
             .arg(&self.paths.agent)
-            .args(["--hostname", node, "--resync", "5", "--interface", "weft0"]);
+            .args(["--hostname", node, "--resync", "5", "--interface", "weft0"])
+            // Every node's tunnel is weft0, and /var/run/wireguard is shared
+            // by all namespaces: no UAPI sockets in the demo.
+            .args(["--uapi-dir", ""]);
         match &self.source {
             MeshSource::File => cmd.arg("--mesh").arg(self.mesh_path()),
             MeshSource::Kubernetes { kubeconfig } => cmd

@@ -62,7 +62,7 @@ impl Node {
         std::fs::write(self.dir.join("mesh.yaml"), mesh).expect("mesh");
     }
 
-    fn start(&self, clean_up: bool) -> Child {
+    fn start(&self, clean_up: bool) -> Agent {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns, AGENT, "--hostname", "me"])
             .arg("--mesh")
@@ -77,7 +77,7 @@ impl Node {
         if clean_up {
             c.arg("--clean-up");
         }
-        let child = c.spawn().expect("start agent");
+        let child = Agent(c.spawn().expect("start agent"));
         let conf = self.dir.join("cni/10-weft.conflist");
         let end = Instant::now() + Duration::from_secs(10);
         while !conf.exists() {
@@ -108,7 +108,20 @@ impl Drop for Node {
     }
 }
 
-fn stop(mut child: Child) {
+/// A running agent; killed if a failed assertion leaves it running.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn stop(mut agent: Agent) {
+    let child = &mut agent.0;
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let end = Instant::now() + Duration::from_secs(10);
@@ -144,6 +157,25 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         .contains("MASQUERADE"));
     let conf = std::fs::read_to_string(node.cni_conf()).expect("conflist");
     assert!(conf.contains("10.42.0.0/24"), "{conf}");
+    // `wg show` reads the embedded tunnel; `wg set` is refused.
+    let show = node.sh(&["wg", "show", "weft0"]);
+    assert!(show.contains("listening port: 51820"), "{show}");
+    assert!(show.contains("10.42.1.0/24"), "{show}");
+    let set = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node.ns,
+            "wg",
+            "set",
+            "weft0",
+            "listen-port",
+            "4000",
+        ])
+        .output()
+        .expect("wg set");
+    assert!(!set.status.success(), "wg set must be refused");
+    assert!(node.sh(&["wg", "show", "weft0", "listen-port"]).trim() == "51820");
     // What `weftctl cni-config` prints (and the containerd CRI e2e runs
     // weft-cni on) is byte for byte what the agent wrote.
     let printed = Command::new(env!("CARGO_BIN_EXE_weftctl"))
@@ -184,6 +216,10 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
 
     // A plain stop leaves rules and the CNI configuration: a restart is no outage.
     stop(agent);
+    assert!(
+        !std::path::Path::new("/var/run/wireguard/weft0.sock").exists(),
+        "UAPI socket left behind"
+    );
     assert!(node.cni_conf().exists());
     assert!(node
         .sh(&["iptables", "-t", "nat", "-S", "WEFT-NAT"])

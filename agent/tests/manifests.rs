@@ -203,6 +203,11 @@ fn check(file: &str, k3s: bool) {
     assert_eq!(m[cni_dir].as_deref(), Some("/etc/cni/net.d"));
     assert_eq!(m["/dev/net/tun"].as_deref(), Some("/dev/net/tun"));
     assert_eq!(m["/run/xtables.lock"].as_deref(), Some("/run/xtables.lock"));
+    // The UAPI socket where the host's `wg` looks for it.
+    assert_eq!(
+        m["/var/run/wireguard"].as_deref(),
+        Some("/var/run/wireguard")
+    );
     let vols = pod.volumes.clone().unwrap();
     let tun = vols
         .iter()

@@ -58,6 +58,10 @@ struct Cli {
     /// Do not write a CNI configuration.
     #[arg(long)]
     no_cni: bool,
+    /// Directory of the tunnel's read-only UAPI socket, so `wg show` works;
+    /// empty for none.
+    #[arg(long, default_value = dataplane::uapi::SOCKET_DIR)]
+    uapi_dir: PathBuf,
     /// Do not manage masquerading and forwarding rules.
     #[arg(long)]
     no_nat: bool,
@@ -186,6 +190,7 @@ fn run(cli: Cli) -> Result<(), String> {
             interface: cli.interface.clone(),
             cni_dir: (!cli.no_cni).then(|| cli.cni_dir.clone()),
             manage_nat: !cli.no_nat,
+            uapi_dir: (!cli.uapi_dir.as_os_str().is_empty()).then(|| cli.uapi_dir.clone()),
         },
         key,
     )

@@ -10,6 +10,7 @@
 pub mod cni;
 pub mod key;
 pub mod nat;
+pub mod uapi;
 pub mod wireguard;
 
 use crate::mesh::{DesiredState, Endpoint, RouteDevice};
@@ -76,13 +77,16 @@ pub struct Settings {
     pub interface: String,
     pub cni_dir: Option<PathBuf>,
     pub manage_nat: bool,
+    /// Where the read-only UAPI socket goes (`wg show`); `None` for none.
+    pub uapi_dir: Option<PathBuf>,
 }
 
 pub struct Reconciler {
     settings: Settings,
     key: PrivateKey,
     nl: Netlink,
-    device: Option<Device>,
+    device: Option<std::sync::Arc<Device>>,
+    uapi: Option<uapi::ReadOnlyUapi>,
     applied_peers: BTreeMap<PublicKey, wireguard::Applied>,
     applied_nat: Option<(crate::mesh::desired::Masquerade, std::time::Instant)>,
 }
@@ -111,6 +115,7 @@ impl Reconciler {
             key,
             nl: Netlink::new()?,
             device: None,
+            uapi: None,
             applied_peers: BTreeMap::new(),
             applied_nat: None,
         })
@@ -122,7 +127,7 @@ impl Reconciler {
 
     /// The embedded device, if this node runs one now.
     pub fn device(&self) -> Option<&Device> {
-        self.device.as_ref()
+        self.device.as_deref()
     }
 
     /// Per-peer counters of the embedded tunnel, for metrics.
@@ -177,7 +182,20 @@ impl Reconciler {
                 if self.device.is_none() {
                     let mut opts = DeviceOptions::new(&self.settings.interface);
                     opts.mtu = wg.mtu;
-                    self.device = Some(Device::create(&opts)?);
+                    let device = std::sync::Arc::new(Device::create(&opts)?);
+                    self.uapi = self.settings.uapi_dir.as_ref().and_then(|dir| {
+                        match uapi::ReadOnlyUapi::start(dir, &self.settings.interface, &device) {
+                            Ok(u) => {
+                                tracing::info!(socket = %u.path().display(), "wg show works on the tunnel (read-only)");
+                                Some(u)
+                            }
+                            Err(e) => {
+                                tracing::warn!("no UAPI socket in {} ({e}); the tunnel runs without `wg show`", dir.display());
+                                None
+                            }
+                        }
+                    });
+                    self.device = Some(device);
                 }
                 let device = self
                     .device
@@ -228,6 +246,7 @@ impl Reconciler {
             }
             None => {
                 // Not (or no longer) a leader: no tunnel of our own.
+                self.uapi = None;
                 if let Some(d) = self.device.take() {
                     d.stop("this node is no longer a segment leader");
                 }
@@ -384,6 +403,7 @@ impl Reconciler {
         if let Some(l) = self.nl.link(VXLAN_NAME)? {
             self.nl.delete(l.index, VXLAN_NAME)?;
         }
+        self.uapi = None;
         if let Some(d) = self.device.take() {
             d.stop("clean-up");
         }
