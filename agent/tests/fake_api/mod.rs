@@ -403,8 +403,11 @@ impl FakeApi {
     }
 }
 
-/// A Node as k3s registers it (recorded from a k3s v1.33 server started
-/// with --flannel-backend none), renamed, with `pod` as its pod CIDR.
+/// A Node in the shape a k3s v1.33 server started with --flannel-backend
+/// none returns it before any CNI runs (k3s's own annotations and labels,
+/// managedFields, the not-ready taint and condition), written after the API
+/// reference and k3s's documented annotations, not captured from a live
+/// cluster (there is none here); renamed, with `pod` as its pod CIDR.
 pub fn k3s_node(name: &str, pod: &str) -> Value {
     let text = include_str!("../fixtures/k3s-node.json").replace("NAME", name);
     let mut v: Value = serde_json::from_str(&text).expect("fixture is JSON");
