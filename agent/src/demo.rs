@@ -365,7 +365,7 @@ impl Demo {
             .args(["--hostname", node, "--resync", "5", "--interface", "weft0"])
             // Every node's tunnel is weft0, and /var/run/wireguard is shared
             // by all namespaces: no UAPI sockets in the demo.
-            .args(["--uapi-dir", ""]);
+            .arg("--no-uapi");
         match &self.source {
             MeshSource::File => cmd.arg("--mesh").arg(self.mesh_path()),
             MeshSource::Kubernetes { kubeconfig } => cmd

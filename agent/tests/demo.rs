@@ -214,6 +214,18 @@ fn demo_mesh_through_the_kubernetes_backend() {
     assert!(unreachable.is_empty(), "unreachable: {unreachable:?}");
     assert_eq!(rows.len(), 24);
 
+    let rss = std::process::Command::new("ps")
+        .args(["-o", "rss=", "-C", "weft-agent"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    eprintln!("agents' RSS with the Kubernetes backend (KiB): {rss}");
+
     // What the agents announced, in Kilo's formats.
     let ann = |n: &str| api.get("nodes", n).expect("node")["metadata"]["annotations"].clone();
     for n in demo::nodes() {

@@ -58,10 +58,12 @@ struct Cli {
     /// Do not write a CNI configuration.
     #[arg(long)]
     no_cni: bool,
-    /// Directory of the tunnel's read-only UAPI socket, so `wg show` works;
-    /// empty for none.
+    /// Directory of the tunnel's read-only UAPI socket, so `wg show` works.
     #[arg(long, default_value = dataplane::uapi::SOCKET_DIR)]
     uapi_dir: PathBuf,
+    /// No UAPI socket (`wg show` will not see the tunnel).
+    #[arg(long)]
+    no_uapi: bool,
     /// Do not manage masquerading and forwarding rules.
     #[arg(long)]
     no_nat: bool,
@@ -81,8 +83,11 @@ struct Cli {
 /// Announces this node through the backend: what it discovered about its
 /// own addresses, its key, and what it runs.
 struct Announcer {
-    /// What the hostname resolved to at start.
+    /// What the hostname resolves to, once known.
     hostname_ips: Vec<std::net::IpAddr>,
+    /// The lookup, while it runs: a node with unreachable DNS must not hold
+    /// up its own announcement for the resolver's timeouts.
+    lookup: Option<std::sync::mpsc::Receiver<Vec<std::net::IpAddr>>>,
     ignore: Vec<String>,
     internal_cidrs: Vec<IpNet>,
     /// The last failure, so a lasting one is logged once.
@@ -107,12 +112,23 @@ impl Announcer {
     }
 
     fn try_announce(
-        &self,
+        &mut self,
         backend: &mut dyn Backend,
         reconciler: &Reconciler,
         topology: &Topology,
         desired: Option<&DesiredState>,
     ) -> Result<(), String> {
+        if let Some(rx) = &self.lookup {
+            match rx.try_recv() {
+                Ok(ips) => {
+                    tracing::debug!(?ips, "the hostname resolves to");
+                    self.hostname_ips = ips;
+                    self.lookup = None;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.lookup = None,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+        }
         let candidates = discover::candidates(&self.hostname_ips)
             .map_err(|e| format!("reading this node's addresses: {e}"))?;
         let ignore: Vec<&str> = self.ignore.iter().map(String::as_str).collect();
@@ -147,6 +163,28 @@ impl Announcer {
             .publish(&report)
             .map_err(|e| format!("announcing this node: {e}"))
     }
+}
+
+/// Resolves the hostname on a thread of its own; waits up to 1 s for it,
+/// after which the first announcements go out without that hint.
+fn start_lookup(hostname: &str) -> std::sync::mpsc::Receiver<Vec<std::net::IpAddr>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let name = hostname.to_string();
+    let _ = std::thread::Builder::new()
+        .name("hostname-lookup".into())
+        .spawn(move || {
+            let _ = tx.send(discover::resolve_hostname(&name));
+        });
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end {
+        if let Ok(ips) = rx.try_recv() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let _ = tx.send(ips);
+            return rx;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rx
 }
 
 fn now() -> u64 {
@@ -190,7 +228,7 @@ fn run(cli: Cli) -> Result<(), String> {
             interface: cli.interface.clone(),
             cni_dir: (!cli.no_cni).then(|| cli.cni_dir.clone()),
             manage_nat: !cli.no_nat,
-            uapi_dir: (!cli.uapi_dir.as_os_str().is_empty()).then(|| cli.uapi_dir.clone()),
+            uapi_dir: (!cli.no_uapi).then(|| cli.uapi_dir.clone()),
         },
         key,
     )
@@ -210,7 +248,8 @@ fn run(cli: Cli) -> Result<(), String> {
     let mut backend = cli.backend.open(&cli.hostname)?;
     tracing::info!("mesh from {}", backend.describe());
     let mut announcer = (cli.backend.backend == BackendKind::Kubernetes).then(|| Announcer {
-        hostname_ips: discover::resolve_hostname(&cli.hostname),
+        hostname_ips: Vec::new(),
+        lookup: Some(start_lookup(&cli.hostname)),
         ignore: vec![
             cli.interface.clone(),
             VXLAN_NAME.into(),
