@@ -124,6 +124,28 @@ fn mac_string(bytes: &[u8]) -> String {
         .join(":")
 }
 
+/// Every address in an address dump, with the index of its link.
+async fn collect_addresses(
+    mut s: impl futures_util::Stream<
+            Item = Result<rtnetlink::packet_route::address::AddressMessage, rtnetlink::Error>,
+        > + Unpin,
+) -> Result<Vec<(u32, Cidr)>, NetlinkError> {
+    let mut out = Vec::new();
+    while let Some(msg) = s
+        .try_next()
+        .await
+        .map_err(|e| nl_err("list addresses", e))?
+    {
+        let prefix = msg.header.prefix_len;
+        for a in msg.attributes {
+            if let AddressAttribute::Address(addr) = a {
+                out.push((msg.header.index, Cidr { addr, prefix }));
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn first_link(
     mut s: impl futures_util::Stream<
             Item = Result<rtnetlink::packet_route::link::LinkMessage, rtnetlink::Error>,
@@ -230,23 +252,10 @@ impl Netlink {
     /// Addresses on a link.
     pub fn addresses(&self, index: u32) -> Result<Vec<Cidr>, NetlinkError> {
         let h = self.handle.clone();
-        self.rt.block_on(async move {
-            let mut s = h.address().get().set_link_index_filter(index).execute();
-            let mut out = Vec::new();
-            while let Some(msg) = s
-                .try_next()
-                .await
-                .map_err(|e| nl_err("list addresses", e))?
-            {
-                let prefix = msg.header.prefix_len;
-                for a in msg.attributes {
-                    if let AddressAttribute::Address(addr) = a {
-                        out.push(Cidr { addr, prefix });
-                    }
-                }
-            }
-            Ok(out)
-        })
+        let found = self.rt.block_on(collect_addresses(
+            h.address().get().set_link_index_filter(index).execute(),
+        ))?;
+        Ok(found.into_iter().map(|(_, c)| c).collect())
     }
 
     /// Ensures `cidr` is on the link. Another address of the same subnet is
@@ -517,51 +526,25 @@ impl Netlink {
                     }
                 }
             }
-            let mut out = Vec::new();
-            let mut s = h.address().get().execute();
-            while let Some(msg) = s
-                .try_next()
-                .await
-                .map_err(|e| nl_err("list addresses", e))?
-            {
-                let prefix = msg.header.prefix_len;
-                let index = msg.header.index;
-                for a in msg.attributes {
-                    if let AddressAttribute::Address(addr) = a {
-                        out.push(InterfaceAddress {
-                            index,
-                            name: names.get(&index).cloned().unwrap_or_default(),
-                            cidr: Cidr { addr, prefix },
-                        });
-                    }
-                }
-            }
-            Ok(out)
+            Ok(collect_addresses(h.address().get().execute())
+                .await?
+                .into_iter()
+                .map(|(index, cidr)| InterfaceAddress {
+                    index,
+                    name: names.get(&index).cloned().unwrap_or_default(),
+                    cidr,
+                })
+                .collect())
         })
     }
 
     /// The index of the link holding `ip`, if any.
     pub fn link_with_address(&self, ip: IpAddr) -> Result<Option<(u32, Cidr)>, NetlinkError> {
         let h = self.handle.clone();
-        self.rt.block_on(async move {
-            let mut s = h.address().get().set_address_filter(ip).execute();
-            while let Some(msg) = s
-                .try_next()
-                .await
-                .map_err(|e| nl_err("list addresses", e))?
-            {
-                let prefix = msg.header.prefix_len;
-                let index = msg.header.index;
-                for a in msg.attributes {
-                    if let AddressAttribute::Address(addr) = a {
-                        if addr == ip {
-                            return Ok(Some((index, Cidr { addr, prefix })));
-                        }
-                    }
-                }
-            }
-            Ok(None)
-        })
+        let found = self.rt.block_on(collect_addresses(
+            h.address().get().set_address_filter(ip).execute(),
+        ))?;
+        Ok(found.into_iter().find(|(_, c)| c.addr == ip))
     }
 
     /// Creates (if missing) a VXLAN link without learning as `spec` says;
