@@ -8,9 +8,11 @@ use clap::Parser;
 use dataplane::signals::TerminationSignals;
 use ipnet::IpNet;
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use weft_agent::backend::{Backend, SelfReport};
@@ -18,8 +20,7 @@ use weft_agent::cli::{BackendArgs, BackendKind};
 use weft_agent::discover;
 use weft_agent::mesh::{DesiredState, RecordError, Topology};
 use weft_agent::metrics::{serve, Metrics};
-use weft_agent::reconcile::{key, Settings};
-use weft_agent::reconcile::{Reconciler, VXLAN_NAME};
+use weft_agent::reconcile::{key, Reconciler, Settings, VXLAN_NAME};
 
 #[derive(Parser)]
 #[command(
@@ -84,10 +85,10 @@ struct Cli {
 /// own addresses, its key, and what it runs.
 struct Announcer {
     /// What the hostname resolves to, once known.
-    hostname_ips: Vec<std::net::IpAddr>,
+    hostname_ips: Vec<IpAddr>,
     /// The lookup, while it runs: a node with unreachable DNS must not hold
     /// up its own announcement for the resolver's timeouts.
-    lookup: Option<std::sync::mpsc::Receiver<Vec<std::net::IpAddr>>>,
+    lookup: Option<Receiver<Vec<IpAddr>>>,
     ignore: Vec<String>,
     internal_cidrs: Vec<IpNet>,
     /// The last failure, so a lasting one is logged once.
@@ -125,8 +126,8 @@ impl Announcer {
                     self.hostname_ips = ips;
                     self.lookup = None;
                 }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.lookup = None,
-                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => self.lookup = None,
+                Err(TryRecvError::Empty) => {}
             }
         }
         let candidates = discover::candidates(&self.hostname_ips)
@@ -165,9 +166,10 @@ impl Announcer {
     }
 }
 
-/// Resolves the hostname on a thread of its own; waits up to 1 s for it,
-/// after which the first announcements go out without that hint.
-fn start_lookup(hostname: &str) -> std::sync::mpsc::Receiver<Vec<std::net::IpAddr>> {
+/// Resolves the hostname on a thread of its own and waits up to 1 s for it:
+/// what it resolves to if that came in time, else the lookup still running
+/// (the first announcements then go out without that hint).
+fn start_lookup(hostname: &str) -> (Vec<IpAddr>, Option<Receiver<Vec<IpAddr>>>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let name = hostname.to_string();
     let _ = std::thread::Builder::new()
@@ -175,16 +177,11 @@ fn start_lookup(hostname: &str) -> std::sync::mpsc::Receiver<Vec<std::net::IpAdd
         .spawn(move || {
             let _ = tx.send(discover::resolve_hostname(&name));
         });
-    let end = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < end {
-        if let Ok(ips) = rx.try_recv() {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let _ = tx.send(ips);
-            return rx;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    match rx.recv_timeout(Duration::from_secs(1)) {
+        Ok(ips) => (ips, None),
+        Err(RecvTimeoutError::Timeout) => (Vec::new(), Some(rx)),
+        Err(RecvTimeoutError::Disconnected) => (Vec::new(), None),
     }
-    rx
 }
 
 fn now() -> u64 {
@@ -247,16 +244,19 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let mut backend = cli.backend.open(&cli.hostname)?;
     tracing::info!("mesh from {}", backend.describe());
-    let mut announcer = (cli.backend.backend == BackendKind::Kubernetes).then(|| Announcer {
-        hostname_ips: Vec::new(),
-        lookup: Some(start_lookup(&cli.hostname)),
-        ignore: vec![
-            cli.interface.clone(),
-            VXLAN_NAME.into(),
-            "kube-bridge".into(),
-        ],
-        internal_cidrs: cli.internal_cidrs.clone(),
-        last_error: None,
+    let mut announcer = (cli.backend.backend == BackendKind::Kubernetes).then(|| {
+        let (hostname_ips, lookup) = start_lookup(&cli.hostname);
+        Announcer {
+            hostname_ips,
+            lookup,
+            ignore: vec![
+                cli.interface.clone(),
+                VXLAN_NAME.into(),
+                "kube-bridge".into(),
+            ],
+            internal_cidrs: cli.internal_cidrs.clone(),
+            last_error: None,
+        }
     });
     let mut last_pass = Instant::now() - Duration::from_secs(cli.resync + 1);
     let mut last_problems = Vec::new();
