@@ -139,11 +139,16 @@ struct Agent {
 }
 
 impl Agent {
-    /// One agent pass as weft-agent does it: observe, compute, announce.
+    /// One agent pass as weft-agent does it, when the mirror is complete and
+    /// something changed: observe, compute, announce.
     fn pass(&mut self, index: u8) {
-        if !self.backend.ready() || !self.backend.changed() {
-            return;
+        if self.backend.ready() && self.backend.changed() {
+            self.pass_now(index);
         }
+    }
+
+    /// The pass itself; `index` makes this node's addresses.
+    fn pass_now(&mut self, index: u8) {
         let loaded = self.backend.observe().expect("observe");
         let t = Topology::new(&loaded.snapshot, &loaded.options, now()).expect("topology");
         let desired = t.desired_state(&self.name);
@@ -319,25 +324,10 @@ fn agents_announce_themselves_and_converge() {
         .iter()
         .filter(|r| r.method == http::Method::PATCH)
         .count();
-    for a in agents.iter_mut() {
-        let loaded = a.backend.observe().unwrap();
-        let t = Topology::new(&loaded.snapshot, &loaded.options, now()).unwrap();
-        let d = t.desired_state(&a.name).unwrap();
-        let i = agents_index(&a.name);
-        a.backend
-            .publish(&SelfReport {
-                public_key: a.key.public_key(),
-                endpoint: format!("203.0.113.{i}:51820"),
-                internal_ip: Some(format!("10.0.{}.{i}/24", i / 3).parse().unwrap()),
-                wireguard_ip: d
-                    .wireguard
-                    .as_ref()
-                    .filter(|_| d.is_leader)
-                    .map(|w| w.address),
-                granularity: t.options.granularity,
-                discovered_endpoints: BTreeMap::new(),
-            })
-            .unwrap();
+    for (i, a) in agents.iter_mut().enumerate() {
+        a.pass_now(i as u8 + 1);
+        let t = a.topology.as_ref().unwrap();
+        assert!(t.desired_state(&a.name).is_some(), "{} in the mesh", a.name);
     }
     let after = api
         .received()
@@ -345,14 +335,6 @@ fn agents_announce_themselves_and_converge() {
         .filter(|r| r.method == http::Method::PATCH)
         .count();
     assert_eq!(before, after, "a steady mesh writes nothing");
-}
-
-fn agents_index(name: &str) -> u8 {
-    ["aws-1", "aws-2", "gcp-1"]
-        .iter()
-        .position(|n| *n == name)
-        .unwrap() as u8
-        + 1
 }
 
 #[test]
