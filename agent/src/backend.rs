@@ -4,7 +4,7 @@
 //! annotations and Kilo's Peer resource) implements the same trait.
 
 use crate::file_backend::{FileError, Loaded, MeshFile};
-use crate::mesh::{Granularity, RecordError};
+use crate::mesh::{Granularity, Liveness, RecordError};
 use dataplane::PublicKey;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -34,6 +34,12 @@ pub trait Backend {
     fn ready(&self) -> bool {
         true
     }
+    /// The clock check-in ages are judged by at `now` (unix seconds): a
+    /// backend that could not observe check-ins for a while (the API was
+    /// away) does not count that time against anyone.
+    fn liveness(&self, now: u64) -> Liveness {
+        Liveness::at(now)
+    }
 }
 
 /// What a node announces about itself: Kilo's agent-owned annotations.
@@ -55,9 +61,13 @@ pub struct SelfReport {
 pub enum BackendError {
     #[error(transparent)]
     File(#[from] FileError),
-    /// The API refused or could not be reached; the message says which call.
+    /// The API refused a call; the message says which and why.
     #[error("{0}")]
     Api(String),
+    /// The API could not be reached; the backend has logged the outage
+    /// already (once, not per call).
+    #[error("the Kubernetes API is unreachable")]
+    Unavailable,
 }
 
 /// A YAML/JSON file, re-read when its modification time changes.

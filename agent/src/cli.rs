@@ -29,6 +29,12 @@ pub struct BackendArgs {
     /// ~/.kube/config, then the in-cluster service account.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes backend: the API server's address (https://HOST:PORT),
+    /// replacing the one the kubeconfig or the in-cluster configuration
+    /// names. Needed where the kubernetes Service address does not work
+    /// yet, e.g. kubeadm nodes without kube-proxy.
+    #[arg(long, env = "WEFT_API_SERVER")]
+    pub api_server: Option<String>,
     /// Kubernetes backend: the Node label read as the location when a node
     /// has no kilo.squat.ai/location annotation.
     #[arg(long, default_value = DEFAULT_TOPOLOGY_LABEL)]
@@ -81,11 +87,8 @@ impl BackendArgs {
             BackendKind::Kubernetes => Box::new(
                 KubeBackend::connect(
                     self.kubeconfig.as_deref(),
-                    KubeSettings {
-                        node_name: node_name.to_string(),
-                        options: self.mesh_options(),
-                        topology_label: self.topology_label.clone(),
-                    },
+                    self.api_server.as_deref().filter(|s| !s.is_empty()),
+                    KubeSettings::new(node_name, self.mesh_options(), &self.topology_label),
                 )
                 .map_err(|e| e.to_string())?,
             ),

@@ -6,7 +6,7 @@
 //! through the Kubernetes backend: the agents read Nodes from an API server
 //! in the demo's internet namespace and announce themselves there.
 
-mod fake_api;
+use fake_apiserver as fake_api;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -27,14 +27,21 @@ fn paths() -> DemoPaths {
     let mut p = DemoPaths::in_dir(dir);
     // weft-cni is another package's binary: make sure it is built (same profile).
     if !p.cni.is_file() {
-        let profile = if dir.ends_with("release") {
-            vec!["--release"]
-        } else {
-            vec![]
+        // The profile is the target directory's name ("debug" is "dev").
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(name) => name.to_string(),
         };
         let ok = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "cni-plugin", "--bin", "weft-cni"])
-            .args(profile)
+            .args([
+                "build",
+                "-p",
+                "cni-plugin",
+                "--bin",
+                "weft-cni",
+                "--profile",
+                &profile,
+            ])
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "cannot build weft-cni");
@@ -180,7 +187,7 @@ fn demo_mesh_through_the_kubernetes_backend() {
             .map_err(|e| weft_netlink::NetlinkError::Failed(e.to_string()))
     })
     .expect("listen in the internet namespace");
-    api.serve_http(listener);
+    let _server = api.serve_http(listener);
     for n in demo::nodes() {
         let mut node = fake_api::k3s_node(n.name, n.pod_cidr);
         if n.public.is_some() {

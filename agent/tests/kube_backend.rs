@@ -3,14 +3,14 @@
 //! merge patches until the mesh converges, Events for bad records, and API
 //! failures reported as errors.
 
-mod fake_api;
+use fake_apiserver as fake_api;
 
 use dataplane::PrivateKey;
 use fake_api::{k3s_node, FakeApi};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
-use weft_agent::backend::{Backend, SelfReport};
+use weft_agent::backend::{Backend, BackendError, SelfReport};
 use weft_agent::file_backend::Loaded;
 use weft_agent::k8s::backend::{KubeBackend, KubeSettings};
 use weft_agent::mesh::{MeshOptions, Topology};
@@ -33,15 +33,19 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn backend(api: &FakeApi, rt: &tokio::runtime::Runtime, node: &str) -> KubeBackend {
-    KubeBackend::from_client(
-        api.client(rt),
-        KubeSettings {
-            node_name: node.into(),
-            options: MeshOptions::default(),
-            topology_label: REGION.into(),
-        },
+    backend_with(
+        api,
+        rt,
+        KubeSettings::new(node, MeshOptions::default(), REGION),
     )
-    .expect("backend")
+}
+
+fn backend_with(
+    api: &FakeApi,
+    rt: &tokio::runtime::Runtime,
+    settings: KubeSettings,
+) -> KubeBackend {
+    KubeBackend::from_client(api.client(rt), settings).expect("backend")
 }
 
 /// Polls `backend` until `done` accepts what it observes (10 s at most).
@@ -150,7 +154,8 @@ impl Agent {
     /// The pass itself; `index` makes this node's addresses.
     fn pass_now(&mut self, index: u8) {
         let loaded = self.backend.observe().expect("observe");
-        let t = Topology::new(&loaded.snapshot, &loaded.options, now()).expect("topology");
+        let clock = self.backend.liveness(now());
+        let t = Topology::new(&loaded.snapshot, &loaded.options, clock).expect("topology");
         let desired = t.desired_state(&self.name);
         let report = SelfReport {
             public_key: self.key.public_key(),
@@ -164,7 +169,10 @@ impl Agent {
             granularity: t.options.granularity,
             discovered_endpoints: BTreeMap::new(),
         };
-        self.backend.publish(&report).expect("publish");
+        match self.backend.publish(&report) {
+            Ok(()) | Err(BackendError::Unavailable) => {}
+            Err(e) => panic!("publish: {e}"),
+        }
         self.topology = Some(t);
     }
 }
@@ -424,7 +432,15 @@ fn api_failures_are_reported_not_fatal() {
     // The mirror still answers with the last state.
     assert_eq!(b.observe().unwrap().snapshot.nodes.len(), 1);
     api.fail_patches(None);
-    b.publish(&report).expect("works again once the API does");
+    // The next try waits out the back-off, then goes through.
+    let end = Instant::now() + Duration::from_secs(3);
+    while b.publish(&report).is_err() {
+        assert!(
+            Instant::now() < end,
+            "publishing works again once the API does"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // An API server that takes the request and never answers holds the
     // agent loop for the call's timeout, not for good.
@@ -434,8 +450,8 @@ fn api_failures_are_reported_not_fatal() {
         ..report
     };
     let t = Instant::now();
-    let e = b.publish(&report).unwrap_err().to_string();
-    assert!(e.contains("no answer within"), "{e}");
+    let e = b.publish(&report).unwrap_err();
+    assert!(matches!(e, BackendError::Unavailable), "{e}");
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     api.hang_patches(false);
 
@@ -444,4 +460,221 @@ fn api_failures_are_reported_not_fatal() {
     observe_until(&mut stranger, "lists", |l| l.snapshot.nodes.len() == 1);
     let e = stranger.publish(&report).unwrap_err().to_string();
     assert!(e.contains("not-a-node") && e.contains("NODE_NAME"), "{e}");
+}
+
+fn agent(api: &FakeApi, rt: &tokio::runtime::Runtime, name: &str) -> Agent {
+    Agent {
+        name: name.to_string(),
+        key: PrivateKey::generate().unwrap(),
+        backend: backend(api, rt, name),
+        topology: None,
+    }
+}
+
+/// A node that checked in at `last_seen`, with a key and an endpoint.
+fn announced(name: &str, pod: &str, region: &str, last_seen: u64) -> Value {
+    let mut n = with_region(k3s_node(name, pod), region);
+    let a = &mut n["metadata"]["annotations"];
+    a["kilo.squat.ai/key"] = json!(PrivateKey::generate().unwrap().public_key().to_base64());
+    a["kilo.squat.ai/endpoint"] = json!("203.0.113.99:51820");
+    a["kilo.squat.ai/last-seen"] = json!(last_seen.to_string());
+    n
+}
+
+/// Runs `a` as weft-agent's loop does (a pass whenever the backend says
+/// something changed) for `how_long`; returns the number of passes.
+fn run_for(a: &mut Agent, index: u8, how_long: Duration) -> usize {
+    let end = Instant::now() + how_long;
+    let mut passes = 0;
+    while Instant::now() < end {
+        if a.backend.ready() && a.backend.changed() {
+            a.pass_now(index);
+            passes += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    passes
+}
+
+fn check_ins(api: &FakeApi, node: &str) -> usize {
+    api.received()
+        .iter()
+        .filter(|r| r.method == http::Method::PATCH && r.path.ends_with(node))
+        .filter(|r| !r.body["metadata"]["annotations"]["kilo.squat.ai/last-seen"].is_null())
+        .count()
+}
+
+#[test]
+fn an_api_outage_costs_nothing_and_ends_with_a_check_in() {
+    let api = FakeApi::new();
+    api.put("nodes", with_region(k3s_node("a", "10.42.0.0/24"), "aws"));
+    api.put("nodes", announced("b", "10.42.1.0/24", "gcp", now()));
+    let rt = runtime();
+    // Check-ins every second, so they fall due (and fail) during the outage.
+    let mut settings = KubeSettings::new("a", MeshOptions::default(), REGION);
+    settings.check_in_period = Duration::from_secs(1);
+    let mut a = Agent {
+        name: "a".into(),
+        key: PrivateKey::generate().unwrap(),
+        backend: backend_with(&api, &rt, settings),
+        topology: None,
+    };
+    run_for(&mut a, 1, Duration::from_millis(500));
+    assert_eq!(check_ins(&api, "/a"), 1, "checked in once");
+    let t = a.topology.as_ref().expect("a pass ran");
+    assert_eq!(t.segments.len(), 2, "{:?}", t.excluded);
+
+    api.set_reachable(false);
+    let before = api.attempts();
+    let passes = run_for(&mut a, 1, Duration::from_secs(4));
+    let attempts = api.attempts() - before;
+    eprintln!("during a 4 s outage: {passes} passes, {attempts} requests tried");
+    // No storm: the check-in falls due and fails, and is tried again on
+    // back-off (0.5, 1, 2 s...), as are the watches; the probe goes once a
+    // second. Each try is one pass of the loop at most.
+    assert!(passes <= 6, "{passes} passes during a 4 s outage");
+    assert!(attempts <= 24, "{attempts} requests in a 4 s outage");
+    // Both nodes stay in the mesh whatever the outage's length: the clock
+    // of check-in ages stands still while the API is away.
+    let clock = a.backend.liveness(now() + 600);
+    assert!(
+        !clock.is_stale(now()),
+        "time away from the API does not count"
+    );
+
+    api.set_reachable(true);
+    let back = Instant::now();
+    let before = check_ins(&api, "/a");
+    while check_ins(&api, "/a") == before {
+        assert!(
+            back.elapsed() < Duration::from_secs(2),
+            "no check-in within 2 s of the API's return"
+        );
+        run_for(&mut a, 1, Duration::from_millis(20));
+    }
+    eprintln!("checked in {:?} after the API returned", back.elapsed());
+    let t = a.topology.as_ref().unwrap();
+    assert_eq!(
+        t.segments.len(),
+        2,
+        "nobody left the mesh: {:?}",
+        t.excluded
+    );
+}
+
+#[test]
+fn check_ins_of_other_nodes_wake_nothing() {
+    let api = FakeApi::new();
+    api.put("nodes", with_region(k3s_node("a", "10.42.0.0/24"), "aws"));
+    api.put("nodes", announced("b", "10.42.1.0/24", "gcp", now()));
+    let rt = runtime();
+    let mut a = agent(&api, &rt, "a");
+    run_for(&mut a, 1, Duration::from_millis(500));
+    assert!(!a.backend.changed(), "settled");
+
+    // b checks in: only last-seen changes.
+    for _ in 0..5 {
+        api.patch(
+            "nodes",
+            "b",
+            &json!({"metadata": {"annotations": {"kilo.squat.ai/last-seen": now().to_string()}}}),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        run_for(&mut a, 1, Duration::from_millis(1500)),
+        0,
+        "check-ins cost no pass"
+    );
+
+    // A change the mesh reads wakes the agent.
+    api.patch(
+        "nodes",
+        "b",
+        &json!({"metadata": {"annotations": {"kilo.squat.ai/location": "azure"}}}),
+    );
+    assert_eq!(run_for(&mut a, 1, Duration::from_millis(500)), 1);
+    assert_eq!(a.topology.as_ref().unwrap().segments[1].location, "azure");
+
+    // A node crossing the staleness line wakes it within a second or so,
+    // though no watch event says anything the mesh reads changed.
+    api.patch(
+        "nodes",
+        "b",
+        &json!({"metadata": {"annotations": {"kilo.squat.ai/last-seen": (now() - 61).to_string()}}}),
+    );
+    let passes = run_for(&mut a, 1, Duration::from_millis(1600));
+    assert_eq!(passes, 1);
+    let t = a.topology.as_ref().unwrap();
+    assert!(
+        t.excluded
+            .iter()
+            .any(|e| e.name == "b" && e.reason.contains("stale")),
+        "{:?}",
+        t.excluded
+    );
+    // And coming back is seen the same way.
+    api.patch(
+        "nodes",
+        "b",
+        &json!({"metadata": {"annotations": {"kilo.squat.ai/last-seen": now().to_string()}}}),
+    );
+    assert_eq!(run_for(&mut a, 1, Duration::from_millis(1600)), 1);
+    assert_eq!(a.topology.as_ref().unwrap().segments.len(), 2);
+}
+
+#[test]
+fn events_wait_for_the_api_and_every_problem_gets_its_own() {
+    let api = FakeApi::new();
+    let mut n = k3s_node("a", "10.42.0.0/24");
+    n["metadata"]["annotations"]["kilo.squat.ai/persistent-keepalive"] = json!("soon");
+    n["metadata"]["annotations"]["kilo.squat.ai/allowed-location-ips"] = json!("192.168.9.1");
+    api.put("nodes", n);
+    let rt = runtime();
+    let mut a = agent(&api, &rt, "a");
+    let l = observe_until(&mut a.backend, "lists", |l| l.snapshot.nodes.len() == 1);
+    let problems: Vec<_> = l.rejected.iter().chain(&l.warnings).cloned().collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    a.backend.report_problems(&problems);
+    let notes = |api: &FakeApi| -> Vec<String> {
+        let mut v: Vec<String> = api
+            .list("events")
+            .iter()
+            .filter_map(|e| e["note"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    };
+    let got = notes(&api);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].contains("allowed-location-ips") && got[1].contains("persistent-keepalive"),
+        "{got:?}"
+    );
+
+    // A third problem seen while the API is away is recorded once it is back.
+    api.set_reachable(false);
+    let mut more = problems.clone();
+    more.push(weft_agent::mesh::RecordError {
+        kind: "node",
+        name: "a".into(),
+        field: "kilo.squat.ai/force-endpoint".into(),
+        reason: "not HOST:PORT".into(),
+    });
+    a.backend.report_problems(&more);
+    assert_eq!(notes(&api).len(), 2);
+    std::thread::sleep(Duration::from_millis(700));
+    api.set_reachable(true);
+    let back = Instant::now();
+    while notes(&api).len() < 3 {
+        assert!(
+            back.elapsed() < Duration::from_secs(3),
+            "the waiting Event was not recorded"
+        );
+        run_for(&mut a, 1, Duration::from_millis(50));
+    }
+    // Problems already recorded are not recorded again.
+    a.backend.report_problems(&more);
+    run_for(&mut a, 1, Duration::from_millis(300));
+    assert_eq!(notes(&api).len(), 3);
 }

@@ -1,7 +1,7 @@
 //! weftctl's outputs against golden files. Set WEFT_BLESS=1 to rewrite them
 //! after an intended change, then review the diff.
 
-mod fake_api;
+use fake_apiserver as fake_api;
 
 use std::path::Path;
 use std::process::Command;
@@ -138,7 +138,7 @@ fn reads_a_cluster_through_the_kubernetes_api() {
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    api.serve_http(listener);
+    let _server = api.serve_http(listener);
     let dir = std::env::temp_dir().join(format!("weftctl-kube-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");

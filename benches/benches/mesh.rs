@@ -108,6 +108,7 @@ fn mesh(c: &mut Criterion) {
                     .iter()
                     .filter_map(|c| dataplane::IpPrefix::new(c.addr(), c.prefix_len()).ok())
                     .collect(),
+                reachable: None,
             })
             .collect(),
     };

@@ -77,4 +77,6 @@ pub struct PeerInfo {
     pub tx_bytes: u64,
     pub persistent_keepalive: u16,
     pub allowed_ips: Vec<IpPrefix>,
+    /// Whether the peer answers: `None` before anything was tried.
+    pub reachable: Option<bool>,
 }

@@ -7,6 +7,7 @@ use crate::allowed_ips::AllowedIps;
 use crate::config::{DeviceInfo, DeviceUpdate, PeerInfo, PeerUpdate};
 use crate::key::{PrivateKey, PublicKey};
 use crate::peer::{Peer, StaticIdentity};
+use crate::reachability::Reachability;
 use crate::udp::UdpSocket;
 use crate::{inbound, outbound, timers};
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -313,6 +314,11 @@ impl Device {
                     tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
                     persistent_keepalive: p.keepalive.load(Ordering::Relaxed),
                     allowed_ips: ips,
+                    reachable: match p.reachability.state() {
+                        Reachability::Unknown => None,
+                        Reachability::Reachable => Some(true),
+                        Reachability::Unreachable => Some(false),
+                    },
                 }
             })
             .collect();

@@ -255,19 +255,19 @@ fn handle_datagram(
         TunnResult::WriteToNetwork(reply) => {
             // A handshake answer or the keepalive that confirms one; then the
             // packets that waited for the session.
-            peer.received_from(from, datagram.len());
+            peer.received_from(from, datagram.len(), false);
             let n = reply.len();
             if udp.send(from, &out[..n], n).is_ok() {
-                peer.sent(&out[..n], shared.now_ms());
+                peer.sent(&out[..n], n, shared.now_ms());
             }
             while let TunnResult::WriteToNetwork(msg) = tunn.decapsulate(None, &[], scratch) {
                 let n = msg.len();
                 if udp.send(from, &scratch[..n], n).is_ok() {
-                    peer.sent(&scratch[..n], shared.now_ms());
+                    peer.sent(&scratch[..n], n, shared.now_ms());
                 }
             }
         }
-        TunnResult::Done => peer.received_from(from, datagram.len()),
+        TunnResult::Done => peer.received_from(from, datagram.len(), false),
         TunnResult::Err(e) => tracing::trace!(%from, "dropped message: {e:?}"),
     }
 }
@@ -292,7 +292,7 @@ fn accept_packet(
         tracing::trace!(%src, peer = %peer.public_key, "source not in allowed IPs; dropped");
         return;
     }
-    peer.received_from(from, wire_len);
+    peer.received_from(from, wire_len, true);
     if tun_batch.commit(len) {
         tun_batch.flush(shared);
     }

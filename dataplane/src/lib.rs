@@ -15,6 +15,7 @@ pub mod key;
 pub mod offload;
 pub mod outbound;
 mod peer;
+pub mod reachability;
 pub mod signals;
 mod timers;
 pub mod uapi;

@@ -13,7 +13,6 @@ use boringtun::noise::{Tunn, TunnResult};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
@@ -21,9 +20,6 @@ use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 pub const DATA_OVERHEAD: usize = 32;
 /// The largest IP packet a TUN segment can hold.
 const MAX_PACKET: usize = 65_535;
-/// How long an unanswered handshake initiation waits before packets queued
-/// behind it prompt another one (the protocol's own retry is at 5 s).
-const RETRY_WITH_DATA_MS: u64 = 1000;
 /// Room for a handshake message (148 bytes), which boringtun may write instead
 /// of a data message.
 const MIN_ROOM: usize = 256;
@@ -224,21 +220,16 @@ pub(crate) fn encrypt_run<'p>(
                 let n = msg.len();
                 send(shared, udp, peer, endpoint, msg, n);
             }
-            TunnResult::Done => {
-                // Queued behind a handshake in progress. If our initiation
-                // has gone unanswered for a second (the peer may not have
-                // known us yet), ask again now rather than after the 5 s
-                // retry timer, since traffic is waiting.
-                let now = shared.now_ms();
-                if now.saturating_sub(peer.last_initiation_ms.load(Ordering::Relaxed))
-                    >= RETRY_WITH_DATA_MS
+            // Queued behind a handshake in progress. If our initiation has
+            // gone unanswered for a second (the peer may not have known us
+            // yet), ask again now rather than after the 5 s retry timer,
+            // since traffic is waiting; then 2, 4, 5 s.
+            TunnResult::Done if peer.reachability.retry_due(shared.now_ms()) => {
+                if let TunnResult::WriteToNetwork(msg) =
+                    tunn.format_handshake_initiation(batch.room(), true)
                 {
-                    if let TunnResult::WriteToNetwork(msg) =
-                        tunn.format_handshake_initiation(batch.room(), true)
-                    {
-                        let n = msg.len();
-                        send(shared, udp, peer, endpoint, msg, n);
-                    }
+                    let n = msg.len();
+                    send(shared, udp, peer, endpoint, msg, n);
                 }
             }
             TunnResult::Err(e) => tracing::trace!("encapsulate: {e:?}"),
@@ -273,7 +264,7 @@ fn send(
     segment: usize,
 ) {
     match udp.send(endpoint, contents, segment) {
-        Ok(()) => peer.sent(contents, shared.now_ms()),
+        Ok(()) => peer.sent(contents, segment, shared.now_ms()),
         Err(e) => tracing::debug!(%endpoint, "send: {e}"),
     }
 }

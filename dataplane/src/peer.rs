@@ -6,6 +6,7 @@
 //! keepalive interval are atomics read without any lock.
 
 use crate::key::{PresharedKey, PublicKey};
+use crate::reachability::{PeerReachability, Reachability};
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
 use boringtun::x25519;
@@ -34,8 +35,8 @@ pub(crate) struct Peer {
     pub(crate) tx_bytes: AtomicU64,
     /// Milliseconds since the device started, of the last send to this peer.
     pub(crate) last_sent_ms: AtomicU64,
-    /// Milliseconds since the device started, of our last handshake initiation.
-    pub(crate) last_initiation_ms: AtomicU64,
+    /// Whether the peer answers, and when to prompt it (see `reachability`).
+    pub(crate) reachability: PeerReachability,
 }
 
 /// Our static identity, as boringtun wants it.
@@ -58,7 +59,7 @@ impl Peer {
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             last_sent_ms: AtomicU64::new(0),
-            last_initiation_ms: AtomicU64::new(0),
+            reachability: PeerReachability::default(),
         }
     }
 
@@ -85,10 +86,18 @@ impl Peer {
         *self.endpoint.lock()
     }
 
-    /// Records an authenticated message from `from`: counts it and follows the
-    /// peer if it moved (roaming).
-    pub(crate) fn received_from(&self, from: SocketAddr, bytes: usize) {
+    /// Records an authenticated message from `from` (`payload`: a data
+    /// packet that carried something): counts it, follows the peer if it
+    /// moved (roaming), and notes that it answers.
+    pub(crate) fn received_from(&self, from: SocketAddr, bytes: usize, payload: bool) {
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        match self.reachability.received(payload) {
+            Some(Reachability::Unreachable) => {
+                tracing::info!(peer = %self.public_key, endpoint = %from, "peer reachable again")
+            }
+            Some(_) => tracing::info!(peer = %self.public_key, endpoint = %from, "peer reachable"),
+            None => {}
+        }
         let mut ep = self.endpoint.lock();
         if *ep != Some(from) {
             if ep.is_some() {
@@ -98,13 +107,14 @@ impl Peer {
         }
     }
 
-    /// Records a send of `message` (one or more WireGuard messages).
-    pub(crate) fn sent(&self, message: &[u8], now_ms: u64) {
+    /// Records a send of `message`: one or more WireGuard messages of one
+    /// type, each `segment` bytes long (the last may be shorter).
+    pub(crate) fn sent(&self, message: &[u8], segment: usize, now_ms: u64) {
         self.tx_bytes
             .fetch_add(message.len() as u64, Ordering::Relaxed);
         self.last_sent_ms.store(now_ms, Ordering::Relaxed);
-        if message.first() == Some(&1) {
-            self.last_initiation_ms.store(now_ms, Ordering::Relaxed);
+        if let Some(&kind) = message.first() {
+            self.reachability.sent(kind, segment, now_ms);
         }
     }
 

@@ -5,6 +5,7 @@
 use crate::device::Shared;
 use crate::outbound::send_keepalive;
 use crate::peer::Peer;
+use crate::reachability::UNREACHABLE_AFTER_MS;
 use boringtun::noise::TunnResult;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -48,12 +49,29 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 let Some(tunn) = tunnel.tunn.as_mut() else {
                     continue;
                 };
-                match tunn.update_timers(&mut buf) {
+                let due = peer.reachability.tick(now_ms.max(1));
+                if due.became_unreachable {
+                    tracing::warn!(
+                        peer = %peer.public_key,
+                        endpoint = ?endpoint,
+                        "peer unreachable: no answer to handshakes for {} s",
+                        UNREACHABLE_AFTER_MS / 1000
+                    );
+                }
+                let result = if due.recover {
+                    // Our data goes out and nothing comes back: the peer may
+                    // have lost the session (a restart, a replaced config).
+                    tracing::debug!(peer = %peer.public_key, "silent session; new handshake");
+                    tunn.format_handshake_initiation(&mut buf, true)
+                } else {
+                    tunn.update_timers(&mut buf)
+                };
+                match result {
                     TunnResult::WriteToNetwork(msg) => {
                         if let Some(ep) = endpoint {
                             let n = msg.len();
                             if udp.send(ep, &buf[..n], n).is_ok() {
-                                peer.sent(&buf[..n], now_ms);
+                                peer.sent(&buf[..n], n, now_ms.max(1));
                             }
                         }
                     }

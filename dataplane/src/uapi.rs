@@ -428,6 +428,7 @@ mod tests {
                 tx_bytes: 20,
                 persistent_keepalive: 25,
                 allowed_ips: vec!["10.1.0.0/16".parse().unwrap()],
+                reachable: None,
             }],
         };
         let text = format_get(&info);

@@ -374,3 +374,75 @@ fn uapi_request(ifname: &str, request: &str) -> String {
     s.read_to_string(&mut out).expect("read");
     out
 }
+
+/// Runs `ping -i 0.05` from `from` to `to` for `count` probes, doing `during`
+/// after `after`; returns the probes answered (by sequence number) and how
+/// many were sent.
+fn probe_while(
+    from: &Netns,
+    to: &str,
+    count: u32,
+    after: Duration,
+    during: impl FnOnce(),
+) -> (Vec<u32>, u32) {
+    let child = from
+        .command("ping")
+        .args(["-n", "-i", "0.05", "-W", "1", "-c", &count.to_string(), to])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(after);
+    during();
+    let out = child.wait_with_output().expect("ping output");
+    let answered = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    (answered, count)
+}
+
+/// The longest run of unanswered probes between the first and the last
+/// answered one.
+fn longest_gap(answered: &[u32]) -> u32 {
+    let mut seqs = answered.to_vec();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(0)
+}
+
+/// wireguard-go forgets every session when its peers are replaced (`wg
+/// setconf`, which Kilo does on every change). Weft notices that its data
+/// goes unanswered and starts a new handshake within a second, instead of
+/// after the protocol's 15 s.
+#[test]
+fn a_peer_that_forgot_the_session_is_back_within_two_seconds() {
+    if !can_run() {
+        return;
+    }
+    require("wg");
+    let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
+    assert!(t.pair.a.ping_within(TB, Duration::from_secs(10)));
+    let conf = t.wb.wg(&["showconf", &t.wb.name]);
+    let file = tempfile_path::TempPath::with_contents(&conf);
+    // 50 ms probes for 8 s; the configuration is replaced after 1.5 s.
+    let (answered, sent) = probe_while(&t.pair.a, TB, 160, Duration::from_millis(1500), || {
+        t.wb.wg(&["setconf", &t.wb.name, file.as_str()]);
+    });
+    let gap = longest_gap(&answered);
+    let blackout = Duration::from_millis(50 * u64::from(gap));
+    eprintln!(
+        "wireguard-go's peers replaced: {} of {sent} probes answered, longest gap {gap} probes \
+         ({blackout:?})",
+        answered.len()
+    );
+    assert!(
+        answered.iter().any(|s| *s > 140),
+        "the tunnel did not come back: answered {answered:?}"
+    );
+    assert!(
+        blackout <= Duration::from_secs(2),
+        "a forgotten session took {blackout:?} to recover"
+    );
+}

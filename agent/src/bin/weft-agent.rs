@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use weft_agent::backend::{Backend, SelfReport};
+use weft_agent::backend::{Backend, BackendError, SelfReport};
 use weft_agent::cli::{BackendArgs, BackendKind};
 use weft_agent::discover;
 use weft_agent::mesh::{DesiredState, RecordError, Topology};
@@ -80,6 +80,11 @@ struct Cli {
     #[arg(long)]
     clean_up: bool,
 }
+
+/// Without WEFT_LOG: our own lines at info. kube's client logs every failed
+/// request and boringtun every retransmitted handshake; the agent says once
+/// what matters instead (the API away and back, a peer unreachable and back).
+const DEFAULT_LOG_FILTER: &str = "info,kube_client=off,kube_runtime=error,boringtun=off";
 
 /// Announces this node through the backend: what it discovered about its
 /// own addresses, its key, and what it runs.
@@ -160,9 +165,11 @@ impl Announcer {
             granularity: topology.options.granularity,
             discovered_endpoints: reconciler.learned_endpoints(&roaming),
         };
-        backend
-            .publish(&report)
-            .map_err(|e| format!("announcing this node: {e}"))
+        match backend.publish(&report) {
+            // The backend logs an outage once, not every announcement.
+            Ok(()) | Err(BackendError::Unavailable) => Ok(()),
+            Err(e) => Err(format!("announcing this node: {e}")),
+        }
     }
 }
 
@@ -261,6 +268,12 @@ fn run(cli: Cli) -> Result<(), String> {
     let mut last_pass = Instant::now() - Duration::from_secs(cli.resync + 1);
     let mut last_problems = Vec::new();
     let mut waiting_logged = false;
+    // Why this node was last out of the mesh, so a lasting reason is logged once.
+    let mut last_absence: Option<String> = None;
+    // Failed passes retry after 1 s, doubling to the resync period; a
+    // lasting error is logged once.
+    let mut retry = Duration::from_secs(1);
+    let mut last_failure: Option<String> = None;
     while !stop.load(Ordering::SeqCst) {
         let due = last_pass.elapsed() >= Duration::from_secs(cli.resync);
         if !due && !backend.changed() {
@@ -305,7 +318,8 @@ fn run(cli: Cli) -> Result<(), String> {
             backend.report_problems(&problems);
             last_problems = problems;
         }
-        let topology = match Topology::new(&loaded.snapshot, &loaded.options, now()) {
+        let clock = backend.liveness(now());
+        let topology = match Topology::new(&loaded.snapshot, &loaded.options, clock) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!("{e}; keeping the current state");
@@ -332,9 +346,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 .find(|e| e.name == cli.hostname)
                 .map(|e| e.reason.clone())
                 .unwrap_or_else(|| "not in the mesh description".into());
-            tracing::warn!(node = %cli.hostname, "this node is not in the mesh ({why}); keeping the current state");
+            if last_absence.as_ref() != Some(&why) {
+                tracing::warn!(node = %cli.hostname, "this node is not in the mesh ({why}); keeping the current state");
+                last_absence = Some(why);
+            }
             continue;
         };
+        if last_absence.take().is_some() {
+            tracing::info!(node = %cli.hostname, "this node is in the mesh again");
+        }
         let pod_cidrs = topology
             .segments
             .iter()
@@ -351,11 +371,20 @@ fn run(cli: Cli) -> Result<(), String> {
         );
         metrics.set_peers(reconciler.peer_stats());
         match result {
-            Ok(c) if c.is_empty() => tracing::debug!(
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "no changes"
-            ),
-            Ok(c) => tracing::info!(
+            Ok(c) if c.is_empty() => {
+                if last_failure.take().is_some() {
+                    tracing::info!("reconcile succeeded again");
+                }
+                retry = Duration::from_secs(1);
+                tracing::debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "no changes"
+                )
+            }
+            Ok(c) => {
+                last_failure = None;
+                retry = Duration::from_secs(1);
+                tracing::info!(
                 leader = desired.is_leader,
                 segment = %desired.segment,
                 peers_updated = c.peers_updated,
@@ -365,11 +394,21 @@ fn run(cli: Cli) -> Result<(), String> {
                 cni = c.cni_written,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "applied"
-            ),
+                )
+            }
             Err(e) => {
                 metrics.error("reconcile");
-                tracing::error!("reconcile failed: {e}; retrying in 1 s");
-                last_pass = Instant::now() - Duration::from_secs(cli.resync.saturating_sub(1));
+                let text = e.to_string();
+                if last_failure.as_ref() != Some(&text) {
+                    tracing::error!(
+                        "reconcile failed: {text}; retrying in {} s, backing off",
+                        retry.as_secs()
+                    );
+                    last_failure = Some(text);
+                }
+                let resync = Duration::from_secs(cli.resync);
+                last_pass = Instant::now() - resync.saturating_sub(retry);
+                retry = (retry * 2).min(resync);
             }
         }
     }
@@ -385,7 +424,7 @@ fn run(cli: Cli) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -345,7 +345,10 @@ mod tests {
         assert_eq!(warnings[0].field, ALLOWED_LOCATION_IPS);
         // And it parses into a ready node.
         let node = raw.parse().expect("valid");
-        assert_eq!(node.not_ready(1_795_000_030), None);
+        assert_eq!(
+            node.not_ready(&crate::mesh::Liveness::at(1_795_000_030)),
+            None
+        );
     }
 
     #[test]
@@ -377,7 +380,7 @@ mod tests {
         assert_eq!(warnings[0].field, PERSISTENT_KEEPALIVE);
         let parsed = raw.parse().expect("valid");
         assert_eq!(parsed.internal_ip, None);
-        assert!(parsed.not_ready(100).is_some());
+        assert!(parsed.not_ready(&crate::mesh::Liveness::at(100)).is_some());
         // Another topology label.
         let (raw, _) = raw_node(
             &node_json(json!({}), json!({"custom/zone": "z1"}), json!({})),

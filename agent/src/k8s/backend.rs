@@ -1,36 +1,60 @@
-//! The Kubernetes backend: Nodes and Kilo Peers mirrored by reflectors (list,
-//! then watch, with back-off on API errors); the mirror keeps the last good
-//! state while the API is unreachable, so the mesh is never torn down for it.
-//! The agent's own node is written back with minimal merge patches (its key,
-//! endpoint, addresses and a check-in every 30 s), and records left out of
-//! the mesh become Kubernetes Events.
+//! The Kubernetes backend: Nodes and Kilo Peers mirrored from watches into
+//! stores; the mirror keeps the last good state while the API is
+//! unreachable, so the mesh is never torn down for it. The agent's own node
+//! is written back with minimal merge patches (its key, endpoint, addresses
+//! and a check-in every 30 s), and records left out of the mesh become
+//! Kubernetes Events.
+//!
+//! Built to stay quiet and cheap when things break or when nothing changes:
+//! - every call to the API backs off on failure (0.5 s doubling to 30 s) and
+//!   the outage is logged once each way ([`super::health`]); a probe of the
+//!   API while it is away brings everything back within a second of its
+//!   return, with a check-in at once;
+//! - a node's check-in (only `last-seen` changed) wakes nothing: the mirror
+//!   compares what the mesh reads of each node, and a once-a-second look at
+//!   the check-in ages wakes the agent only when a node crosses the
+//!   staleness line;
+//! - Events that could not be recorded wait and are recorded when the API
+//!   answers again.
 
 use super::annotations::{
-    check_in_value, owned_annotations, owned_patch, raw_node, CHECK_IN_PERIOD,
+    check_in_value, owned_annotations, owned_patch, raw_node, CHECK_IN_PERIOD, LAST_SEEN,
 };
+use super::health::{ApiHealth, Backoff};
 use super::peer::{raw_peer, Peer};
 use crate::backend::{Backend, BackendError, SelfReport};
 use crate::file_backend::Loaded;
-use crate::mesh::{MeshOptions, RecordError, Snapshot};
+use crate::mesh::{Liveness, MeshOptions, RecordError, Snapshot};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, Client, Config, Resource};
 use serde::de::DeserializeOwned;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long the agent loop waits for one write to the API; a slow or absent
 /// API must not hold up reconciling (or stopping).
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the API is probed while it is away.
+const PROBE_PERIOD: Duration = Duration::from_secs(1);
+
+/// How long our own check-in may take to come back through the watch of
+/// Nodes before that watch is judged broken and restarted.
+const WATCH_ECHO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often check-in ages are compared with the last pass's verdicts.
+const STALENESS_LOOK: Duration = Duration::from_secs(1);
 
 /// The field manager named in the API's managedFields for our patches.
 pub const FIELD_MANAGER: &str = "weft-agent";
@@ -43,6 +67,32 @@ pub struct KubeSettings {
     pub options: MeshOptions,
     /// The label read as the location when there is no location annotation.
     pub topology_label: String,
+    /// How often this node checks in: Kilo's 30 s ([`CHECK_IN_PERIOD`]),
+    /// which Kilo nodes expect; tests shorten it.
+    pub check_in_period: Duration,
+}
+
+impl KubeSettings {
+    /// Settings for `node_name` with Kilo's check-in period.
+    pub fn new(node_name: &str, options: MeshOptions, topology_label: &str) -> Self {
+        Self {
+            node_name: node_name.to_string(),
+            options,
+            topology_label: topology_label.to_string(),
+            check_in_period: Duration::from_secs(CHECK_IN_PERIOD),
+        }
+    }
+}
+
+/// What the mirror tasks share with the backend.
+struct Shared {
+    /// Something the mesh reads changed since the last `observe`.
+    changed: AtomicBool,
+    health: ApiHealth,
+    /// When our last patch succeeded and when the Nodes watch last brought
+    /// our own node: a patch whose echo never comes means a broken watch.
+    own_patch_at: Mutex<Option<Instant>>,
+    own_event_at: Mutex<Option<Instant>>,
 }
 
 pub struct KubeBackend {
@@ -50,44 +100,269 @@ pub struct KubeBackend {
     client: Client,
     nodes: Store<Node>,
     peers: Store<Peer>,
-    changed: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     settings: KubeSettings,
-    recorder: Recorder,
-    /// When this agent last wrote its `last-seen`.
-    last_check_in: Option<Instant>,
+    check_in: CheckIn,
     /// The own Node as the last patch returned it, with the version the
     /// mirror had then: until the watch delivers the patched Node, diffs are
     /// taken against this, so a lagging mirror does not cause a second patch.
     written: Option<(Option<String>, Node)>,
+    events: Events,
+    /// Whether each node counted as fresh at the last `observe`, and when
+    /// the ages were last compared with that.
+    fresh: HashMap<String, bool>,
+    fresh_looked: Instant,
+    /// A pass is owed (the API came back).
+    pass_owed: bool,
 }
 
+/// When this node last checked in, and the back-off of failed attempts.
+struct CheckIn {
+    period: Duration,
+    last: Option<Instant>,
+    backoff: Backoff,
+}
+
+impl CheckIn {
+    fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= self.period)
+    }
+}
+
+/// Problems to record as Events: the ones recorded (so each is recorded
+/// once while it lasts) and the ones still waiting for the API.
+#[derive(Default)]
+struct Events {
+    recorded: BTreeSet<(String, String, String)>,
+    pending: Vec<RecordError>,
+    backoff: Backoff,
+}
+
+fn event_key(e: &RecordError) -> (String, String, String) {
+    (e.kind.to_string(), e.name.clone(), e.to_string())
+}
+
+/// Whether an error means the API could not be reached (as opposed to an
+/// answer, such as "forbidden", which proves it is there).
+fn unreachable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => false,
+        _ => true,
+    }
+}
+
+/// The API's answer inside a watch error, if there was one.
+fn watch_answer(e: &watcher::Error) -> Option<&kube::Error> {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => Some(e),
+        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => None,
+    }
+}
+
+fn watch_unreachable(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(s) => s.code >= 500 || s.code == 429,
+        watcher::Error::NoResourceVersion => false,
+        _ => watch_answer(e).is_some_and(unreachable),
+    }
+}
+
+/// Mirrors one kind of object into `writer` for as long as the backend
+/// lives. `digest` says what of an object the mesh reads: an event that
+/// leaves it unchanged (a check-in) sets no change flag. A broken watch is
+/// restarted after `restart` says so.
 async fn mirror<K>(
     api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    changed: Arc<AtomicBool>,
+    mut writer: reflector::store::Writer<K>,
+    shared: Arc<Shared>,
     what: &'static str,
+    digest: impl Fn(&K) -> u64,
+    is_own: impl Fn(&K) -> bool,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(_) => changed.store(true, Ordering::SeqCst),
-            Err(e) => tracing::warn!(
-                "watching {what}: {e}; retrying with back-off, keeping the last state{}",
-                if what == "peers" {
-                    " (is manifests/crds.yaml applied?)"
-                } else {
-                    ""
+    let mut digests: HashMap<String, u64> = HashMap::new();
+    let mut relisted: HashMap<String, u64> = HashMap::new();
+    let mut backoff = Backoff::default();
+    let mut refused = RefusalLog::default();
+    loop {
+        let stream = watcher(api.clone(), watcher::Config::default());
+        futures::pin_mut!(stream);
+        let mut watchdog = tokio::time::interval(Duration::from_secs(5));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                e = stream.next() => e,
+                _ = watchdog.tick() => {
+                    if echo_overdue(&shared) {
+                        tracing::warn!(
+                            "our own check-in did not come back through the watch of {what} \
+                             within {} s; restarting that watch",
+                            WATCH_ECHO_TIMEOUT.as_secs()
+                        );
+                        *shared.own_patch_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        break;
+                    }
+                    continue;
                 }
-            ),
+            };
+            let Some(event) = event else { break };
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    if watch_unreachable(&e) {
+                        shared.health.failed(&format!("watching {what}"), &e);
+                    } else {
+                        shared.health.succeeded();
+                        refused.log(what, &e);
+                    }
+                    let wait = backoff.failed();
+                    shared.health.wait(wait).await;
+                    continue;
+                }
+            };
+            shared.health.succeeded();
+            backoff.reset();
+            refused.clear();
+            writer.apply_watcher_event(&event);
+            let mut relevant = false;
+            match &event {
+                watcher::Event::Apply(o) => {
+                    if is_own(o) {
+                        *shared
+                            .own_event_at
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                    }
+                    let d = digest(o);
+                    relevant =
+                        digests.insert(o.meta().name.clone().unwrap_or_default(), d) != Some(d);
+                }
+                watcher::Event::Delete(o) => {
+                    digests.remove(o.meta().name.as_deref().unwrap_or_default());
+                    relevant = true;
+                }
+                watcher::Event::Init => relisted.clear(),
+                watcher::Event::InitApply(o) => {
+                    relisted.insert(o.meta().name.clone().unwrap_or_default(), digest(o));
+                }
+                watcher::Event::InitDone => {
+                    relevant = relisted != digests;
+                    digests = std::mem::take(&mut relisted);
+                }
+            }
+            if relevant {
+                shared.changed.store(true, Ordering::SeqCst);
+            }
         }
     }
+}
+
+/// Whether our last patch is older than the echo timeout and the watch has
+/// not brought our node since.
+fn echo_overdue(shared: &Shared) -> bool {
+    let patched = *shared
+        .own_patch_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let seen = *shared
+        .own_event_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match patched {
+        Some(p) => p.elapsed() >= WATCH_ECHO_TIMEOUT && seen.is_none_or(|s| s < p),
+        None => false,
+    }
+}
+
+/// Logs API refusals of a watch (forbidden, not found) once per distinct
+/// message, with what to do about them.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<String>,
+}
+
+impl RefusalLog {
+    fn log(&mut self, what: &str, e: &watcher::Error) {
+        let text = e.to_string();
+        if self.last.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let code = match e {
+            watcher::Error::WatchError(s) => Some(s.code),
+            _ => match watch_answer(e) {
+                Some(kube::Error::Api(s)) => Some(s.code),
+                _ => None,
+            },
+        };
+        match code {
+            // The watch's resource version expired: the watcher re-lists.
+            Some(410) => tracing::debug!("watching {what}: {text}; listing again"),
+            Some(404) if what == "peers" => tracing::warn!(
+                "watching peers: the API has no kilo.squat.ai/v1alpha1 Peer resource ({text}); \
+                 apply manifests/crds.yaml. Waiting for it, the mesh as it is"
+            ),
+            Some(401) | Some(403) => tracing::warn!(
+                "watching {what}: the API refused ({text}); check the agent's ServiceAccount \
+                 and RBAC (manifests/weft-*.yaml). Retrying with back-off"
+            ),
+            _ => tracing::warn!("watching {what}: {text}; retrying with back-off"),
+        }
+        self.last = Some(text);
+    }
+
+    fn clear(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Probes the API while it is away, so that every back-off is cut short as
+/// soon as it answers again.
+async fn probe_while_down(client: Client, shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(PROBE_PERIOD).await;
+        if !shared.health.is_down() {
+            continue;
+        }
+        if let Ok(Ok(_)) = tokio::time::timeout(PROBE_PERIOD, client.apiserver_version()).await {
+            shared.health.succeeded();
+        }
+    }
+}
+
+/// What the mesh reads of a Node: a check-in (a new `last-seen`) alone
+/// leaves it unchanged.
+fn node_digest(node: &Node, topology_label: &str) -> u64 {
+    let (mut raw, warnings) = raw_node(node, topology_label);
+    raw.last_seen = None;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    raw.hash(&mut h);
+    for w in warnings {
+        w.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
+fn peer_digest(peer: &Peer) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&peer.spec)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
+}
+
+fn last_seen(node: &Node) -> Option<u64> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(LAST_SEEN)?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -105,80 +380,133 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// What to tell an operator whose agent cannot reach `server`.
+fn unreachable_hint(server: &str, in_cluster: bool) -> String {
+    if in_cluster {
+        format!(
+            "{server} is the cluster's kubernetes Service address, which only works once \
+             kube-proxy (or a replacement) runs on this node; without it, give the API \
+             server's own address (WEFT_API_SERVER in the manifest, see the README)"
+        )
+    } else {
+        format!("check that this node reaches {server} (firewall, address in the kubeconfig)")
+    }
+}
+
 impl KubeBackend {
     /// Connects with `kubeconfig`, or else as Kubernetes clients do by
     /// default (`$KUBECONFIG`, `~/.kube/config`, then the in-cluster
     /// service account), and starts mirroring Nodes and Peers.
+    /// `server`, when given, replaces the API address the configuration
+    /// names (nodes without kube-proxy cannot use the Service address).
     pub fn connect(
         kubeconfig: Option<&Path>,
+        server: Option<&str>,
         settings: KubeSettings,
     ) -> Result<Self, BackendError> {
         let rt = runtime().map_err(|e| BackendError::Api(format!("runtime: {e}")))?;
-        let client = rt
+        let (client, hint) = rt
             .block_on(async {
-                let config = match kubeconfig {
+                let (mut config, in_cluster) = match kubeconfig {
                     Some(path) => {
                         let kc = Kubeconfig::read_from(path)
                             .map_err(|e| format!("reading {}: {e}", path.display()))?;
-                        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                        let c = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                             .await
-                            .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+                            .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+                        (c, false)
                     }
-                    None => Config::infer().await.map_err(|e| {
-                        format!("no Kubernetes API configuration found (give --kubeconfig): {e}")
-                    })?,
+                    None => {
+                        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+                            && std::env::var_os("KUBECONFIG").is_none();
+                        let c = Config::infer().await.map_err(|e| {
+                            format!(
+                                "no Kubernetes API configuration found (give --kubeconfig): {e}"
+                            )
+                        })?;
+                        (c, in_cluster)
+                    }
                 };
-                Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+                if let Some(s) = server {
+                    config.cluster_url = s
+                        .parse()
+                        .map_err(|e| format!("--api-server {s:?} is not a URL: {e}"))?;
+                }
+                let shown = config.cluster_url.to_string();
+                let hint = unreachable_hint(&shown, in_cluster && server.is_none());
+                tracing::info!(server = %shown, "using the Kubernetes API");
+                let client =
+                    Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+                Ok::<_, String>((client, (shown, hint)))
             })
             .map_err(BackendError::Api)?;
-        Ok(Self::start(rt, client, settings))
+        Ok(Self::start(rt, client, hint, settings))
     }
 
     /// Starts mirroring Nodes and Peers through an existing client (tests
     /// hand in a mock API server here).
     pub fn from_client(client: Client, settings: KubeSettings) -> std::io::Result<Self> {
-        Ok(Self::start(runtime()?, client, settings))
+        let server = client.default_namespace().to_string();
+        Ok(Self::start(
+            runtime()?,
+            client,
+            (format!("(client for namespace {server})"), String::new()),
+            settings,
+        ))
     }
 
-    fn start(rt: tokio::runtime::Runtime, client: Client, settings: KubeSettings) -> Self {
+    fn start(
+        rt: tokio::runtime::Runtime,
+        client: Client,
+        (server, hint): (String, String),
+        settings: KubeSettings,
+    ) -> Self {
         let (nodes, node_writer) = reflector::store();
         let (peers, peer_writer) = reflector::store();
-        let changed = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            changed: AtomicBool::new(false),
+            health: ApiHealth::new(server, hint),
+            own_patch_at: Mutex::new(None),
+            own_event_at: Mutex::new(None),
+        });
+        let label = settings.topology_label.clone();
+        let own = settings.node_name.clone();
         rt.spawn(mirror(
             Api::<Node>::all(client.clone()),
             node_writer,
-            changed.clone(),
+            shared.clone(),
             "nodes",
+            move |n: &Node| node_digest(n, &label),
+            move |n: &Node| n.metadata.name.as_deref() == Some(own.as_str()),
         ));
         rt.spawn(mirror(
             Api::<Peer>::all(client.clone()),
             peer_writer,
-            changed.clone(),
+            shared.clone(),
             "peers",
+            peer_digest,
+            |_: &Peer| false,
         ));
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(settings.node_name.clone()),
-            },
-        );
+        rt.spawn(probe_while_down(client.clone(), shared.clone()));
+        let check_in_period = settings.check_in_period;
         Self {
             rt,
             client,
             nodes,
             peers,
-            changed,
+            shared,
             settings,
-            recorder,
-            last_check_in: None,
+            check_in: CheckIn {
+                period: check_in_period,
+                last: None,
+                backoff: Backoff::default(),
+            },
             written: None,
+            events: Events::default(),
+            fresh: HashMap::new(),
+            fresh_looked: Instant::now(),
+            pass_owed: false,
         }
-    }
-
-    fn check_in_due(&self) -> bool {
-        self.last_check_in
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(CHECK_IN_PERIOD))
     }
 
     /// The agent of the name-wise first node reports bad Peers, so a bad
@@ -205,11 +533,110 @@ impl KubeBackend {
             _ => None,
         }
     }
+
+    /// Whether some node crossed the staleness line (either way) since the
+    /// last `observe`; looks at most once per [`STALENESS_LOOK`].
+    fn staleness_moved(&mut self) -> bool {
+        if self.fresh_looked.elapsed() < STALENESS_LOOK {
+            return false;
+        }
+        self.fresh_looked = Instant::now();
+        let clock = self.liveness(unix_now());
+        self.nodes.state().iter().any(|n| {
+            let fresh = last_seen(n).is_some_and(|t| !clock.is_stale(t));
+            let name = n.metadata.name.as_deref().unwrap_or_default();
+            self.fresh.get(name) != Some(&fresh)
+        })
+    }
+
+    /// Records the waiting Events, unless the API is away or backing off.
+    fn record_events(&mut self) {
+        if self.events.pending.is_empty() || !self.events.backoff.ready() {
+            return;
+        }
+        if self.shared.health.is_down() {
+            return;
+        }
+        while let Some(e) = self.events.pending.first().cloned() {
+            let Some(reference) = self.reference(&e) else {
+                // The object is gone: nothing to attach an Event to.
+                self.events.pending.remove(0);
+                continue;
+            };
+            let event = Event {
+                type_: EventType::Warning,
+                reason: match e.kind {
+                    "peer" => "InvalidPeer",
+                    _ => "InvalidAnnotation",
+                }
+                .into(),
+                note: Some(event_message(&e)),
+                action: "Read".into(),
+                secondary: None,
+            };
+            // A recorder of its own per Event: kube's recorder folds Events
+            // about one object with one reason into a series and would show
+            // only the first problem's message.
+            let recorder = Recorder::new(
+                self.client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: Some(self.settings.node_name.clone()),
+                },
+            );
+            let published = self.rt.block_on(async {
+                tokio::time::timeout(API_CALL_TIMEOUT, recorder.publish(&event, &reference)).await
+            });
+            match published {
+                Ok(Ok(())) => {
+                    self.shared.health.succeeded();
+                    self.events.backoff.reset();
+                    self.events.recorded.insert(event_key(&e));
+                    self.events.pending.remove(0);
+                }
+                Ok(Err(err)) if !unreachable(&err) => {
+                    self.shared.health.succeeded();
+                    tracing::warn!(
+                        "cannot record an Event for {} {}: the API refused: {err}",
+                        e.kind,
+                        e.name
+                    );
+                    self.events.recorded.insert(event_key(&e));
+                    self.events.pending.remove(0);
+                }
+                Ok(Err(err)) => {
+                    self.shared.health.failed("recording an Event", &err);
+                    self.events.backoff.failed();
+                    return;
+                }
+                Err(_) => {
+                    self.shared.health.failed(
+                        "recording an Event",
+                        &format!("no answer within {API_CALL_TIMEOUT:?}"),
+                    );
+                    self.events.backoff.failed();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Backend for KubeBackend {
     fn changed(&mut self) -> bool {
-        self.changed.load(Ordering::SeqCst) || self.check_in_due()
+        if self.shared.health.take_came_back() {
+            // Check in at once, and record what waited.
+            self.check_in.last = None;
+            self.check_in.backoff.allow_now();
+            self.events.backoff.allow_now();
+            self.pass_owed = true;
+        }
+        let api_up = !self.shared.health.is_down();
+        self.pass_owed
+            || self.shared.changed.load(Ordering::SeqCst)
+            || (self.check_in.due() && self.check_in.backoff.ready())
+            || (api_up && !self.events.pending.is_empty() && self.events.backoff.ready())
+            || self.staleness_moved()
     }
 
     fn ready(&self) -> bool {
@@ -227,13 +654,19 @@ impl Backend for KubeBackend {
     }
 
     fn observe(&mut self) -> Result<Loaded, BackendError> {
-        self.changed.store(false, Ordering::SeqCst);
+        self.shared.changed.store(false, Ordering::SeqCst);
+        self.pass_owed = false;
+        let clock = self.liveness(unix_now());
         let mut snapshot = Snapshot::default();
         let mut rejected = Vec::new();
         let mut warnings = Vec::new();
         let mut nodes = self.nodes.state();
         nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        self.fresh.clear();
         for node in nodes {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let fresh = last_seen(&node).is_some_and(|t| !clock.is_stale(t));
+            self.fresh.insert(name, fresh);
             let (raw, w) = raw_node(&node, &self.settings.topology_label);
             warnings.extend(w);
             match raw.parse() {
@@ -241,6 +674,7 @@ impl Backend for KubeBackend {
                 Err(e) => rejected.push(e),
             }
         }
+        self.fresh_looked = Instant::now();
         let mut peers = self.peers.state();
         peers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         for peer in peers {
@@ -261,7 +695,12 @@ impl Backend for KubeBackend {
         "the Kubernetes API (Nodes, kilo.squat.ai/v1alpha1 Peers)".into()
     }
 
+    fn liveness(&self, now: u64) -> Liveness {
+        self.shared.health.liveness(now)
+    }
+
     fn publish(&mut self, report: &SelfReport) -> Result<(), BackendError> {
+        self.record_events();
         let name = self.settings.node_name.clone();
         let node = self.nodes.get(&ObjectRef::new(&name)).ok_or_else(|| {
             BackendError::Api(format!(
@@ -273,76 +712,87 @@ impl Backend for KubeBackend {
             _ => (*node).clone(),
         };
         let now = unix_now();
-        let due = self.check_in_due();
+        let due = self.check_in.due();
         let last_seen = if due { now } else { check_in_value(&base, now) };
         let want = owned_annotations(report, last_seen);
-        if let Some(patch) = owned_patch(&base, &want) {
-            let api = Api::<Node>::all(self.client.clone());
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            };
-            let patched = self
-                .rt
-                .block_on(async {
-                    tokio::time::timeout(
-                        API_CALL_TIMEOUT,
-                        api.patch(&name, &params, &Patch::Merge(&patch)),
-                    )
-                    .await
-                })
-                .map_err(|_| {
-                    BackendError::Api(format!(
-                        "patching node {name}: no answer within {API_CALL_TIMEOUT:?}"
-                    ))
-                })?
-                .map_err(|e| BackendError::Api(format!("patching node {name}: {e}")))?;
-            tracing::debug!(%patch, "patched node {name}");
-            self.written = Some((node.metadata.resource_version.clone(), patched));
+        let Some(patch) = owned_patch(&base, &want) else {
+            if due {
+                self.check_in.last = Some(Instant::now());
+            }
+            return Ok(());
+        };
+        if !self.check_in.backoff.ready() {
+            // Waiting out a failure: the outage is logged already.
+            return Err(BackendError::Unavailable);
         }
+        let api = Api::<Node>::all(self.client.clone());
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let result = self.rt.block_on(async {
+            tokio::time::timeout(
+                API_CALL_TIMEOUT,
+                api.patch(&name, &params, &Patch::Merge(&patch)),
+            )
+            .await
+        });
+        let patched = match result {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) if !unreachable(&e) => {
+                self.shared.health.succeeded();
+                self.check_in.backoff.failed();
+                return Err(BackendError::Api(format!("patching node {name}: {e}")));
+            }
+            Ok(Err(e)) => {
+                self.shared
+                    .health
+                    .failed(&format!("patching node {name}"), &e);
+                self.check_in.backoff.failed();
+                return Err(BackendError::Unavailable);
+            }
+            Err(_) => {
+                self.shared.health.failed(
+                    &format!("patching node {name}"),
+                    &format!("no answer within {API_CALL_TIMEOUT:?}"),
+                );
+                self.check_in.backoff.failed();
+                return Err(BackendError::Unavailable);
+            }
+        };
+        self.shared.health.succeeded();
+        self.check_in.backoff.reset();
+        *self
+            .shared
+            .own_patch_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        tracing::debug!(%patch, "patched node {name}");
+        self.written = Some((node.metadata.resource_version.clone(), patched));
         if due {
-            self.last_check_in = Some(Instant::now());
+            self.check_in.last = Some(Instant::now());
         }
         Ok(())
     }
 
     fn report_problems(&mut self, problems: &[RecordError]) {
         let reports_peers = self.reports_peers();
-        for e in problems {
-            let mine = match e.kind {
+        let mine: Vec<RecordError> = problems
+            .iter()
+            .filter(|e| match e.kind {
                 "node" => e.name == self.settings.node_name,
                 _ => reports_peers,
-            };
-            let Some(reference) = mine.then(|| self.reference(e)).flatten() else {
-                continue;
-            };
-            let event = Event {
-                type_: EventType::Warning,
-                reason: match e.kind {
-                    "peer" => "InvalidPeer",
-                    _ => "InvalidAnnotation",
-                }
-                .into(),
-                note: Some(event_message(e)),
-                action: "Read".into(),
-                secondary: None,
-            };
-            let published = self.rt.block_on(async {
-                tokio::time::timeout(API_CALL_TIMEOUT, self.recorder.publish(&event, &reference))
-                    .await
-            });
-            match published {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => {
-                    tracing::warn!("cannot record an Event for {} {}: {err}", e.kind, e.name)
-                }
-                Err(_) => tracing::warn!(
-                    "cannot record an Event for {} {}: no answer within {API_CALL_TIMEOUT:?}",
-                    e.kind,
-                    e.name
-                ),
-            }
-        }
+            })
+            .cloned()
+            .collect();
+        let keys: BTreeSet<_> = mine.iter().map(event_key).collect();
+        // A problem that went away and comes back is recorded again.
+        self.events.recorded.retain(|k| keys.contains(k));
+        self.events.pending = mine
+            .into_iter()
+            .filter(|e| !self.events.recorded.contains(&event_key(e)))
+            .collect();
+        self.record_events();
     }
 }
 

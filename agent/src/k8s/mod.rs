@@ -5,4 +5,5 @@
 
 pub mod annotations;
 pub mod backend;
+pub mod health;
 pub mod peer;

@@ -3,10 +3,12 @@
 //! everything here is tested with tables, without root.
 
 pub mod desired;
+pub mod liveness;
 pub mod model;
 pub mod topology;
 
 pub use desired::{DesiredState, PeerConfig, Route, RouteDevice, WireGuardConfig};
+pub use liveness::{Liveness, OutageLog};
 pub use model::{
     Encapsulate, Endpoint, Granularity, MeshOptions, Node, Peer, RawNode, RawPeer, RecordError,
     Snapshot,

@@ -3,6 +3,7 @@
 //! A record with a bad field becomes an error naming the record and the field;
 //! the backend logs it and leaves that record out, never the whole mesh.
 
+use super::liveness::Liveness;
 use dataplane::{PresharedKey, PublicKey};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -190,8 +191,9 @@ impl Node {
     /// Seconds after which a node that has not checked in is left out (Kilo: 2 × 30 s).
     pub const STALE_AFTER: u64 = 60;
 
-    /// Why the node cannot take part now, if it cannot.
-    pub fn not_ready(&self, now: u64) -> Option<&'static str> {
+    /// Why the node cannot take part now, if it cannot; its check-in age is
+    /// judged by `clock` (which does not run while the API is away).
+    pub fn not_ready(&self, clock: &Liveness) -> Option<&'static str> {
         if self.endpoint.is_none() {
             return Some("no endpoint");
         }
@@ -202,9 +204,7 @@ impl Node {
             return Some("no pod CIDR");
         }
         match self.last_seen {
-            Some(t) if now.saturating_sub(t) >= Self::STALE_AFTER => {
-                Some("stale: no check-in for 60 s")
-            }
+            Some(t) if clock.is_stale(t) => Some("stale: no check-in for 60 s"),
             _ => None,
         }
     }
@@ -239,7 +239,7 @@ pub struct RecordError {
 }
 
 /// A node as a backend reads it: strings, as in Kilo's annotations.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawNode {
     pub name: String,
@@ -468,7 +468,7 @@ mod tests {
         assert_eq!(n.pod_cidrs[0].to_string(), "10.42.0.0/24");
         assert_eq!(n.internal_ip.unwrap().to_string(), "10.0.0.1/24");
         assert_eq!(n.persistent_keepalive, 25);
-        assert_eq!(n.not_ready(0), None);
+        assert_eq!(n.not_ready(&Liveness::at(0)), None);
 
         let cases: Vec<(RawNode, &str)> = vec![
             (
@@ -547,12 +547,12 @@ mod tests {
         }
         .parse()
         .unwrap();
-        assert_eq!(n.not_ready(1059), None);
-        assert!(n.not_ready(1060).is_some());
+        assert_eq!(n.not_ready(&Liveness::at(1059)), None);
+        assert!(n.not_ready(&Liveness::at(1060)).is_some());
         n.last_seen = None;
-        assert_eq!(n.not_ready(u64::MAX), None);
+        assert_eq!(n.not_ready(&Liveness::at(u64::MAX)), None);
         n.pod_cidrs.clear();
-        assert_eq!(n.not_ready(0), Some("no pod CIDR"));
+        assert_eq!(n.not_ready(&Liveness::at(0)), Some("no pod CIDR"));
     }
 
     #[test]

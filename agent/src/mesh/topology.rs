@@ -4,6 +4,7 @@
 //! Weft node given one cluster state agree on every AllowedIP and IP; where
 //! Weft differs it says so in `DEVIATIONS` (see `docs`-style comments below).
 
+use super::liveness::Liveness;
 use super::model::{Endpoint, Granularity, MeshOptions, Node, Peer, Snapshot};
 use dataplane::PublicKey;
 use ipnet::IpNet;
@@ -115,16 +116,18 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 }
 
 impl Topology {
-    /// Builds the mesh from a snapshot. `now` is unix seconds for staleness.
+    /// Builds the mesh from a snapshot. `clock` judges check-in ages (unix
+    /// seconds now, or a [`Liveness`] that knows when the API was away).
     pub fn new(
         snapshot: &Snapshot,
         options: &MeshOptions,
-        now: u64,
+        clock: impl Into<Liveness>,
     ) -> Result<Self, TopologyError> {
+        let clock = clock.into();
         let mut excluded = Vec::new();
         let mut ready: Vec<&Node> = Vec::new();
         for n in &snapshot.nodes {
-            match n.not_ready(now) {
+            match n.not_ready(&clock) {
                 None => ready.push(n),
                 Some(reason) => excluded.push(Excluded {
                     kind: "node",

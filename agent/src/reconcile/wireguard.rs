@@ -160,6 +160,7 @@ mod tests {
                     tx_bytes: 0,
                     persistent_keepalive: p.persistent_keepalive.unwrap_or(0),
                     allowed_ips: p.allowed_ips.clone(),
+                    reachable: None,
                 })
                 .collect(),
         }
