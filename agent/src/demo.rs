@@ -10,8 +10,9 @@
 //!                     `--- 192.168.1.0/24 -- home-1 (endpoint forced to .31)
 //! ```
 //!
-//! Every node runs `weft-agent` with the file backend and the embedded
-//! userspace tunnel; every node has a pod wired by `weft-cni` into
+//! Every node runs `weft-agent` with the file backend; a leader's agent
+//! starts the node's userspace tunnel (`weft-wg`, a process of its own that
+//! outlives agent restarts); every node has a pod wired by `weft-cni` into
 //! `kube-bridge` from the conflist the agent wrote. All traffic stays inside
 //! namespaces the demo creates (the addresses are documentation and private
 //! ranges), and everything is removed on the way out.
@@ -128,6 +129,8 @@ fn ip_n(ns: &str, args: &[&str]) -> Result<String, DemoError> {
 pub struct DemoPaths {
     pub agent: PathBuf,
     pub cni: PathBuf,
+    /// weft-wg, which runs each leader's tunnel.
+    pub tunnel: PathBuf,
     pub work: PathBuf,
 }
 
@@ -144,6 +147,7 @@ impl DemoPaths {
         Self {
             agent: dir.join("weft-agent"),
             cni: dir.join("weft-cni"),
+            tunnel: dir.join("weft-wg"),
             work: std::env::temp_dir().join("weft-demo"),
         }
     }
@@ -200,7 +204,11 @@ impl Demo {
         encapsulate: Encapsulate,
         progress: &dyn Fn(&str),
     ) -> Result<Self, DemoError> {
-        for (what, p) in [("weft-agent", &paths.agent), ("weft-cni", &paths.cni)] {
+        for (what, p) in [
+            ("weft-agent", &paths.agent),
+            ("weft-cni", &paths.cni),
+            ("weft-wg", &paths.tunnel),
+        ] {
             if !p.is_file() {
                 return Err(DemoError(format!(
                     "{what} not found at {} (build with: cargo build --release --workspace)",
@@ -363,9 +371,14 @@ impl Demo {
         cmd.args(["netns", "exec", &node_ns(node)])
             .arg(&self.paths.agent)
             .args(["--hostname", node, "--resync", "5", "--interface", "weft0"])
-            // Every node's tunnel is weft0, and /var/run/wireguard is shared
-            // by all namespaces: no UAPI sockets in the demo.
-            .arg("--no-uapi");
+            .arg("--tunnel-binary")
+            .arg(&self.paths.tunnel)
+            // Every node's tunnel is weft0 and the namespaces share one
+            // file system: each node keeps its sockets in its own directory.
+            .arg("--control-socket")
+            .arg(dir.join("weft0.ctl"))
+            .arg("--uapi-dir")
+            .arg(dir.join("run"));
         match &self.source {
             MeshSource::File => cmd.arg("--mesh").arg(self.mesh_path()),
             MeshSource::Kubernetes { kubeconfig } => cmd
@@ -574,6 +587,65 @@ impl Demo {
     }
 }
 
+/// What a stream of probes saw: the sequence numbers answered, of `sent`.
+#[derive(Clone, Debug)]
+pub struct Probes {
+    pub answered: Vec<u32>,
+    pub sent: u32,
+    pub interval: Duration,
+}
+
+impl Probes {
+    pub fn lost(&self) -> u32 {
+        self.sent - self.answered.len() as u32
+    }
+
+    /// The longest run of unanswered probes between answered ones, as time.
+    pub fn longest_gap(&self) -> Duration {
+        let mut seqs = self.answered.clone();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let gap = seqs.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(0);
+        self.interval * gap
+    }
+}
+
+/// Pings `target` from namespace `ns` every `interval`, `count` times,
+/// doing `during` after `after`; each probe waits up to a second.
+pub fn probe_during(
+    ns: &str,
+    target: &str,
+    interval: Duration,
+    count: u32,
+    after: Duration,
+    during: impl FnOnce(),
+) -> Result<Probes, DemoError> {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-n", "-W", "1", "-i"])
+        .arg(format!("{:.3}", interval.as_secs_f64()))
+        .args(["-c", &count.to_string(), target])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| DemoError(format!("cannot run ping: {e}")))?;
+    std::thread::sleep(after);
+    during();
+    let out = child
+        .wait_with_output()
+        .map_err(|e| DemoError(format!("ping: {e}")))?;
+    let answered = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    Ok(Probes {
+        answered,
+        sent: count,
+        interval,
+    })
+}
+
 /// One ping; the RTT in ms if it was answered within a second.
 pub fn ping(ns: &str, target: &str) -> Option<f64> {
     let out = ns_exec(ns, &["ping", "-c", "1", "-W", "1", target]).ok()?;
@@ -602,6 +674,10 @@ pub fn table(rows: &[Reach]) -> String {
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        for n in nodes() {
+            let control = self.paths.work.join(n.name).join("weft0.ctl");
+            let _ = dataplane::control::ControlClient::new(control).stop();
+        }
         for (_, mut child) in self.agents.drain(..) {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -616,12 +692,12 @@ impl Drop for Demo {
     }
 }
 
-/// Removes every trace of a demo: its agents, namespaces and files.
+/// Removes every trace of a demo: its agents and tunnels, namespaces and files.
 pub fn down(work: &Path) {
-    // Agents of an earlier demo that was killed hard.
+    // Processes of an earlier demo that was killed hard: every agent and
+    // tunnel names a file in the demo's directory on its command line.
     if let Ok(rd) = std::fs::read_dir("/proc") {
-        let marker = work.join("mesh.yaml");
-        let marker = marker.to_string_lossy();
+        let marker = format!("{}/", work.display());
         for e in rd.flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
@@ -630,8 +706,8 @@ pub fn down(work: &Path) {
                 continue;
             };
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("weft-agent") && cmd.contains(marker.as_ref()) {
-                // SAFETY: kill(2) on a process we identified as a demo agent.
+            if (cmd.contains("weft-agent") || cmd.contains("weft-wg")) && cmd.contains(&marker) {
+                // SAFETY: kill(2) on a process we identified as the demo's.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }

@@ -21,6 +21,8 @@ pub struct PeerStat {
     pub tx_bytes: u64,
     /// Seconds since the last handshake, if there was one.
     pub handshake_age: Option<f64>,
+    /// Whether the peer answers (`None` before anything was tried).
+    pub reachable: Option<bool>,
 }
 
 #[derive(Default)]
@@ -140,12 +142,18 @@ impl Metrics {
                 "Seconds since the last handshake with a peer.",
                 "gauge",
             ),
+            (
+                "weft_peer_reachable",
+                "1 while a peer answers, 0 once its handshakes go unanswered for 5 s.",
+                "gauge",
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for p in peers.iter() {
                 let v = match name {
                     "weft_peer_rx_bytes_total" => Some(p.rx_bytes as f64),
                     "weft_peer_tx_bytes_total" => Some(p.tx_bytes as f64),
+                    "weft_peer_reachable" => p.reachable.map(|r| f64::from(u8::from(r))),
                     _ => p.handshake_age,
                 };
                 if let Some(v) = v {
@@ -213,6 +221,7 @@ mod tests {
             rx_bytes: 10,
             tx_bytes: 20,
             handshake_age: Some(3.5),
+            reachable: Some(false),
         }]);
         let text = m.render();
         for line in [
@@ -226,6 +235,7 @@ mod tests {
             "weft_reconcile_duration_seconds_count 2",
             "weft_peer_rx_bytes_total{public_key=\"abc=\"} 10",
             "weft_peer_last_handshake_age_seconds{public_key=\"abc=\"} 3.5",
+            "weft_peer_reachable{public_key=\"abc=\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

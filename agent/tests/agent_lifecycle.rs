@@ -71,6 +71,8 @@ impl Node {
             .arg(&self.dir)
             .arg("--cni-dir")
             .arg(self.dir.join("cni"))
+            .arg("--control-socket")
+            .arg(self.control())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -99,10 +101,17 @@ impl Node {
     fn cni_conf(&self) -> PathBuf {
         self.dir.join("cni/10-weft.conflist")
     }
+
+    /// The tunnel process's control socket.
+    fn control(&self) -> PathBuf {
+        self.dir.join("weft0.ctl")
+    }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // The tunnel's process outlives agents by design: stop it too.
+        let _ = dataplane::control::ControlClient::new(self.control()).stop();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -214,11 +223,13 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
     );
     assert!(fetch("/healthz").ends_with("ok\n"));
 
-    // A plain stop leaves rules and the CNI configuration: a restart is no outage.
+    // A plain stop leaves the tunnel running (in its own process), the
+    // rules and the CNI configuration: a restart is no outage.
     stop(agent);
+    let show = node.sh(&["wg", "show", "weft0"]);
     assert!(
-        !std::path::Path::new("/var/run/wireguard/weft0.sock").exists(),
-        "UAPI socket left behind"
+        show.contains("10.42.1.0/24"),
+        "the tunnel outlives the agent: {show}"
     );
     assert!(node.cni_conf().exists());
     assert!(node
@@ -252,4 +263,9 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         node.sh(&["ip", "link", "show", "weft0"]).is_empty(),
         "weft0 left"
     );
+    assert!(
+        !std::path::Path::new("/var/run/wireguard/weft0.sock").exists(),
+        "UAPI socket left behind"
+    );
+    assert!(!node.control().exists(), "control socket left behind");
 }

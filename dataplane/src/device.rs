@@ -50,6 +50,10 @@ impl DeviceOptions {
 pub enum DeviceError {
     #[error("invalid interface name {0:?}: 1 to 15 characters, no '/', whitespace or ':'")]
     InvalidName(String),
+    #[error(
+        "interface {0} exists already (another process runs it; to take it over, use --take-over)"
+    )]
+    Exists(String),
     #[error("cannot create TUN interface {name}: {source}")]
     Tun { name: String, source: io::Error },
     #[error("cannot bind UDP port {port}: {source}")]
@@ -64,6 +68,7 @@ impl DeviceError {
         match self {
             DeviceError::Bind { source, .. } => source.raw_os_error().unwrap_or(libc::EADDRINUSE),
             DeviceError::InvalidName(_) => libc::EINVAL,
+            DeviceError::Exists(_) => libc::EEXIST,
             _ => libc::EIO,
         }
     }
@@ -122,6 +127,8 @@ pub(crate) struct Shared {
     pub(crate) tun: SyncDevice,
     pub(crate) state: RwLock<State>,
     pub(crate) stopping: AtomicBool,
+    /// Set while the workers are asked to stop for a while (a handoff).
+    pausing: AtomicBool,
     /// Signalled once on stop and never drained, so every worker sees it.
     pub(crate) stop_fd: EventFd,
     /// Tells the inbound worker the socket was replaced.
@@ -147,15 +154,16 @@ impl Shared {
         self.stopped.notify_all();
     }
 
+    /// Whether the workers should leave their loops (a stop or a pause).
     pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
+        self.stopping.load(Ordering::Relaxed) || self.pausing.load(Ordering::Relaxed)
     }
 }
 
 /// A running userspace WireGuard interface.
 pub struct Device {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -171,14 +179,40 @@ fn valid_ifname(name: &str) -> bool {
 impl Device {
     /// Creates the TUN interface (down, like wireguard-go leaves it), binds a
     /// random UDP port and starts the workers. The device has no key and no
-    /// peers until [`Device::apply`] gives it some.
+    /// peers until [`Device::apply`] gives it some. An interface of that
+    /// name must not exist yet (another process would be running it).
     pub fn create(options: &DeviceOptions) -> Result<Self, DeviceError> {
         if !valid_ifname(&options.name) {
             return Err(DeviceError::InvalidName(options.name.clone()));
         }
-        let tun = open_tun(options)?;
-        tun.set_nonblocking(true)?;
+        if interface_exists(&options.name) {
+            return Err(DeviceError::Exists(options.name.clone()));
+        }
+        let tun = open_tun(options, false)?;
         let udp = UdpSocket::bind(0, 0).map_err(|source| DeviceError::Bind { port: 0, source })?;
+        let device = Self::assemble(options, tun, udp)?;
+        device.start()?;
+        Ok(device)
+    }
+
+    /// Joins the existing interface `options.name` as a new queue and takes
+    /// `udp` as its socket, for a process taking over a running device (see
+    /// [`crate::handoff`]). The workers are not started: the caller applies
+    /// the configuration first, then calls [`Device::start`].
+    pub fn adopt(options: &DeviceOptions, udp: UdpSocket) -> Result<Self, DeviceError> {
+        if !valid_ifname(&options.name) {
+            return Err(DeviceError::InvalidName(options.name.clone()));
+        }
+        let tun = open_tun(options, true)?;
+        Self::assemble(options, tun, udp)
+    }
+
+    fn assemble(
+        options: &DeviceOptions,
+        tun: SyncDevice,
+        udp: UdpSocket,
+    ) -> Result<Self, DeviceError> {
+        tun.set_nonblocking(true)?;
         tracing::info!(
             interface = %options.name,
             tun_offload = tun.tcp_gso(),
@@ -204,15 +238,27 @@ impl Device {
                 next_index: random_u32() & 0x00ff_ffff,
             }),
             stopping: AtomicBool::new(false),
+            pausing: AtomicBool::new(false),
             stop_fd: EventFd::new()?,
             rebind_fd: EventFd::new()?,
             epoch: Instant::now(),
             stop_reason: Mutex::new(None),
             stopped: Condvar::new(),
         });
-        let mut workers = Vec::new();
+        Ok(Self {
+            shared,
+            workers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts the workers (a no-op while they run).
+    pub fn start(&self) -> Result<(), DeviceError> {
+        let mut workers = self.workers.lock();
+        if !workers.is_empty() {
+            return Ok(());
+        }
         let spawn = |name: &str, f: fn(Arc<Shared>)| {
-            let s = shared.clone();
+            let s = self.shared.clone();
             std::thread::Builder::new()
                 .name(name.to_string())
                 .spawn(move || f(s))
@@ -220,7 +266,52 @@ impl Device {
         workers.push(spawn("weft-outbound", outbound::run)?);
         workers.push(spawn("weft-inbound", inbound::run)?);
         workers.push(spawn("weft-timers", timers::run)?);
-        Ok(Self { shared, workers })
+        Ok(())
+    }
+
+    /// Stops the workers and waits for them, leaving the interface, the
+    /// socket and the peers as they are; [`Device::start`] resumes.
+    pub fn pause(&self) {
+        let mut workers = self.workers.lock();
+        self.shared.pausing.store(true, Ordering::SeqCst);
+        self.shared.stop_fd.signal();
+        for w in workers.drain(..) {
+            let _ = w.join();
+        }
+        self.shared.stop_fd.drain();
+        self.shared.pausing.store(false, Ordering::SeqCst);
+    }
+
+    /// Takes this process's queue off the interface (the kernel then steers
+    /// every packet to the other queues), or puts it back.
+    pub fn set_queue_attached(&self, attached: bool) -> io::Result<()> {
+        // SAFETY: an all-zero ifreq is a valid value; only the flags are read.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_ifru.ifru_flags = if attached {
+            libc::IFF_ATTACH_QUEUE
+        } else {
+            libc::IFF_DETACH_QUEUE
+        } as libc::c_short;
+        // SAFETY: TUNSETQUEUE on our own TUN descriptor with a valid ifreq.
+        let rc = unsafe { libc::ioctl(self.tun_fd(), libc::TUNSETQUEUE, &mut req) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The UDP socket's descriptor (to hand it to a successor).
+    pub fn udp_fd(&self) -> RawFd {
+        self.shared.state.read().udp.raw_fd()
+    }
+
+    /// Sends every peer a keepalive, which starts a handshake where there
+    /// is no session (a process that took a device over has none).
+    pub fn greet_all(&self) {
+        let peers: Vec<Arc<Peer>> = self.shared.state.read().peers.values().cloned().collect();
+        for peer in peers {
+            outbound::send_keepalive(&self.shared, &peer);
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -238,7 +329,29 @@ impl Device {
     }
 
     /// Applies a configuration change atomically: on error nothing changed.
+    /// New peers, peers at a new endpoint and peers given a new keepalive
+    /// are greeted at once (see below).
     pub fn apply(&self, update: &DeviceUpdate) -> Result<(), DeviceError> {
+        let greet = self.change(update)?;
+        // Greet new peers, peers at a new endpoint and peers given a new
+        // keepalive at once: the keepalive starts a handshake when there is
+        // no session. A restarted node thus re-establishes its tunnels within
+        // a round trip instead of waiting for the other side to notice the
+        // silence (15 s), and a node behind NAT becomes reachable at once.
+        for peer in greet {
+            outbound::send_keepalive(&self.shared, &peer);
+        }
+        Ok(())
+    }
+
+    /// As [`Device::apply`] without greeting anyone: for a device taking
+    /// over, whose predecessor still reads the socket.
+    pub fn configure(&self, update: &DeviceUpdate) -> Result<(), DeviceError> {
+        self.change(update).map(|_| ())
+    }
+
+    /// Applies `update`; returns the peers to greet.
+    fn change(&self, update: &DeviceUpdate) -> Result<Vec<Arc<Peer>>, DeviceError> {
         let mut greet = Vec::new();
         {
             let mut st = self.shared.state.write();
@@ -278,15 +391,7 @@ impl Device {
                 greet = st.peers.values().cloned().collect();
             }
         }
-        // Greet new peers, peers at a new endpoint and peers given a new
-        // keepalive at once: the keepalive starts a handshake when there is
-        // no session. A restarted node thus re-establishes its tunnels within
-        // a round trip instead of waiting for the other side to notice the
-        // silence (15 s), and a node behind NAT becomes reachable at once.
-        for peer in greet {
-            outbound::send_keepalive(&self.shared, &peer);
-        }
-        Ok(())
+        Ok(greet)
     }
 
     /// The current configuration and counters.
@@ -375,7 +480,7 @@ impl Stopper {
 impl Drop for Device {
     fn drop(&mut self) {
         self.shared.stop("device dropped");
-        for w in self.workers.drain(..) {
+        for w in self.workers.lock().drain(..) {
             let _ = w.join();
         }
     }
@@ -393,14 +498,21 @@ impl crate::uapi::UapiHandler for Device {
     }
 }
 
-fn open_tun(options: &DeviceOptions) -> Result<SyncDevice, DeviceError> {
+/// Opens a queue of the TUN interface: a new interface, or (`attach`) one
+/// more queue of an existing one, left as it is (MTU, up or down). The
+/// interface is multi-queue so that a successor process can join it before
+/// this one leaves, and the interface (with its routes) outlives the handoff.
+fn open_tun(options: &DeviceOptions, attach: bool) -> Result<SyncDevice, DeviceError> {
     let build = |offload: bool| {
-        DeviceBuilder::new()
+        let b = DeviceBuilder::new()
             .name(&options.name)
-            .mtu(options.mtu)
             .offload(offload)
-            .enable(false)
-            .build_sync()
+            .multi_queue(true);
+        if attach {
+            b.inherit_enable_state().build_sync()
+        } else {
+            b.mtu(options.mtu).enable(false).build_sync()
+        }
     };
     let tun_err = |source| DeviceError::Tun {
         name: options.name.clone(),
@@ -413,6 +525,15 @@ fn open_tun(options: &DeviceOptions) -> Result<SyncDevice, DeviceError> {
         }
     }
     build(false).map_err(tun_err)
+}
+
+/// Whether a network interface of this name exists in our namespace.
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
 
 fn random_u32() -> u32 {

@@ -114,7 +114,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
         if fds[0].revents == 0 {
             continue;
         }
-        loop {
+        // A stop or a pause must not wait for the traffic to end.
+        while !shared.is_stopping() {
             let n = {
                 let mut iov = storage
                     .each_mut()

@@ -9,7 +9,9 @@
 
 pub mod allowed_ips;
 pub mod config;
+pub mod control;
 pub mod device;
+pub mod handoff;
 mod inbound;
 pub mod key;
 pub mod offload;

@@ -107,7 +107,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
         if !wait_readable(tun_fd, shared.stop_fd.raw()) {
             continue;
         }
-        loop {
+        // A stop or a pause must not wait for the traffic to end.
+        while !shared.is_stopping() {
             match shared
                 .tun
                 .recv_multiple(&mut original, &mut segments, &mut sizes, 0)

@@ -158,11 +158,39 @@ pub fn format_get(info: &DeviceInfo) -> String {
     out
 }
 
+/// What a connection may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `get` only: `set` is refused with EPERM (the agent owns the config).
+    ReadOnly,
+    /// The standard protocol, `get` and `set`.
+    ReadWrite,
+    /// Also Weft's own requests (`weft_get`, `weft_stop`, `weft_handoff`):
+    /// the agent's control socket.
+    Control,
+}
+
 /// What the socket server needs from a device.
 pub trait UapiHandler: Send + Sync + 'static {
     fn get(&self) -> DeviceInfo;
-    /// Applies an update; on failure returns an errno and changes nothing.
+    /// Applies an update; on failure returns a (positive) errno and changes
+    /// nothing.
     fn set(&self, update: DeviceUpdate) -> Result<(), i32>;
+    /// Device-level `key=value` lines a `weft_get` reply adds (who serves
+    /// the device: pid, binary).
+    fn host_lines(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// `weft_stop=1`: stop the device and the process serving it.
+    fn stop(&self) {}
+    /// `weft_handoff=1`: hand the running device to the process at the
+    /// other end of `stream` (see [`crate::handoff`]).
+    fn hand_off(&self, _stream: &UnixStream) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this device cannot be handed off",
+        ))
+    }
 }
 
 /// Longest line we accept; the longest legitimate one is a 64-hex-char key.
@@ -171,7 +199,7 @@ const MAX_LINE: usize = 512;
 const MAX_SET_LINES: usize = 1 << 20;
 
 /// Reads one line (without the newline). `Ok(None)` on a clean end of stream.
-fn read_line(reader: &mut impl BufRead, line: &mut String) -> io::Result<Option<()>> {
+pub(crate) fn read_line(reader: &mut impl BufRead, line: &mut String) -> io::Result<Option<()>> {
     line.clear();
     let n = reader.take(MAX_LINE as u64 + 1).read_line(line)?;
     if n == 0 {
@@ -187,26 +215,58 @@ fn read_line(reader: &mut impl BufRead, line: &mut String) -> io::Result<Option<
     Ok(Some(()))
 }
 
+/// The status line ending every reply. As wireguard-go does and `wg`
+/// expects, an error is sent as a negative errno.
+pub fn errno_line(errno: i32) -> String {
+    format!("errno={}\n\n", -errno.abs())
+}
+
+/// Reads the blank line that ends a request without a body; false (after
+/// answering EPROTO) if something else came.
+fn end_of_request(
+    reader: &mut impl BufRead,
+    writer: &mut impl Write,
+    line: &mut String,
+) -> io::Result<bool> {
+    if read_line(reader, line)?.is_none() || !line.is_empty() {
+        writer.write_all(errno_line(libc::EPROTO).as_bytes())?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Serves requests on one connection until the client closes it.
-pub fn serve_connection(stream: UnixStream, handler: &dyn UapiHandler) -> io::Result<()> {
+pub fn serve_connection(
+    stream: UnixStream,
+    handler: &dyn UapiHandler,
+    access: Access,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     loop {
         if read_line(&mut reader, &mut line)?.is_none() {
             return Ok(());
         }
+        let control = access == Access::Control;
         match line.as_str() {
-            "get=1" => {
-                // The request ends with a blank line.
-                if read_line(&mut reader, &mut line)?.is_none() || !line.is_empty() {
-                    writer.write_all(format!("errno={}\n\n", libc::EPROTO).as_bytes())?;
+            "get=1" | "weft_get=1" => {
+                let weft = line == "weft_get=1";
+                if (weft && !control) || !end_of_request(&mut reader, &mut writer, &mut line)? {
+                    if weft && !control {
+                        writer.write_all(errno_line(libc::EINVAL).as_bytes())?;
+                    }
                     return Ok(());
                 }
-                let body = format_get(&handler.get());
+                let info = handler.get();
+                let body = if weft {
+                    crate::control::format_weft_get(&info, &handler.host_lines())
+                } else {
+                    format_get(&info)
+                };
                 writer.write_all(body.as_bytes())?;
-                writer.write_all(b"errno=0\n\n")?;
+                writer.write_all(errno_line(0).as_bytes())?;
             }
             "set=1" => {
                 let mut lines = Vec::new();
@@ -215,26 +275,54 @@ pub fn serve_connection(stream: UnixStream, handler: &dyn UapiHandler) -> io::Re
                         None => return Ok(()),
                         Some(()) if line.is_empty() => break,
                         Some(()) if lines.len() >= MAX_SET_LINES => {
-                            writer.write_all(format!("errno={}\n\n", libc::E2BIG).as_bytes())?;
+                            writer.write_all(errno_line(libc::E2BIG).as_bytes())?;
                             return Ok(());
                         }
                         Some(()) => lines.push(line.clone()),
                     }
                 }
-                let errno = match parse_set(lines.iter().map(String::as_str)) {
-                    Ok(update) => match handler.set(update) {
-                        Ok(()) => 0,
-                        Err(errno) => errno,
-                    },
-                    Err(e) => {
-                        tracing::warn!("uapi: rejected set request: {e}");
-                        e.errno()
+                let errno = if access == Access::ReadOnly {
+                    tracing::warn!(
+                        "refused a UAPI set (wg set): weft-agent manages this interface"
+                    );
+                    libc::EPERM
+                } else {
+                    match parse_set(lines.iter().map(String::as_str)) {
+                        Ok(update) => match handler.set(update) {
+                            Ok(()) => 0,
+                            Err(errno) => errno,
+                        },
+                        Err(e) => {
+                            tracing::warn!("uapi: rejected set request: {e}");
+                            e.errno()
+                        }
                     }
                 };
-                writer.write_all(format!("errno={errno}\n\n").as_bytes())?;
+                writer.write_all(errno_line(errno).as_bytes())?;
+            }
+            "weft_stop=1" if control => {
+                if !end_of_request(&mut reader, &mut writer, &mut line)? {
+                    return Ok(());
+                }
+                writer.write_all(errno_line(0).as_bytes())?;
+                writer.flush()?;
+                handler.stop();
+                return Ok(());
+            }
+            "weft_handoff=1" if control => {
+                if !end_of_request(&mut reader, &mut writer, &mut line)? {
+                    return Ok(());
+                }
+                // The rest of the conversation belongs to the handoff.
+                drop(reader);
+                if let Err(e) = handler.hand_off(&writer) {
+                    tracing::warn!("handoff refused or failed: {e}");
+                    let _ = writer.write_all(errno_line(libc::EIO).as_bytes());
+                }
+                return Ok(());
             }
             _ => {
-                writer.write_all(format!("errno={}\n\n", libc::EINVAL).as_bytes())?;
+                writer.write_all(errno_line(libc::EINVAL).as_bytes())?;
                 return Ok(());
             }
         }
@@ -242,10 +330,18 @@ pub fn serve_connection(stream: UnixStream, handler: &dyn UapiHandler) -> io::Re
     }
 }
 
-/// The listening UAPI socket of one interface. The socket file is removed on drop.
+/// The listening UAPI socket of one interface. The socket file is removed on
+/// drop, unless another process has taken its place since.
 pub struct UapiListener {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket file's inode, to tell ours from a successor's.
+    inode: u64,
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
 }
 
 impl UapiListener {
@@ -256,33 +352,42 @@ impl UapiListener {
     }
 
     pub fn bind_in(dir: &Path, ifname: &str) -> io::Result<Self> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)?;
-        let path = dir.join(format!("{ifname}.sock"));
+        Self::bind_path(&dir.join(format!("{ifname}.sock")), false)
+    }
+
+    /// Binds `path` (root-only). With `replace`, a socket a live process
+    /// answers on is replaced too: that process is handing over to us.
+    pub fn bind_path(path: &Path, replace: bool) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
+        }
         if path.exists() {
-            if UnixStream::connect(&path).is_ok() {
+            if !replace && UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!("{} is in use by a running process", path.display()),
                 ));
             }
-            std::fs::remove_file(&path)?;
+            std::fs::remove_file(path)?;
         }
         // Create the socket with no access for group and others from the
         // first instant, then make that explicit.
+        // SAFETY: umask(2) has no preconditions; the old mask is restored.
         let old = unsafe { libc::umask(0o077) };
-        let bound = UnixListener::bind(&path);
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above.
         unsafe { libc::umask(old) };
         let listener = bound?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(Self { listener, path })
-    }
-
-    /// Wraps a listener inherited from a parent process.
-    pub fn from_listener(listener: UnixListener, path: PathBuf) -> Self {
-        Self { listener, path }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let inode = inode(path).unwrap_or(0);
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            inode,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -293,8 +398,9 @@ impl UapiListener {
         &self.listener
     }
 
-    /// Accepts connections forever, each served on its own thread.
-    pub fn serve(&self, handler: std::sync::Arc<dyn UapiHandler>) {
+    /// Accepts connections until the listener is shut down, each served on
+    /// its own thread.
+    pub fn serve(&self, handler: std::sync::Arc<dyn UapiHandler>, access: Access) {
         for conn in self.listener.incoming() {
             match conn {
                 Ok(stream) => {
@@ -303,7 +409,7 @@ impl UapiListener {
                         std::thread::Builder::new()
                             .name("weft-uapi".into())
                             .spawn(move || {
-                                if let Err(e) = serve_connection(stream, handler.as_ref()) {
+                                if let Err(e) = serve_connection(stream, handler.as_ref(), access) {
                                     tracing::debug!("uapi connection ended: {e}");
                                 }
                             });
@@ -319,11 +425,65 @@ impl UapiListener {
             }
         }
     }
+
+    /// Serves on a thread of its own; the thread ends when the returned
+    /// handle is dropped (which also removes the socket file, if ours).
+    pub fn spawn(
+        self,
+        handler: std::sync::Arc<dyn UapiHandler>,
+        access: Access,
+    ) -> io::Result<ServingSocket> {
+        let listener = std::sync::Arc::new(self);
+        let serving = listener.clone();
+        let thread = std::thread::Builder::new()
+            .name("weft-uapi-accept".into())
+            .spawn(move || serving.serve(handler, access))?;
+        Ok(ServingSocket {
+            listener,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the socket file at our path is still ours.
+    fn still_ours(&self) -> bool {
+        inode(&self.path) == Some(self.inode)
+    }
 }
 
 impl Drop for UapiListener {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.still_ours() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A socket served on its own thread; dropping it stops serving.
+pub struct ServingSocket {
+    listener: std::sync::Arc<UapiListener>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServingSocket {
+    pub fn path(&self) -> &Path {
+        self.listener.path()
+    }
+}
+
+impl Drop for ServingSocket {
+    fn drop(&mut self) {
+        // Wakes the blocked accept (it returns EINVAL), so the thread ends;
+        // the listener's own drop then removes the socket file.
+        // SAFETY: shutdown(2) on a socket the listener keeps open.
+        unsafe {
+            libc::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(self.listener.listener()),
+                libc::SHUT_RDWR,
+            )
+        };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -464,7 +624,7 @@ mod tests {
         let (a, mut b) = UnixStream::pair().unwrap();
         b.write_all(request).unwrap();
         b.shutdown(std::net::Shutdown::Write).unwrap();
-        serve_connection(a, handler).ok();
+        serve_connection(a, handler, Access::ReadWrite).ok();
         // The server may close with our junk unread, which resets the
         // connection; what it wrote before that is still the answer.
         let mut out = Vec::new();
@@ -486,14 +646,14 @@ mod tests {
     #[test]
     fn hostile_connections_get_errno_not_a_crash() {
         let h = Recorder(Default::default());
-        assert_eq!(talk(&h, b"hello\n"), format!("errno={}\n\n", libc::EINVAL));
+        assert_eq!(talk(&h, b"hello\n"), format!("errno=-{}\n\n", libc::EINVAL));
         assert_eq!(
             talk(&h, b"set=1\nlisten_port=abc\n\n"),
-            format!("errno={}\n\n", libc::EINVAL)
+            format!("errno=-{}\n\n", libc::EINVAL)
         );
         assert_eq!(
             talk(&h, b"get=1\nx\n"),
-            format!("errno={}\n\n", libc::EPROTO)
+            format!("errno=-{}\n\n", libc::EPROTO)
         );
         let mut long = b"set=1\n".to_vec();
         long.extend(std::iter::repeat_n(b'a', 10_000));

@@ -83,6 +83,22 @@ impl UdpSocket {
         Ok(socket)
     }
 
+    /// Takes over a bound socket (handed over by the process that ran the
+    /// device before), keeping its port and buffers.
+    pub fn from_owned(fd: std::os::fd::OwnedFd) -> io::Result<Self> {
+        let socket = StdUdpSocket::from(fd);
+        let local = socket.local_addr()?;
+        let dual_stack = local.is_ipv6();
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        Ok(Self {
+            socket,
+            state,
+            dual_stack,
+            port: local.port(),
+        })
+    }
+
     fn bind_dual_stack(port: u16) -> io::Result<StdUdpSocket> {
         // SAFETY: plain socket(2) call; the fd is owned by the returned socket.
         let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

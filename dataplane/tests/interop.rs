@@ -351,11 +351,25 @@ fn wg_configuration_round_trip() {
         // Rejected input leaves the configuration as it was.
         assert!(!ns.try_exec(&["wg", "set", &w.name, "peer", "not-a-key"]));
         // Straight to the socket, past wg's own checks.
+        // Errors are negative errnos, as wireguard-go sends them.
         let reply = uapi_request(&w.name, "set=1\nlisten_port=99999\n\n");
-        assert_eq!(reply, "errno=22\n\n");
+        assert_eq!(reply, "errno=-22\n\n");
         let reply = uapi_request(&w.name, "set=1\nreplace_peers=true\npublic_key=zz\n\n");
-        assert_eq!(reply, "errno=22\n\n");
+        assert_eq!(reply, "errno=-22\n\n");
         assert_eq!(w.wg(&["show", &w.name, "peers"]).trim(), p3.public);
+        // The real wg names the error (with a positive errno it printed
+        // "Unknown error -98").
+        let busy = ns.run_in(|| std::net::UdpSocket::bind("0.0.0.0:51777").expect("bind"));
+        let _busy = busy.join().expect("bound");
+        let out = ns
+            .command("wg")
+            .args(["set", &w.name, "listen-port", "51777"])
+            .output()
+            .expect("wg");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("Address already in use"), "{err}");
+        assert_eq!(w.wg(&["show", &w.name, "listen-port"]).trim(), "51999");
     });
     let _ = std::fs::remove_dir_all(&conf_dir);
     if let Err(e) = result {
@@ -445,4 +459,157 @@ fn a_peer_that_forgot_the_session_is_back_within_two_seconds() {
         blackout <= Duration::from_secs(2),
         "a forgotten session took {blackout:?} to recover"
     );
+}
+
+/// A child process killed (and reaped) on drop, so a failing test leaves
+/// no daemon behind.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An upgrade of weft-wg: a new process takes the running interface over
+/// (`--take-over`), joining it as a queue of its own and taking the UDP
+/// socket; the interface, its address and routes never go away, and
+/// traffic pauses for about one handshake.
+#[test]
+fn an_upgrade_takes_the_running_interface_over() {
+    use dataplane::control::ControlClient;
+    use dataplane::{DeviceUpdate, PeerUpdate, PrivateKey, PublicKey};
+    if !can_run() {
+        return;
+    }
+    require("wg");
+    let pair = Pair::new();
+    let name = unique("wu");
+    let dir = std::env::temp_dir().join(unique("weft-handoff-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let control = dir.join("tunnel.ctl");
+    let uapi_dir = dir.join("uapi");
+    let start = |take_over: bool| {
+        let mut c = pair.a.command(Implementation::Weft.program());
+        c.args(["-f", "--control"])
+            .arg(&control)
+            .arg("--uapi-dir")
+            .arg(&uapi_dir);
+        if take_over {
+            c.arg("--take-over");
+        }
+        Daemon(
+            c.arg(&name)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("weft-wg"),
+        )
+    };
+    let mut old = start(false);
+    let client = ControlClient::new(&control);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !client.is_alive() {
+        assert!(std::time::Instant::now() < end, "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ka, kb) = (genkey(), genkey());
+    let mut peer = PeerUpdate::new(PublicKey::from_base64(&kb.public).expect("key"));
+    peer.endpoint = Some(
+        format!("{}:{PORT_B}", pair.b_addr)
+            .parse()
+            .expect("endpoint"),
+    );
+    peer.allowed_ips = vec![format!("{TB}/32").parse().expect("prefix")];
+    client
+        .set(&DeviceUpdate {
+            private_key: Some(PrivateKey::from_base64(&ka.private).expect("key")),
+            listen_port: Some(PORT_A),
+            peers: vec![peer],
+            ..Default::default()
+        })
+        .expect("configure through the control socket");
+    pair.a
+        .ip(&["addr", "add", &format!("{TA}/24"), "dev", &name]);
+    pair.a.ip(&["link", "set", &name, "up"]);
+    let wb = WgInterface::start(&pair.b, Implementation::WireguardGo);
+    let f = key_file(&kb.private);
+    wb.wg(&[
+        "set",
+        &wb.name,
+        "private-key",
+        f.as_str(),
+        "listen-port",
+        &PORT_B.to_string(),
+        "peer",
+        &ka.public,
+        "allowed-ips",
+        &format!("{TA}/32"),
+        "endpoint",
+        &format!("{}:{PORT_A}", pair.a_addr),
+    ]);
+    pair.b
+        .ip(&["addr", "add", &format!("{TB}/24"), "dev", &wb.name]);
+    pair.b.ip(&["link", "set", &wb.name, "up"]);
+    assert!(pair.b.ping_within(TA, Duration::from_secs(10)));
+    let link_before = pair.a.ip(&["-o", "link", "show", &name]);
+    let index = |l: &str| l.split(':').next().unwrap_or_default().to_string();
+    let (_, host_before) = client.get().expect("weft_get");
+
+    // The standard socket is read-only: the agent owns the configuration.
+    let ro = uapi_dir.join(format!("{name}.sock"));
+    let mut s = std::os::unix::net::UnixStream::connect(&ro).expect("standard socket");
+    use std::io::{Read, Write};
+    s.write_all(b"set=1\nlisten_port=1\n\n").expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert_eq!(reply, format!("errno=-{}\n\n", libc::EPERM));
+
+    let mut successor = None;
+    let (answered, sent) = probe_while(&pair.b, TA, 120, Duration::from_millis(1500), || {
+        successor = Some(start(true));
+    });
+    let mut successor = successor.expect("started");
+    let gap = longest_gap(&answered);
+    let blackout = Duration::from_millis(50 * u64::from(gap));
+    eprintln!(
+        "upgrade: {} of {sent} probes answered, longest gap {gap} probes ({blackout:?})",
+        answered.len()
+    );
+    // The old process left by itself; the new one serves the device.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while old.0.try_wait().expect("wait").is_none() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the old process did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        successor.0.try_wait().expect("wait").is_none(),
+        "the successor runs"
+    );
+    let (info, host_after) = client.get().expect("weft_get from the successor");
+    assert_ne!(host_after.pid, host_before.pid);
+    assert_eq!(info.listen_port, PORT_A, "the port stayed");
+    assert_eq!(info.peers.len(), 1, "the peers came along");
+    let link_after = pair.a.ip(&["-o", "link", "show", &name]);
+    assert_eq!(
+        index(&link_after),
+        index(&link_before),
+        "the same interface"
+    );
+    assert!(pair.a.ip(&["addr", "show", "dev", &name]).contains(TA));
+    assert!(
+        answered.iter().any(|s| *s > 110),
+        "traffic resumed: {answered:?}"
+    );
+    assert!(
+        blackout <= Duration::from_millis(200),
+        "the upgrade cost {blackout:?} of traffic"
+    );
+    drop(successor);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -303,7 +303,8 @@ impl Netlink {
         }
     }
 
-    fn del_address(&self, index: u32, cidr: Cidr) -> Result<(), NetlinkError> {
+    /// Removes `cidr` from the link (absent is fine).
+    pub fn del_address(&self, index: u32, cidr: Cidr) -> Result<(), NetlinkError> {
         let h = self.handle.clone();
         self.rt.block_on(async move {
             let mut s = h
@@ -396,6 +397,10 @@ impl Netlink {
 
     pub fn set_up(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
         self.set(LinkUnspec::new_with_index(index).up().build(), what)
+    }
+
+    pub fn set_down(&self, index: u32, what: &str) -> Result<(), NetlinkError> {
+        self.set(LinkUnspec::new_with_index(index).down().build(), what)
     }
 
     pub fn delete(&self, index: u32, what: &str) -> Result<(), NetlinkError> {

@@ -20,6 +20,7 @@ use weft_agent::cli::{BackendArgs, BackendKind};
 use weft_agent::discover;
 use weft_agent::mesh::{DesiredState, RecordError, Topology};
 use weft_agent::metrics::{serve, Metrics};
+use weft_agent::reconcile::tunnel::{Launch, TunnelSettings};
 use weft_agent::reconcile::{key, Reconciler, Settings, VXLAN_NAME};
 
 #[derive(Parser)]
@@ -65,6 +66,21 @@ struct Cli {
     /// No UAPI socket (`wg show` will not see the tunnel).
     #[arg(long)]
     no_uapi: bool,
+    /// Who runs the tunnel's process (weft-wg, which outlives the agent so
+    /// that an agent restart drops nothing): `spawn`: this agent starts it
+    /// when the node first leads (and an upgraded binary takes the running
+    /// tunnel over); `external`: someone else does (the DaemonSet's tunnel
+    /// container), the agent only connects to its control socket.
+    #[arg(long, value_enum, default_value_t = TunnelLaunch::Spawn)]
+    tunnel: TunnelLaunch,
+    /// With `--tunnel spawn`: the weft-wg executable. Default: beside this
+    /// executable, else on the PATH.
+    #[arg(long)]
+    tunnel_binary: Option<PathBuf>,
+    /// The tunnel's control socket (root only). Default:
+    /// /var/run/weft/INTERFACE.ctl.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
     /// Do not manage masquerading and forwarding rules.
     #[arg(long)]
     no_nat: bool,
@@ -79,6 +95,12 @@ struct Cli {
     /// agent created. Off by default: a restart should not be an outage.
     #[arg(long)]
     clean_up: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TunnelLaunch {
+    Spawn,
+    External,
 }
 
 /// Without WEFT_LOG: our own lines at info. kube's client logs every failed
@@ -229,10 +251,20 @@ fn run(cli: Cli) -> Result<(), String> {
     enable_forwarding();
     let mut reconciler = Reconciler::new(
         Settings {
-            interface: cli.interface.clone(),
             cni_dir: (!cli.no_cni).then(|| cli.cni_dir.clone()),
             manage_nat: !cli.no_nat,
-            uapi_dir: (!cli.no_uapi).then(|| cli.uapi_dir.clone()),
+            tunnel: TunnelSettings {
+                interface: cli.interface.clone(),
+                control: cli.control_socket.clone().unwrap_or_else(|| {
+                    PathBuf::from(format!("/var/run/weft/{}.ctl", cli.interface))
+                }),
+                uapi_dir: (!cli.no_uapi).then(|| cli.uapi_dir.clone()),
+                launch: match (cli.tunnel, &cli.tunnel_binary) {
+                    (TunnelLaunch::External, _) => Launch::External,
+                    (TunnelLaunch::Spawn, Some(b)) => Launch::Spawn { binary: b.clone() },
+                    (TunnelLaunch::Spawn, None) => Launch::spawn_default(),
+                },
+            },
         },
         key,
     )

@@ -10,14 +10,15 @@
 pub mod cni;
 pub mod key;
 pub mod nat;
-pub mod uapi;
+pub mod tunnel;
 pub mod wireguard;
 
 use crate::mesh::{DesiredState, Endpoint, RouteDevice};
-use dataplane::{Device, DeviceOptions, PrivateKey, PublicKey};
+use dataplane::{PrivateKey, PublicKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use tunnel::{Tunnel, TunnelSettings};
 use weft_netlink::{Cidr, Netlink, OwnedRoute, RouteProtocol, VxlanSpec};
 
 /// The protocol number on every route the agent adds ("W"), so it can tell
@@ -46,8 +47,8 @@ pub fn vxlan_mac(ip: std::net::Ipv4Addr) -> [u8; 6] {
 pub enum ReconcileError {
     #[error("netlink: {0}")]
     Netlink(#[from] weft_netlink::NetlinkError),
-    #[error("WireGuard device: {0}")]
-    Device(#[from] dataplane::DeviceError),
+    #[error("WireGuard tunnel: {0}")]
+    Tunnel(String),
     #[error("netfilter: {0}")]
     Nat(#[from] nat::NatError),
     #[error("CNI configuration: {0}")]
@@ -74,19 +75,17 @@ impl Changes {
 }
 
 pub struct Settings {
-    pub interface: String,
     pub cni_dir: Option<PathBuf>,
     pub manage_nat: bool,
-    /// Where the read-only UAPI socket goes (`wg show`); `None` for none.
-    pub uapi_dir: Option<PathBuf>,
+    /// The tunnel: its interface, control socket and who starts it.
+    pub tunnel: TunnelSettings,
 }
 
 pub struct Reconciler {
     settings: Settings,
     key: PrivateKey,
     nl: Netlink,
-    device: Option<std::sync::Arc<Device>>,
-    uapi: Option<uapi::ReadOnlyUapi>,
+    tunnel: Tunnel,
     applied_peers: BTreeMap<PublicKey, wireguard::Applied>,
     applied_nat: Option<(crate::mesh::desired::Masquerade, std::time::Instant)>,
 }
@@ -111,11 +110,10 @@ pub fn resolve(ep: &Endpoint) -> Option<SocketAddr> {
 impl Reconciler {
     pub fn new(settings: Settings, key: PrivateKey) -> Result<Self, ReconcileError> {
         Ok(Self {
+            tunnel: Tunnel::new(settings.tunnel.clone()),
             settings,
             key,
             nl: Netlink::new()?,
-            device: None,
-            uapi: None,
             applied_peers: BTreeMap::new(),
             applied_nat: None,
         })
@@ -125,20 +123,19 @@ impl Reconciler {
         self.key.public_key()
     }
 
-    /// The embedded device, if this node runs one now.
-    pub fn device(&self) -> Option<&Device> {
-        self.device.as_deref()
+    /// The tunnel's interface name.
+    pub fn interface(&self) -> &str {
+        &self.settings.tunnel.interface
     }
 
-    /// Per-peer counters of the embedded tunnel, for metrics.
+    /// Per-peer counters of the tunnel as read at the last pass, for metrics.
     pub fn peer_stats(&self) -> Vec<crate::metrics::PeerStat> {
-        let Some(d) = &self.device else {
+        let Some(info) = self.tunnel.last_info() else {
             return Vec::new();
         };
         let now = std::time::SystemTime::now();
-        d.info()
-            .peers
-            .into_iter()
+        info.peers
+            .iter()
             .map(|p| crate::metrics::PeerStat {
                 public_key: p.public_key.to_base64(),
                 rx_bytes: p.rx_bytes,
@@ -147,6 +144,7 @@ impl Reconciler {
                     .last_handshake
                     .and_then(|t| now.duration_since(t).ok())
                     .map(|d| d.as_secs_f64()),
+                reachable: p.reachable,
             })
             .collect()
     }
@@ -158,12 +156,11 @@ impl Reconciler {
         &self,
         roaming: &BTreeSet<PublicKey>,
     ) -> BTreeMap<PublicKey, SocketAddr> {
-        let Some(d) = &self.device else {
+        let Some(info) = self.tunnel.last_info() else {
             return Default::default();
         };
-        d.info()
-            .peers
-            .into_iter()
+        info.peers
+            .iter()
             .filter(|p| roaming.contains(&p.public_key) && p.last_handshake.is_some())
             .filter_map(|p| Some((p.public_key, p.endpoint?)))
             .collect()
@@ -179,28 +176,7 @@ impl Reconciler {
         let mut changes = Changes::default();
         let wg_index = match &desired.wireguard {
             Some(wg) => {
-                if self.device.is_none() {
-                    let mut opts = DeviceOptions::new(&self.settings.interface);
-                    opts.mtu = wg.mtu;
-                    let device = std::sync::Arc::new(Device::create(&opts)?);
-                    self.uapi = self.settings.uapi_dir.as_ref().and_then(|dir| {
-                        match uapi::ReadOnlyUapi::start(dir, &self.settings.interface, &device) {
-                            Ok(u) => {
-                                tracing::info!(socket = %u.path().display(), "wg show works on the tunnel (read-only)");
-                                Some(u)
-                            }
-                            Err(e) => {
-                                tracing::warn!("no UAPI socket in {} ({e}); the tunnel runs without `wg show`", dir.display());
-                                None
-                            }
-                        }
-                    });
-                    self.device = Some(device);
-                }
-                let device = self
-                    .device
-                    .as_ref()
-                    .ok_or_else(|| ReconcileError::Other("no device".into()))?;
+                let current = self.tunnel.ensure()?.clone();
                 let peers: Vec<wireguard::ResolvedPeer> = wg
                     .peers
                     .iter()
@@ -212,43 +188,50 @@ impl Reconciler {
                         preshared_key: p.preshared_key,
                     })
                     .collect();
-                let update = wireguard::diff(
-                    &self.key,
-                    &device.info(),
-                    wg,
-                    &peers,
-                    &mut self.applied_peers,
-                );
+                let update =
+                    wireguard::diff(&self.key, &current, wg, &peers, &mut self.applied_peers);
                 if !wireguard::is_noop(&update) {
                     changes.peers_updated = update.peers.len();
-                    device.apply(&update)?;
+                    self.tunnel.apply(&update)?;
+                    // Read back what now runs, for metrics and endpoints.
+                    self.tunnel.ensure()?;
                 }
-                let link = self.nl.link(&self.settings.interface)?.ok_or_else(|| {
-                    ReconcileError::Other(format!("{} vanished", self.settings.interface))
-                })?;
+                let interface = self.settings.tunnel.interface.clone();
+                let link = self
+                    .nl
+                    .link(&interface)?
+                    .ok_or_else(|| ReconcileError::Other(format!("{interface} vanished")))?;
                 let addr = Cidr {
                     addr: wg.address.addr(),
                     prefix: wg.address.prefix_len(),
                 };
                 let had = self.nl.addresses(link.index)?;
                 if !had.contains(&addr) {
-                    self.nl
-                        .ensure_address(link.index, addr, true, &self.settings.interface)?;
+                    self.nl.ensure_address(link.index, addr, true, &interface)?;
                     changes.address_set = true;
                 }
                 if link.mtu != u32::from(wg.mtu) || changes.address_set {
                     self.nl
-                        .set_mtu_up(link.index, u32::from(wg.mtu), &self.settings.interface)?;
+                        .set_mtu_up(link.index, u32::from(wg.mtu), &interface)?;
                 } else {
-                    self.nl.set_up(link.index, &self.settings.interface)?;
+                    self.nl.set_up(link.index, &interface)?;
                 }
                 Some(link.index)
             }
             None => {
                 // Not (or no longer) a leader: no tunnel of our own.
-                self.uapi = None;
-                if let Some(d) = self.device.take() {
-                    d.stop("this node is no longer a segment leader");
+                self.applied_peers.clear();
+                if self.tunnel.is_running() {
+                    self.tunnel.retire()?;
+                    if let Some(link) = self.nl.link(&self.settings.tunnel.interface)? {
+                        // A tunnel someone else runs stays, empty, without
+                        // the segment's address and down.
+                        for a in self.nl.addresses(link.index)? {
+                            self.nl.del_address(link.index, a)?;
+                        }
+                        self.nl
+                            .set_down(link.index, &self.settings.tunnel.interface)?;
+                    }
                 }
                 None
             }
@@ -403,10 +386,7 @@ impl Reconciler {
         if let Some(l) = self.nl.link(VXLAN_NAME)? {
             self.nl.delete(l.index, VXLAN_NAME)?;
         }
-        self.uapi = None;
-        if let Some(d) = self.device.take() {
-            d.stop("clean-up");
-        }
+        self.tunnel.stop()?;
         Ok(())
     }
 }

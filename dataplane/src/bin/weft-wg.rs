@@ -2,16 +2,22 @@
 //! contract, so `wg`, `wg-quick` (`WG_QUICK_USERSPACE_IMPLEMENTATION=weft-wg`)
 //! and scripts written for wireguard-go work unchanged.
 
+use dataplane::control::binary_identity;
+use dataplane::handoff::{self, HandoffError};
 use dataplane::signals::TerminationSignals;
-use dataplane::uapi::{UapiHandler, UapiListener};
-use dataplane::{Device, DeviceOptions};
+use dataplane::uapi::{Access, ServingSocket, UapiHandler, UapiListener, SOCKET_DIR};
+use dataplane::{Device, DeviceInfo, DeviceOptions, DeviceUpdate};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const USAGE: &str = "\
-Usage: weft-wg [-f|--foreground] INTERFACE-NAME
+Usage: weft-wg [-f|--foreground] [--control PATH [--take-over]]
+               [--uapi-dir DIR | --no-uapi] INTERFACE-NAME
 
 Creates the TUN interface INTERFACE-NAME and runs a userspace WireGuard device
 on it, configured through /var/run/wireguard/INTERFACE-NAME.sock with the
@@ -31,6 +37,17 @@ removes the socket.
 
 Options:
   -f, --foreground   stay in the foreground
+  --control PATH     also serve a control socket at PATH (root only) for
+                     weft-agent; the standard socket is then read-only
+                     (`wg show` works, `wg set` gets EPERM: the agent owns the
+                     configuration)
+  --take-over        with --control: if a weft-wg runs the interface behind
+                     PATH, take the running interface over from it (an
+                     upgrade: routes and port stay, traffic resumes after one
+                     handshake; if this process fails, the old one carries
+                     on); otherwise start afresh
+  --uapi-dir DIR     where the standard socket goes (default /var/run/wireguard)
+  --no-uapi          no standard socket
   -h, --help         show this help
   --version          show the version
 
@@ -44,14 +61,26 @@ Environment:
 struct Args {
     foreground: bool,
     ifname: String,
+    control: Option<PathBuf>,
+    take_over: bool,
+    uapi_dir: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut foreground = std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1");
     let mut ifname = None;
-    for arg in std::env::args().skip(1) {
+    let mut control = None;
+    let mut take_over = false;
+    let mut uapi_dir = Some(PathBuf::from(SOCKET_DIR));
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
         match arg.as_str() {
             "-f" | "--foreground" => foreground = true,
+            "--control" => control = Some(PathBuf::from(value("--control")?)),
+            "--take-over" => take_over = true,
+            "--uapi-dir" => uapi_dir = Some(PathBuf::from(value("--uapi-dir")?)),
+            "--no-uapi" => uapi_dir = None,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -66,12 +95,23 @@ fn parse_args() -> Result<Option<Args>, String> {
         }
     }
     let ifname = ifname.ok_or("missing INTERFACE-NAME")?;
-    Ok(Some(Args { foreground, ifname }))
+    if take_over && control.is_none() {
+        return Err("--take-over needs --control (where the running process listens)".into());
+    }
+    Ok(Some(Args {
+        foreground,
+        ifname,
+        control,
+        take_over,
+        uapi_dir,
+    }))
 }
 
 fn init_logging() {
+    // boringtun logs every retransmitted handshake; our own lines say once
+    // when a peer stops and starts answering instead.
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -131,15 +171,107 @@ fn daemonize() -> Result<Option<OwnedFd>, String> {
     }
 }
 
-fn start(args: &Args) -> Result<(Arc<Device>, UapiListener), String> {
+/// The device as the sockets serve it, and who serves it.
+struct Host {
+    device: Arc<Device>,
+    binary: String,
+    /// Set once a successor runs the device: then this process leaves the
+    /// interface and the socket files alone.
+    handed_off: AtomicBool,
+}
+
+impl UapiHandler for Host {
+    fn get(&self) -> DeviceInfo {
+        self.device.info()
+    }
+    fn set(&self, update: DeviceUpdate) -> Result<(), i32> {
+        self.device.apply(&update).map_err(|e| {
+            tracing::warn!("uapi set failed: {e}");
+            e.errno()
+        })
+    }
+    fn host_lines(&self) -> Vec<String> {
+        vec![
+            format!("weft_pid={}", std::process::id()),
+            format!("weft_binary={}", self.binary),
+        ]
+    }
+    fn stop(&self) {
+        self.device.stop("asked to stop (weft_stop)");
+    }
+    fn hand_off(&self, stream: &UnixStream) -> std::io::Result<()> {
+        tracing::info!("a successor asks for the device");
+        match handoff::give(&self.device, stream) {
+            Ok(()) => {
+                self.handed_off.store(true, Ordering::SeqCst);
+                self.device.stop("handed over to a successor");
+                Ok(())
+            }
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    }
+}
+
+/// Creates the device, or takes it over from the process running it.
+fn start_device(args: &Args) -> Result<Device, String> {
     let mut options = DeviceOptions::new(&args.ifname);
     if std::env::var("WEFT_WG_NO_OFFLOAD").as_deref() == Ok("1") {
         options.offload = false;
     }
-    let device = Device::create(&options).map_err(|e| e.to_string())?;
-    let uapi = UapiListener::bind(&args.ifname)
-        .map_err(|e| format!("cannot create the UAPI socket for {}: {e}", args.ifname))?;
-    Ok((Arc::new(device), uapi))
+    if let (true, Some(control)) = (args.take_over, &args.control) {
+        match handoff::take(control, &options) {
+            Ok(d) => {
+                tracing::info!(interface = %args.ifname, "took the running device over");
+                return Ok(d);
+            }
+            Err(HandoffError::NothingRunning(_)) => {
+                tracing::info!("no running device to take over; starting afresh")
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Device::create(&options).map_err(|e| e.to_string())
+}
+
+/// The sockets: the standard one (read-only when the agent has a control
+/// socket) and the control socket.
+fn serve(args: &Args, host: &Arc<Host>) -> Result<Vec<ServingSocket>, String> {
+    let handler: Arc<dyn UapiHandler> = host.clone();
+    let mut served = Vec::new();
+    if let Some(dir) = &args.uapi_dir {
+        let path = dir.join(format!("{}.sock", args.ifname));
+        let access = if args.control.is_some() {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        let l = UapiListener::bind_path(&path, args.take_over)
+            .map_err(|e| format!("cannot create the UAPI socket {}: {e}", path.display()))?;
+        served.push(
+            l.spawn(handler.clone(), access)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    if let Some(path) = &args.control {
+        let l = UapiListener::bind_path(path, args.take_over)
+            .map_err(|e| format!("cannot create the control socket {}: {e}", path.display()))?;
+        served.push(
+            l.spawn(handler, Access::Control)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(served)
+}
+
+fn start(args: &Args) -> Result<(Arc<Host>, Vec<ServingSocket>), String> {
+    let device = Arc::new(start_device(args)?);
+    let host = Arc::new(Host {
+        device,
+        binary: binary_identity(),
+        handed_off: AtomicBool::new(false),
+    });
+    let served = serve(args, &host)?;
+    Ok((host, served))
 }
 
 fn main() -> ExitCode {
@@ -168,7 +300,7 @@ fn main() -> ExitCode {
     };
     init_logging();
     let signals = TerminationSignals::block();
-    let (device, uapi) = match start(&args) {
+    let (host, served) = match start(&args) {
         Ok(x) => x,
         Err(e) => {
             match report {
@@ -183,23 +315,25 @@ fn main() -> ExitCode {
     if let Some(fd) = report {
         let _ = std::fs::File::from(fd).write_all(b"ok");
     }
-    tracing::info!(interface = %args.ifname, socket = %uapi.path().display(), "running");
+    tracing::info!(
+        interface = %args.ifname,
+        sockets = ?served.iter().map(|s| s.path().display().to_string()).collect::<Vec<_>>(),
+        "running"
+    );
 
-    let stopper = device.stopper();
+    let stopper = host.device.stopper();
     signals.on_arrival(move |sig| stopper.stop(&format!("received signal {sig}")));
-    let handler: Arc<dyn UapiHandler> = device.clone();
-    let uapi = Arc::new(uapi);
-    let serving = uapi.clone();
-    let _ = std::thread::Builder::new()
-        .name("weft-uapi-accept".into())
-        .spawn(move || serving.serve(handler));
 
-    let reason = device.wait();
+    let reason = host.device.wait();
     tracing::info!("shutting down: {reason}");
-    // Removing the socket first tells `wg` the interface is gone; dropping the
-    // device closes the TUN, which deletes the interface.
-    let _ = std::fs::remove_file(uapi.path());
-    drop(device);
+    // Closing the sockets first tells `wg` the interface is gone (a
+    // successor's socket files are left alone); dropping the device closes
+    // the TUN queue, which deletes the interface unless a successor holds it.
+    drop(served);
+    if host.handed_off.load(Ordering::SeqCst) {
+        tracing::info!("the successor runs the interface now");
+    }
+    drop(host);
     ExitCode::SUCCESS
 }
 
