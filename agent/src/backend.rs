@@ -7,7 +7,7 @@ use crate::file_backend::{FileError, Loaded, MeshFile};
 use crate::mesh::{Granularity, Liveness, RecordError};
 use dataplane::PublicKey;
 use ipnet::IpNet;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -55,6 +55,9 @@ pub struct SelfReport {
     pub granularity: Granularity,
     /// NAT endpoints this node learned from handshakes of roaming peers.
     pub discovered_endpoints: BTreeMap<PublicKey, SocketAddr>,
+    /// The segment members this node's probes find unreachable; `None`
+    /// when this node cannot probe (then it does not report at all).
+    pub unreachable: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]

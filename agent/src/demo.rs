@@ -415,6 +415,77 @@ impl Demo {
         }
     }
 
+    /// The process id of a node's running agent.
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.agents
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, c)| c.id())
+    }
+
+    /// The lines a node's agent has logged so far.
+    pub fn log_lines(&self, node: &str) -> usize {
+        self.log_from(node, 0).len()
+    }
+
+    /// A node's agent log from line `first` on.
+    pub fn log_from(&self, node: &str, first: usize) -> Vec<String> {
+        std::fs::read_to_string(self.paths.work.join(node).join("agent.log"))
+            .map(|s| s.lines().skip(first).map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// What a node runs: the routes the agent owns and its tunnel's peers
+    /// (public key and allowed IPs), to compare before and after a fault.
+    pub fn state(&self, node: &str) -> (Vec<String>, Vec<String>) {
+        let mut routes: Vec<String> = ip_n(&node_ns(node), &["route", "show", "proto", "87"])
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        routes.sort();
+        let control = self.paths.work.join(node).join("weft0.ctl");
+        let peers = dataplane::control::ControlClient::new(control)
+            .get()
+            .map(|(info, _)| {
+                info.peers
+                    .iter()
+                    .map(|p| format!("{} {:?}", p.public_key, p.allowed_ips))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (routes, peers)
+    }
+
+    /// Takes a node down as a crash would: its agent and tunnel killed, its
+    /// links down.
+    pub fn kill_node(&mut self, node: &str) {
+        if let Some(pos) = self.agents.iter().position(|(n, _)| n == node) {
+            let (_, mut child) = self.agents.remove(pos);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let control = self.paths.work.join(node).join("weft0.ctl");
+        if let Ok((_, host)) = dataplane::control::ControlClient::new(control).get() {
+            if let Some(pid) = host.pid {
+                // SAFETY: kill(2) on the tunnel process this node runs.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        for link in ["eth0", "eth1"] {
+            let _ = ip_n(&node_ns(node), &["link", "set", link, "down"]);
+        }
+    }
+
+    /// Sets one of a node's links down or up.
+    pub fn set_link(&self, node: &str, link: &str, up: bool) -> Result<(), DemoError> {
+        ip_n(
+            &node_ns(node),
+            &["link", "set", link, if up { "up" } else { "down" }],
+        )
+        .map(|_| ())
+    }
+
     /// Waits until every agent has written its CNI configuration, which it
     /// does after applying the tunnel and routes.
     pub fn wait_applied(&mut self, timeout: Duration) -> Result<(), DemoError> {
@@ -644,6 +715,19 @@ pub fn probe_during(
         sent: count,
         interval,
     })
+}
+
+/// CPU time (user and system) a process has used so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis((utime + stime) * 1000 / hz))
 }
 
 /// One ping; the RTT in ms if it was answered within a second.

@@ -8,5 +8,6 @@ pub mod file_backend;
 pub mod k8s;
 pub mod mesh;
 pub mod metrics;
+pub mod probe;
 pub mod reconcile;
 pub mod render;

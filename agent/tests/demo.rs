@@ -9,7 +9,7 @@
 use fake_apiserver as fake_api;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use weft_agent::demo::{self, Demo, DemoPaths};
 
 fn can_run() -> bool {
@@ -238,7 +238,7 @@ fn demo_mesh_through_the_kubernetes_backend() {
             .map_err(|e| weft_netlink::NetlinkError::Failed(e.to_string()))
     })
     .expect("listen in the internet namespace");
-    let _server = api.serve_http(listener);
+    let server = api.serve_http(listener);
     for n in demo::nodes() {
         let mut node = fake_api::k3s_node(n.name, n.pod_cidr);
         if n.public.is_some() {
@@ -356,6 +356,153 @@ fn demo_mesh_through_the_kubernetes_backend() {
     eprintln!(
         "gcp-1's pod reached home-1's {:?} after the restart",
         restarted.elapsed()
+    );
+
+    // The API goes away for 70 s, longer than the 60 s after which a node
+    // without check-ins is left out. Nothing may change, the agents must
+    // stay nearly idle and nearly silent, and check in as soon as it is back.
+    let names: Vec<&str> = demo::nodes().iter().map(|n| n.name).collect();
+    let before: Vec<_> = names.iter().map(|n| d.state(n)).collect();
+    let cpu = |d: &Demo| -> Vec<Duration> {
+        names
+            .iter()
+            .map(|n| d.agent_pid(n).and_then(demo::cpu_time).expect("agent cpu"))
+            .collect()
+    };
+    let logs = |d: &Demo| -> Vec<usize> { names.iter().map(|n| d.log_lines(n)).collect() };
+    let (cpu0, logs0) = (cpu(&d), logs(&d));
+    let outage = Duration::from_secs(70);
+    server.stop();
+    std::thread::sleep(outage);
+    let (cpu1, logs1) = (cpu(&d), logs(&d));
+    let during: Vec<_> = names.iter().map(|n| d.state(n)).collect();
+    let back_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let back = Instant::now();
+    server
+        .start_with(|addr| {
+            weft_netlink::in_netns(Path::new(&format!("/var/run/netns/{net}")), |_| {
+                std::net::TcpListener::bind(addr)
+                    .map_err(|e| weft_netlink::NetlinkError::Failed(e.to_string()))
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .expect("the API back");
+    let checked_in = |n: &str| {
+        ann(n)["kilo.squat.ai/last-seen"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|t| t >= back_at)
+    };
+    while !names.iter().all(|n| checked_in(n)) {
+        assert!(
+            back.elapsed() < Duration::from_secs(2),
+            "not every agent checked in within 2 s of the API's return: {:?}",
+            names.iter().map(|n| (n, checked_in(n))).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let check_in_after = back.elapsed();
+    for (i, n) in names.iter().enumerate() {
+        let used = cpu1[i].saturating_sub(cpu0[i]);
+        let lines = logs1[i] - logs0[i];
+        eprintln!(
+            "API outage of {outage:?}: {n}'s agent used {used:?} of CPU ({:.2} % of a core), \
+             logged {lines} lines",
+            used.as_secs_f64() * 100.0 / outage.as_secs_f64()
+        );
+        assert!(
+            used.as_secs_f64() <= 0.01 * outage.as_secs_f64(),
+            "{n}'s agent used {used:?} during the outage"
+        );
+        assert!(
+            lines <= 20,
+            "{n}'s agent logged {lines} lines during the outage:\n{}",
+            d.log_from(n, logs0[i])[..lines].join("\n")
+        );
+        assert_eq!(
+            during[i], before[i],
+            "{n} changed its routes or peers during the outage"
+        );
+    }
+    eprintln!("every agent checked in {check_in_after:?} after the API returned");
+    // Through the grace that follows an outage, nobody is left out either.
+    std::thread::sleep(Duration::from_secs(5));
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(
+            d.state(n),
+            before[i],
+            "{n} changed its routes or peers after the outage"
+        );
+    }
+
+    // Every Weft node reports what it cannot reach in its segment (an empty
+    // report while all is well).
+    let reported = |n: &str| ann(n)["weft.dev/unreachable"].as_str().map(str::to_string);
+    assert_eq!(reported("aws-2").as_deref(), Some(""));
+
+    // The leader's private link fails for 3 s: that is a stall, not a death;
+    // leadership stays where it is.
+    let patches_before = api.received().len();
+    d.set_link("aws-1", "eth1", false).expect("link down");
+    std::thread::sleep(Duration::from_secs(3));
+    d.set_link("aws-1", "eth1", true).expect("link up");
+    std::thread::sleep(Duration::from_secs(3));
+    let moved = api.received()[patches_before..]
+        .iter()
+        .filter(|r| r.path.ends_with("/aws-2"))
+        .any(|r| {
+            r.body["metadata"]["annotations"]["weft.dev/unreachable"]
+                .as_str()
+                .is_some_and(|v| v.contains("aws-1"))
+        });
+    assert!(
+        !moved,
+        "a 3 s stall of the leader's link was reported as a death"
+    );
+    assert_eq!(
+        ann("aws-2")["kilo.squat.ai/wireguard-ip"],
+        "",
+        "aws-2 stayed a follower"
+    );
+
+    // The aws leader dies (agent and tunnel killed, links down). aws-2's
+    // pod talks to gcp-1's pod through the aws leader: the blackout ends
+    // when aws-2 has taken over and gcp-1 has switched to it.
+    let from = demo::pod_ns("aws-2");
+    let to = Demo::pod_ip("gcp-1");
+    assert!(demo::ping(&from, &to).is_some());
+    let probes = demo::probe_during(
+        &from,
+        &to,
+        Duration::from_millis(200),
+        75,
+        Duration::from_secs(2),
+        || d.kill_node("aws-1"),
+    )
+    .expect("probes");
+    let blackout = probes.longest_gap();
+    eprintln!(
+        "leader death: {} of {} probes (every 200 ms) answered, blackout {blackout:?}",
+        probes.answered.len(),
+        probes.sent
+    );
+    assert!(
+        probes.answered.iter().any(|s| *s > 60),
+        "aws-2's pod never reached gcp-1 again: {probes:?}"
+    );
+    assert!(
+        blackout <= Duration::from_secs(5),
+        "failover took {blackout:?}"
+    );
+    assert_eq!(reported("aws-2").as_deref(), Some("aws-1"));
+    assert!(
+        ann("aws-2")["kilo.squat.ai/wireguard-ip"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "aws-2 leads aws now"
     );
     drop(d);
     let _ = std::fs::remove_dir_all(&work);

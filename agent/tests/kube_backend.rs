@@ -168,6 +168,7 @@ impl Agent {
                 .map(|w| w.address),
             granularity: t.options.granularity,
             discovered_endpoints: BTreeMap::new(),
+            unreachable: None,
         };
         match self.backend.publish(&report) {
             Ok(()) | Err(BackendError::Unavailable) => {}
@@ -422,6 +423,7 @@ fn api_failures_are_reported_not_fatal() {
         wireguard_ip: None,
         granularity: Default::default(),
         discovered_endpoints: BTreeMap::new(),
+        unreachable: None,
     };
     api.fail_patches(Some(403));
     let e = b.publish(&report).unwrap_err().to_string();

@@ -43,6 +43,7 @@ fn snapshot(nodes: u32, locations: u32, peers: u32) -> Snapshot {
                 allowed_location_ips: vec![],
                 last_seen: None,
                 discovered_endpoints: BTreeMap::new(),
+                unreachable: None,
             }
         })
         .collect();

@@ -20,6 +20,7 @@ use weft_agent::cli::{BackendArgs, BackendKind};
 use weft_agent::discover;
 use weft_agent::mesh::{DesiredState, RecordError, Topology};
 use weft_agent::metrics::{serve, Metrics};
+use weft_agent::probe::SegmentWatch;
 use weft_agent::reconcile::tunnel::{Launch, TunnelSettings};
 use weft_agent::reconcile::{key, Reconciler, Settings, VXLAN_NAME};
 
@@ -120,6 +121,8 @@ struct Announcer {
     internal_cidrs: Vec<IpNet>,
     /// The last failure, so a lasting one is logged once.
     last_error: Option<String>,
+    /// The watch over this segment's leader candidates (what it reports).
+    watch: SegmentWatch,
 }
 
 impl Announcer {
@@ -186,6 +189,7 @@ impl Announcer {
                 .map(|w| w.address),
             granularity: topology.options.granularity,
             discovered_endpoints: reconciler.learned_endpoints(&roaming),
+            unreachable: self.watch.report(),
         };
         match backend.publish(&report) {
             // The backend logs an outage once, not every announcement.
@@ -295,6 +299,7 @@ fn run(cli: Cli) -> Result<(), String> {
             ],
             internal_cidrs: cli.internal_cidrs.clone(),
             last_error: None,
+            watch: SegmentWatch::start(),
         }
     });
     let mut last_pass = Instant::now() - Duration::from_secs(cli.resync + 1);
@@ -307,8 +312,10 @@ fn run(cli: Cli) -> Result<(), String> {
     let mut retry = Duration::from_secs(1);
     let mut last_failure: Option<String> = None;
     while !stop.load(Ordering::SeqCst) {
+        // A leader candidate stopped or started answering: report it now.
+        let verdict = announcer.as_mut().is_some_and(|a| a.watch.tick());
         let due = last_pass.elapsed() >= Duration::from_secs(cli.resync);
-        if !due && !backend.changed() {
+        if !due && !verdict && !backend.changed() {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
@@ -366,6 +373,7 @@ fn run(cli: Cli) -> Result<(), String> {
         );
         let desired = topology.desired_state(&cli.hostname);
         if let Some(a) = announcer.as_mut() {
+            a.watch.follow(&topology, &cli.hostname);
             if let Err(e) = a.announce(backend.as_mut(), &reconciler, &topology, desired.as_ref()) {
                 metrics.error("announce");
                 tracing::error!("{e}");

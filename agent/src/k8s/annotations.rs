@@ -11,7 +11,6 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-const PREFIX: &str = "kilo.squat.ai/";
 /// Set by users.
 pub const LOCATION: &str = "kilo.squat.ai/location";
 pub const FORCE_ENDPOINT: &str = "kilo.squat.ai/force-endpoint";
@@ -27,8 +26,11 @@ pub const LAST_SEEN: &str = "kilo.squat.ai/last-seen";
 pub const WIREGUARD_IP: &str = "kilo.squat.ai/wireguard-ip";
 pub const GRANULARITY: &str = "kilo.squat.ai/granularity";
 pub const DISCOVERED_ENDPOINTS: &str = "kilo.squat.ai/discovered-endpoints";
+/// Weft's own, written by Weft agents only (Kilo ignores it): the segment
+/// members this node cannot reach, comma-separated (see `mesh::failover`).
+pub const UNREACHABLE: &str = "weft.dev/unreachable";
 /// The agent-owned keys, all of which `owned_patch` manages.
-pub const OWNED: [&str; 7] = [
+pub const OWNED: [&str; 8] = [
     ENDPOINT,
     INTERNAL_IP,
     KEY,
@@ -36,6 +38,7 @@ pub const OWNED: [&str; 7] = [
     WIREGUARD_IP,
     GRANULARITY,
     DISCOVERED_ENDPOINTS,
+    UNREACHABLE,
 ];
 /// Where the location comes from when there is no annotation.
 pub const DEFAULT_TOPOLOGY_LABEL: &str = "topology.kubernetes.io/region";
@@ -115,7 +118,7 @@ fn parse_discovered(v: &str, warn: &mut dyn FnMut(&str, String)) -> BTreeMap<Str
 /// The agent-owned annotations in Kilo's formats ("" where Kilo writes "").
 pub fn owned_annotations(report: &SelfReport, last_seen: u64) -> BTreeMap<String, String> {
     let opt = |v: Option<String>| v.unwrap_or_default();
-    BTreeMap::from([
+    let mut owned = BTreeMap::from([
         (ENDPOINT.to_string(), report.endpoint.clone()),
         (
             INTERNAL_IP.to_string(),
@@ -132,7 +135,12 @@ pub fn owned_annotations(report: &SelfReport, last_seen: u64) -> BTreeMap<String
             DISCOVERED_ENDPOINTS.to_string(),
             format_discovered(&report.discovered_endpoints),
         ),
-    ])
+    ]);
+    if let Some(names) = &report.unreachable {
+        let list: Vec<&str> = names.iter().map(String::as_str).collect();
+        owned.insert(UNREACHABLE.to_string(), list.join(","));
+    }
+    owned
 }
 
 /// The `last-seen` to write: the node's current one while it is younger
@@ -255,6 +263,13 @@ pub fn raw_node(node: &Node, topology_label: &str) -> (RawNode, Vec<RecordError>
             allowed_location_ips,
             last_seen,
             discovered_endpoints,
+            unreachable: ann.get(UNREACHABLE).map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }),
         },
         warnings,
     )
@@ -279,7 +294,7 @@ pub fn owned_patch(node: &Node, want: &BTreeMap<String, String>) -> Option<Value
             (None, None) => {}
         }
     }
-    debug_assert!(want.keys().all(|k| k.starts_with(PREFIX)));
+    debug_assert!(want.keys().all(|k| OWNED.contains(&k.as_str())));
     (!changes.is_empty()).then(|| json!({"metadata": {"annotations": changes}}))
 }
 
@@ -496,14 +511,29 @@ mod tests {
             wireguard_ip: Some("10.4.0.2/16".parse().unwrap()),
             granularity: crate::mesh::Granularity::Full,
             discovered_endpoints: BTreeMap::new(),
+            unreachable: None,
         };
         let a = owned_annotations(&report, 1234);
-        assert_eq!(a.len(), OWNED.len());
+        // Kilo's seven; Weft's report only from a node that probes.
+        assert_eq!(a.len(), OWNED.len() - 1);
+        assert!(!a.contains_key(UNREACHABLE));
         assert_eq!(a[INTERNAL_IP], "");
         assert_eq!(a[DISCOVERED_ENDPOINTS], "");
         assert_eq!(a[WIREGUARD_IP], "10.4.0.2/16");
         assert_eq!(a[GRANULARITY], "full");
         assert_eq!(a[LAST_SEEN], "1234");
         assert_eq!(a[KEY], KEY_B64);
+        let probing = SelfReport {
+            unreachable: Some(["b".to_string(), "a".to_string()].into()),
+            ..report
+        };
+        let a = owned_annotations(&probing, 1234);
+        assert_eq!(a[UNREACHABLE], "a,b");
+        let back = raw_node(
+            &node_json(json!({UNREACHABLE: "a, b"}), json!({}), json!({})),
+            DEFAULT_TOPOLOGY_LABEL,
+        )
+        .0;
+        assert_eq!(back.unreachable, Some(vec!["a".into(), "b".into()]));
     }
 }

@@ -170,21 +170,26 @@ fn watch_unreachable(e: &watcher::Error) -> bool {
     }
 }
 
+/// Says which object is this agent's own node.
+type IsOwn<K> = Box<dyn Fn(&K) -> bool + Send>;
+
 /// Mirrors one kind of object into `writer` for as long as the backend
 /// lives. `digest` says what of an object the mesh reads: an event that
-/// leaves it unchanged (a check-in) sets no change flag. A broken watch is
-/// restarted after `restart` says so.
+/// leaves it unchanged (a check-in) sets no change flag. The watch that
+/// carries our own node (`is_own` says which object that is) is restarted
+/// when our check-in does not come back through it.
 async fn mirror<K>(
     api: Api<K>,
     mut writer: reflector::store::Writer<K>,
     shared: Arc<Shared>,
     what: &'static str,
     digest: impl Fn(&K) -> u64,
-    is_own: impl Fn(&K) -> bool,
+    is_own: Option<IsOwn<K>>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
+    let watches_own_node = is_own.is_some();
     let mut digests: HashMap<String, u64> = HashMap::new();
     let mut relisted: HashMap<String, u64> = HashMap::new();
     let mut backoff = Backoff::default();
@@ -198,7 +203,7 @@ async fn mirror<K>(
             let event = tokio::select! {
                 e = stream.next() => e,
                 _ = watchdog.tick() => {
-                    if echo_overdue(&shared) {
+                    if watches_own_node && echo_overdue(&shared) {
                         tracing::warn!(
                             "our own check-in did not come back through the watch of {what} \
                              within {} s; restarting that watch",
@@ -225,19 +230,25 @@ async fn mirror<K>(
                     continue;
                 }
             };
-            shared.health.succeeded();
-            backoff.reset();
-            refused.clear();
+            // `Init` only announces a list about to be asked for; every other
+            // event came from the API.
+            if !matches!(event, watcher::Event::Init) {
+                shared.health.succeeded();
+                backoff.reset();
+                refused.clear();
+            }
             writer.apply_watcher_event(&event);
+            if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) = &event {
+                if is_own.as_ref().is_some_and(|own| own(o)) {
+                    *shared
+                        .own_event_at
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                }
+            }
             let mut relevant = false;
             match &event {
                 watcher::Event::Apply(o) => {
-                    if is_own(o) {
-                        *shared
-                            .own_event_at
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                    }
                     let d = digest(o);
                     relevant =
                         digests.insert(o.meta().name.clone().unwrap_or_default(), d) != Some(d);
@@ -477,7 +488,9 @@ impl KubeBackend {
             shared.clone(),
             "nodes",
             move |n: &Node| node_digest(n, &label),
-            move |n: &Node| n.metadata.name.as_deref() == Some(own.as_str()),
+            Some(Box::new(move |n: &Node| {
+                n.metadata.name.as_deref() == Some(own.as_str())
+            })),
         ));
         rt.spawn(mirror(
             Api::<Peer>::all(client.clone()),
@@ -485,7 +498,7 @@ impl KubeBackend {
             shared.clone(),
             "peers",
             peer_digest,
-            |_: &Peer| false,
+            None,
         ));
         rt.spawn(probe_while_down(client.clone(), shared.clone()));
         let check_in_period = settings.check_in_period;

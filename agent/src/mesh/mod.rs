@@ -3,6 +3,7 @@
 //! everything here is tested with tables, without root.
 
 pub mod desired;
+pub mod failover;
 pub mod liveness;
 pub mod model;
 pub mod topology;
@@ -50,6 +51,7 @@ pub(crate) mod testing {
             allowed_location_ips: vec![],
             last_seen: None,
             discovered_endpoints: BTreeMap::new(),
+            unreachable: None,
         }
     }
 

@@ -7,7 +7,7 @@ use super::liveness::Liveness;
 use dataplane::{PresharedKey, PublicKey};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -185,6 +185,9 @@ pub struct Node {
     pub last_seen: Option<u64>,
     /// NAT endpoints this node learned from handshakes, by public key.
     pub discovered_endpoints: BTreeMap<PublicKey, SocketAddr>,
+    /// The segment members this node finds unreachable (see `failover`);
+    /// `None` where the node does not report (Kilo nodes, mesh files).
+    pub unreachable: Option<BTreeSet<String>>,
 }
 
 impl Node {
@@ -268,6 +271,10 @@ pub struct RawNode {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub discovered_endpoints: BTreeMap<String, String>,
+    /// Names of the segment members the node finds unreachable; absent
+    /// where the node does not report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<Vec<String>>,
 }
 
 /// A peer as a backend reads it.
@@ -370,6 +377,12 @@ impl RawNode {
             allowed_location_ips,
             last_seen: self.last_seen,
             discovered_endpoints,
+            unreachable: self.unreachable.as_ref().map(|v| {
+                v.iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }),
         })
     }
 }

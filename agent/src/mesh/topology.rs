@@ -88,7 +88,7 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-fn has_public_endpoint(n: &Node) -> bool {
+pub(crate) fn has_public_endpoint(n: &Node) -> bool {
     n.endpoint
         .as_ref()
         .and_then(Endpoint::ip)
@@ -99,11 +99,9 @@ fn has_public_endpoint(n: &Node) -> bool {
 /// annotated node with a public endpoint, else the first annotated node, else
 /// the first with a public endpoint, else the first.
 pub fn find_leader(nodes: &[Node]) -> usize {
-    nodes
-        .iter()
-        .position(|n| n.leader && has_public_endpoint(n))
-        .or_else(|| nodes.iter().position(|n| n.leader))
-        .or_else(|| nodes.iter().position(has_public_endpoint))
+    super::failover::leader_order(nodes)
+        .first()
+        .copied()
         .unwrap_or(0)
 }
 
@@ -151,7 +149,9 @@ impl Topology {
         let mut segments = Vec::new();
         for (key, mut nodes) in groups {
             nodes.sort_by(|a, b| a.name.cmp(&b.name));
-            let leader = find_leader(&nodes);
+            // Kilo's choice, unless the segment's own reports say that
+            // candidate is down (see `failover`).
+            let leader = super::failover::choose_leader(&nodes);
             let ip = hosts.next().ok_or_else(|| TopologyError::SubnetExhausted {
                 subnet: options.subnet,
                 segment: key.clone(),
