@@ -521,8 +521,9 @@ fn an_api_outage_costs_nothing_and_ends_with_a_check_in() {
         backend: backend_with(&api, &rt, settings),
         topology: None,
     };
-    run_for(&mut a, 1, Duration::from_millis(500));
-    assert_eq!(check_ins(&api, "/a"), 1, "checked in once");
+    // The mirror reads events in batches (at most 250 ms late).
+    run_for(&mut a, 1, Duration::from_millis(1500));
+    assert!(check_ins(&api, "/a") >= 1, "checked in");
     let t = a.topology.as_ref().expect("a pass ran");
     assert_eq!(t.segments.len(), 2, "{:?}", t.excluded);
 
@@ -568,10 +569,13 @@ fn an_api_outage_costs_nothing_and_ends_with_a_check_in() {
 fn check_ins_of_other_nodes_wake_nothing() {
     let api = FakeApi::new();
     api.put("nodes", with_region(k3s_node("a", "10.42.0.0/24"), "aws"));
-    api.put("nodes", announced("b", "10.42.1.0/24", "gcp", now()));
+    // b's last check-in is 56 s old: it expires in 4 s unless it checks in.
+    api.put("nodes", announced("b", "10.42.1.0/24", "gcp", now() - 56));
     let rt = runtime();
     let mut a = agent(&api, &rt, "a");
-    run_for(&mut a, 1, Duration::from_millis(500));
+    // The mirror reads events in batches (at most 250 ms late).
+    run_for(&mut a, 1, Duration::from_millis(1500));
+    assert_eq!(a.topology.as_ref().unwrap().segments.len(), 2);
     assert!(!a.backend.changed(), "settled");
 
     // b checks in: only last-seen changes.
@@ -583,8 +587,9 @@ fn check_ins_of_other_nodes_wake_nothing() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Not even when its old check-in would have expired.
     assert_eq!(
-        run_for(&mut a, 1, Duration::from_millis(1500)),
+        run_for(&mut a, 1, Duration::from_millis(5000)),
         0,
         "check-ins cost no pass"
     );
@@ -595,18 +600,19 @@ fn check_ins_of_other_nodes_wake_nothing() {
         "b",
         &json!({"metadata": {"annotations": {"kilo.squat.ai/location": "azure"}}}),
     );
-    assert_eq!(run_for(&mut a, 1, Duration::from_millis(500)), 1);
+    assert_eq!(run_for(&mut a, 1, Duration::from_millis(1000)), 1);
     assert_eq!(a.topology.as_ref().unwrap().segments[1].location, "azure");
 
-    // A node crossing the staleness line wakes it within a second or so,
-    // though no watch event says anything the mesh reads changed.
+    // A node that stops checking in is left out when its check-in turns
+    // 60 s old, though no event says so. (Its clock set back 57 s: it
+    // expires in 3 s.)
     api.patch(
         "nodes",
         "b",
-        &json!({"metadata": {"annotations": {"kilo.squat.ai/last-seen": (now() - 61).to_string()}}}),
+        &json!({"metadata": {"annotations": {"kilo.squat.ai/last-seen": (now() - 57).to_string()}}}),
     );
-    let passes = run_for(&mut a, 1, Duration::from_millis(1600));
-    assert_eq!(passes, 1);
+    let passes = run_for(&mut a, 1, Duration::from_millis(4500));
+    assert!((1..=2).contains(&passes), "{passes} passes");
     let t = a.topology.as_ref().unwrap();
     assert!(
         t.excluded
@@ -615,13 +621,13 @@ fn check_ins_of_other_nodes_wake_nothing() {
         "{:?}",
         t.excluded
     );
-    // And coming back is seen the same way.
+    // And its next check-in brings it back at once.
     api.patch(
         "nodes",
         "b",
         &json!({"metadata": {"annotations": {"kilo.squat.ai/last-seen": now().to_string()}}}),
     );
-    assert_eq!(run_for(&mut a, 1, Duration::from_millis(1600)), 1);
+    assert_eq!(run_for(&mut a, 1, Duration::from_millis(1000)), 1);
     assert_eq!(a.topology.as_ref().unwrap().segments.len(), 2);
 }
 

@@ -42,8 +42,8 @@ struct State {
     version: u64,
     /// kind ("nodes" | "peers" | "events") -> name -> object.
     objects: BTreeMap<&'static str, BTreeMap<String, Value>>,
-    /// (version, kind, watch event).
-    log: Vec<(u64, &'static str, Value)>,
+    /// (version, kind, watch event as one JSON line).
+    log: Vec<(u64, &'static str, String)>,
     received: Vec<Received>,
     /// Whether to keep `received` (a long benchmark turns it off).
     forget_requests: bool,
@@ -128,6 +128,13 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// A watch event as the API server writes it: the type first, then the
+/// object (serde_json alone would sort "object" first, which makes clients
+/// buffer the whole object before they know what it is).
+fn watch_event(kind: &str, object: &Value) -> String {
+    format!("{{\"type\":\"{kind}\",\"object\":{object}}}")
+}
+
 fn refused() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused")
 }
@@ -160,7 +167,7 @@ impl FakeApi {
             .insert(name, object.clone())
             .is_some();
         let t = if existed { "MODIFIED" } else { "ADDED" };
-        s.log.push((v, kind, json!({"type": t, "object": object})));
+        s.log.push((v, kind, watch_event(t, &object)));
         drop(s);
         self.wake();
     }
@@ -183,8 +190,7 @@ impl FakeApi {
         let v = s.version;
         if let Some(mut o) = s.objects.entry(kind).or_default().remove(name) {
             o["metadata"]["resourceVersion"] = json!(v.to_string());
-            s.log
-                .push((v, kind, json!({"type": "DELETED", "object": o})));
+            s.log.push((v, kind, watch_event("DELETED", &o)));
         }
         drop(s);
         self.wake();

@@ -2,10 +2,10 @@
 //! cluster set up for Kilo works unchanged and Kilo's `kgctl` can read a Weft
 //! cluster.
 
+use super::node::NodeView;
 use crate::backend::SelfReport;
 use crate::mesh::{RawNode, RecordError};
 use dataplane::PublicKey;
-use k8s_openapi::api::core::v1::Node;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -145,8 +145,8 @@ pub fn owned_annotations(report: &SelfReport, last_seen: u64) -> BTreeMap<String
 
 /// The `last-seen` to write: the node's current one while it is younger
 /// than the check-in period (no patch just for it), else `now`.
-pub fn check_in_value(node: &Node, now: u64) -> u64 {
-    node.metadata
+pub fn check_in_value(node: &impl NodeView, now: u64) -> u64 {
+    node.meta()
         .annotations
         .as_ref()
         .and_then(|a| a.get(LAST_SEEN))
@@ -168,11 +168,12 @@ pub fn check_in_value(node: &Node, now: u64) -> u64 {
 ///
 /// Problems with single annotations come back as warnings: the node is still
 /// used, without that value.
-pub fn raw_node(node: &Node, topology_label: &str) -> (RawNode, Vec<RecordError>) {
-    let name = node.metadata.name.clone().unwrap_or_default();
+pub fn raw_node(node: &impl NodeView, topology_label: &str) -> (RawNode, Vec<RecordError>) {
+    let meta = node.meta();
+    let name = meta.name.clone().unwrap_or_default();
     let empty = BTreeMap::new();
-    let ann = node.metadata.annotations.as_ref().unwrap_or(&empty);
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let ann = meta.annotations.as_ref().unwrap_or(&empty);
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
     let mut warnings = Vec::new();
     let mut warn = |field: &str, reason: String| {
         warnings.push(RecordError {
@@ -243,13 +244,7 @@ pub fn raw_node(node: &Node, topology_label: &str) -> (RawNode, Vec<RecordError>
         .get(DISCOVERED_ENDPOINTS)
         .map(|v| parse_discovered(v, &mut warn))
         .unwrap_or_default();
-    let spec = node.spec.as_ref();
-    let mut pod_cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
-    if pod_cidrs.is_empty() {
-        if let Some(c) = spec.and_then(|s| s.pod_cidr.clone()) {
-            pod_cidrs.push(c);
-        }
-    }
+    let pod_cidrs = node.pod_cidrs();
     (
         RawNode {
             name: name.clone(),
@@ -278,9 +273,9 @@ pub fn raw_node(node: &Node, topology_label: &str) -> (RawNode, Vec<RecordError>
 /// A JSON merge patch that sets the agent-owned annotations to `want`
 /// (missing keys of `OWNED` are removed) and leaves everything else alone,
 /// or `None` when the node already matches. Minimal: only differing keys.
-pub fn owned_patch(node: &Node, want: &BTreeMap<String, String>) -> Option<Value> {
+pub fn owned_patch(node: &impl NodeView, want: &BTreeMap<String, String>) -> Option<Value> {
     let empty = BTreeMap::new();
-    let have = node.metadata.annotations.as_ref().unwrap_or(&empty);
+    let have = node.meta().annotations.as_ref().unwrap_or(&empty);
     let mut changes = Map::new();
     for key in OWNED {
         match (have.get(key), want.get(key)) {
@@ -301,6 +296,7 @@ pub fn owned_patch(node: &Node, want: &BTreeMap<String, String>) -> Option<Value
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Node;
 
     /// The shape `kubectl get node -o json` returns, trimmed to what matters.
     fn node_json(annotations: Value, labels: Value, spec: Value) -> Node {

@@ -6,4 +6,5 @@
 pub mod annotations;
 pub mod backend;
 pub mod health;
+pub mod node;
 pub mod peer;
