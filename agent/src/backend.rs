@@ -34,6 +34,11 @@ pub trait Backend {
     fn ready(&self) -> bool {
         true
     }
+    /// Whether the backend is in sync with its source (for /readyz): why
+    /// not, if it is not.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// The clock check-in ages are judged by at `now` (unix seconds): a
     /// backend that could not observe check-ins for a while (the API was
     /// away) does not count that time against anyone.
@@ -79,11 +84,17 @@ pub struct FileBackend {
     /// The modification time at the last `observe`; `None` inside means the
     /// file was missing then (so a missing file is not re-read every time).
     seen: Option<Option<SystemTime>>,
+    /// What went wrong at the last `observe`.
+    problem: Option<String>,
 }
 
 impl FileBackend {
     pub fn new(path: PathBuf) -> Self {
-        Self { path, seen: None }
+        Self {
+            path,
+            seen: None,
+            problem: None,
+        }
     }
 
     fn modified(&self) -> Option<SystemTime> {
@@ -100,7 +111,16 @@ impl Backend for FileBackend {
 
     fn observe(&mut self) -> Result<Loaded, BackendError> {
         self.seen = Some(self.modified());
-        Ok(MeshFile::read(&self.path)?)
+        let read = MeshFile::read(&self.path);
+        self.problem = read.as_ref().err().map(|e| e.to_string());
+        Ok(read?)
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match &self.problem {
+            None => Ok(()),
+            Some(p) => Err(format!("{p} (the last good mesh stays applied)")),
+        }
     }
 
     fn describe(&self) -> String {

@@ -1,19 +1,21 @@
-//! Prometheus metrics and a health check on a small HTTP endpoint: mesh size,
-//! reconcile counts, errors and durations, and per-peer traffic and handshake
-//! age from the embedded tunnel (Kilo needs a separate exporter for those).
+//! Prometheus metrics (prometheus-client's registry and OpenMetrics text):
+//! mesh size, reconciles, errors and durations, the API's reachability, and
+//! per peer the tunnel's traffic, handshake age and reachability (Kilo needs
+//! a separate exporter for those). The names are the documented ones.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Upper bounds of the reconcile-duration histogram, in seconds.
 const BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
 
-/// One peer's counters as the device reports them.
+/// One peer's counters as the tunnel reports them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeerStat {
     pub public_key: String,
@@ -25,197 +27,174 @@ pub struct PeerStat {
     pub reachable: Option<bool>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Stage {
+    stage: String,
+}
+
+/// The tunnel's per-peer figures, encoded as they are at each scrape.
+#[derive(Debug, Default)]
+struct PeerStats(Mutex<Vec<PeerStat>>);
+
+impl Collector for PeerStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let peers = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let labels = |p: &PeerStat| [("public_key".to_string(), p.public_key.clone())];
+        for (name, help, rx) in [
+            ("weft_peer_rx_bytes", "Bytes received from a peer.", true),
+            ("weft_peer_tx_bytes", "Bytes sent to a peer.", false),
+        ] {
+            let c = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            for p in &peers {
+                let v = ConstCounter::new(if rx { p.rx_bytes } else { p.tx_bytes });
+                v.encode(family.encode_family(&labels(p))?)?;
+            }
+        }
+        let g = ConstGauge::new(0.0f64);
+        let mut family = encoder.encode_descriptor(
+            "weft_peer_last_handshake_age_seconds",
+            "Seconds since the last handshake with a peer.",
+            None,
+            g.metric_type(),
+        )?;
+        for p in &peers {
+            if let Some(age) = p.handshake_age {
+                ConstGauge::new(age).encode(family.encode_family(&labels(p))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "weft_peer_reachable",
+            "1 while a peer answers, 0 once its handshakes go unanswered for 5 s.",
+            None,
+            g.metric_type(),
+        )?;
+        for p in &peers {
+            if let Some(r) = p.reachable {
+                ConstGauge::new(i64::from(r)).encode(family.encode_family(&labels(p))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub struct Metrics {
-    nodes: AtomicU64,
-    peers: AtomicU64,
-    leader: AtomicU64,
-    reconciles: AtomicU64,
-    errors: Mutex<BTreeMap<&'static str, u64>>,
-    durations: Mutex<([u64; BUCKETS.len()], u64, f64)>,
-    peer_stats: Mutex<Vec<PeerStat>>,
+    registry: Registry,
+    nodes: Gauge,
+    peers: Gauge,
+    leader: Gauge,
+    api_reachable: Gauge,
+    reconciles: Counter,
+    errors: Family<Stage, Counter>,
+    durations: Histogram,
+    peer_stats: Arc<PeerStats>,
+}
+
+/// Lets the registry hold a collector the metrics keep updating.
+#[derive(Debug)]
+struct Shared(Arc<PeerStats>);
+
+impl Collector for Shared {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        let mut registry = Registry::default();
+        let nodes = Gauge::default();
+        let peers = Gauge::default();
+        let leader = Gauge::default();
+        let api_reachable = Gauge::default();
+        let reconciles = Counter::default();
+        let errors = Family::<Stage, Counter>::default();
+        let durations = Histogram::new(BUCKETS);
+        registry.register("weft_nodes", "Nodes in the mesh.", nodes.clone());
+        registry.register("weft_peers", "External peers in the mesh.", peers.clone());
+        registry.register(
+            "weft_leader",
+            "1 while this node leads its segment.",
+            leader.clone(),
+        );
+        registry.register(
+            "weft_api_reachable",
+            "1 while the Kubernetes API answers (always 1 for a mesh file).",
+            api_reachable.clone(),
+        );
+        registry.register("weft_reconciles", "Reconcile passes.", reconciles.clone());
+        registry.register("weft_errors", "Errors by stage.", errors.clone());
+        registry.register(
+            "weft_reconcile_duration_seconds",
+            "Duration of reconcile passes.",
+            durations.clone(),
+        );
+        let peer_stats = Arc::new(PeerStats::default());
+        registry.register_collector(Box::new(Shared(peer_stats.clone())));
+        api_reachable.set(1);
+        Arc::new(Self {
+            registry,
+            nodes,
+            peers,
+            leader,
+            api_reachable,
+            reconciles,
+            errors,
+            durations,
+            peer_stats,
+        })
     }
 
     pub fn set_mesh(&self, nodes: usize, peers: usize, leader: bool) {
-        self.nodes.store(nodes as u64, Ordering::Relaxed);
-        self.peers.store(peers as u64, Ordering::Relaxed);
-        self.leader.store(u64::from(leader), Ordering::Relaxed);
+        self.nodes.set(nodes as i64);
+        self.peers.set(peers as i64);
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn set_api_reachable(&self, reachable: bool) {
+        self.api_reachable.set(i64::from(reachable));
     }
 
     pub fn reconciled(&self, seconds: f64) {
-        self.reconciles.fetch_add(1, Ordering::Relaxed);
-        let mut d = self.durations.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if seconds <= *le {
-                d.0[i] += 1;
-            }
-        }
-        d.1 += 1;
-        d.2 += seconds;
+        self.reconciles.inc();
+        self.durations.observe(seconds);
     }
 
-    /// Counts an error of one stage (`backend`, `topology`, `reconcile`).
+    /// Counts an error of one stage (`backend`, `topology`, `reconcile`...).
     pub fn error(&self, stage: &'static str) {
-        *self
-            .errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(stage)
-            .or_default() += 1;
+        self.errors
+            .get_or_create(&Stage {
+                stage: stage.to_string(),
+            })
+            .inc();
     }
 
     pub fn set_peers(&self, stats: Vec<PeerStat>) {
-        *self.peer_stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        *self.peer_stats.0.lock().unwrap_or_else(|e| e.into_inner()) = stats;
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            &mut out,
-            "weft_nodes",
-            "Nodes in the mesh (ready).",
-            self.nodes.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "weft_peers",
-            "Peers in the mesh.",
-            self.peers.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "weft_leader",
-            "1 if this node leads its segment.",
-            self.leader.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP weft_reconciles_total Reconcile passes.\n# TYPE weft_reconciles_total counter\nweft_reconciles_total {}",
-            self.reconciles.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP weft_errors_total Errors by stage.\n# TYPE weft_errors_total counter"
-        );
-        for (stage, n) in self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "weft_errors_total{{stage=\"{stage}\"}} {n}");
-        }
-        {
-            let d = self.durations.lock().unwrap_or_else(|e| e.into_inner());
-            let name = "weft_reconcile_duration_seconds";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Duration of reconcile passes.\n# TYPE {name} histogram"
-            );
-            for (i, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", d.0[i]);
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-                d.1, d.2, d.1
-            );
-        }
-        let peers = self.peer_stats.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, help, kind) in [
-            (
-                "weft_peer_rx_bytes_total",
-                "Bytes received from a peer.",
-                "counter",
-            ),
-            (
-                "weft_peer_tx_bytes_total",
-                "Bytes sent to a peer.",
-                "counter",
-            ),
-            (
-                "weft_peer_last_handshake_age_seconds",
-                "Seconds since the last handshake with a peer.",
-                "gauge",
-            ),
-            (
-                "weft_peer_reachable",
-                "1 while a peer answers, 0 once its handshakes go unanswered for 5 s.",
-                "gauge",
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for p in peers.iter() {
-                let v = match name {
-                    "weft_peer_rx_bytes_total" => Some(p.rx_bytes as f64),
-                    "weft_peer_tx_bytes_total" => Some(p.tx_bytes as f64),
-                    "weft_peer_reachable" => p.reachable.map(|r| f64::from(u8::from(r))),
-                    _ => p.handshake_age,
-                };
-                if let Some(v) = v {
-                    let _ = writeln!(out, "{name}{{public_key=\"{}\"}} {v}", p.public_key);
-                }
-            }
-        }
+        // Writing into a String does not fail; an encoding error would be a
+        // bug in a metric, and then the scrape gets what was written.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
-
-/// Serves `/metrics` and `/healthz` on `listener`, one short request per
-/// connection, until the process ends.
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
-        let m = metrics.clone();
-        let _ = std::thread::Builder::new()
-            .name("metrics-conn".into())
-            .spawn(move || {
-                let _ = answer(stream, &m);
-            });
-    }
-}
-
-fn answer(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    // Bounded: a request line longer than 8 KiB is not ours to serve.
-    std::io::Read::take(&mut reader, 8192).read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, content_type, body) = match (line.split_whitespace().next(), path) {
-        (Some("GET"), "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        (Some("GET"), "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        (Some("GET"), _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        ),
-    };
-    let mut w = stream;
-    write!(
-        w,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     #[test]
-    fn renders_the_exposition_format() {
+    fn renders_the_documented_names() {
         let m = Metrics::new();
         m.set_mesh(4, 1, true);
         m.reconciled(0.0012);
         m.reconciled(0.03);
         m.error("backend");
+        m.set_api_reachable(false);
         m.set_peers(vec![PeerStat {
             public_key: "abc=".into(),
             rx_bytes: 10,
@@ -227,6 +206,7 @@ mod tests {
         for line in [
             "weft_nodes 4",
             "weft_leader 1",
+            "weft_api_reachable 0",
             "weft_reconciles_total 2",
             "weft_errors_total{stage=\"backend\"} 1",
             "weft_reconcile_duration_seconds_bucket{le=\"0.001\"} 0",
@@ -234,38 +214,15 @@ mod tests {
             "weft_reconcile_duration_seconds_bucket{le=\"+Inf\"} 2",
             "weft_reconcile_duration_seconds_count 2",
             "weft_peer_rx_bytes_total{public_key=\"abc=\"} 10",
+            "weft_peer_tx_bytes_total{public_key=\"abc=\"} 20",
             "weft_peer_last_handshake_age_seconds{public_key=\"abc=\"} 3.5",
             "weft_peer_reachable{public_key=\"abc=\"} 0",
+            "# EOF",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
             );
         }
-    }
-
-    #[test]
-    fn serves_metrics_health_and_refuses_the_rest() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let m = Metrics::new();
-        m.set_mesh(2, 0, false);
-        std::thread::spawn(move || serve(l, m));
-        let get = |req: &str| {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.write_all(req.as_bytes()).unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        };
-        let r = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(
-            r.starts_with("HTTP/1.1 200 OK") && r.contains("weft_nodes 2"),
-            "{r}"
-        );
-        assert!(get("GET /healthz HTTP/1.1\r\n\r\n").ends_with("ok\n"));
-        assert!(get("GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
-        assert!(get("POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
-        assert!(get("\u{0}\u{1}garbage\r\n").starts_with("HTTP/1.1 405"));
     }
 }

@@ -6,6 +6,8 @@
 //! through the Kubernetes backend: the agents read Nodes from an API server
 //! in the demo's internet namespace and announce themselves there.
 
+mod common;
+
 use fake_apiserver as fake_api;
 
 use std::path::Path;
@@ -23,29 +25,9 @@ fn can_run() -> bool {
 
 fn paths() -> DemoPaths {
     let agent = Path::new(env!("CARGO_BIN_EXE_weft-agent"));
-    let dir = agent.parent().expect("target dir");
-    let mut p = DemoPaths::in_dir(dir);
-    // weft-cni is another package's binary: make sure it is built (same profile).
-    if !p.cni.is_file() {
-        // The profile is the target directory's name ("debug" is "dev").
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_string(),
-            Some(name) => name.to_string(),
-        };
-        let ok = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "cni-plugin",
-                "--bin",
-                "weft-cni",
-                "--profile",
-                &profile,
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot build weft-cni");
-    }
+    let mut p = DemoPaths::in_dir(agent.parent().expect("target dir"));
+    p.cni = common::sibling_binary("weft-cni", "cni-plugin");
+    p.tunnel = common::sibling_binary("weft-wg", "dataplane");
     p.work = std::env::temp_dir().join(format!("weft-demo-test-{}", std::process::id()));
     p
 }

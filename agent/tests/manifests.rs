@@ -4,9 +4,12 @@
 //! runtime's defaults, flags the agent knows; and the scripts the image runs
 //! at install time, run for real on temporary directories.
 
+mod common;
+
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -94,6 +97,12 @@ fn mounts(ds: &DaemonSet, c: &Container) -> BTreeMap<String, Option<String>> {
         .collect()
 }
 
+fn container<'a>(list: &'a [Container], name: &str) -> &'a Container {
+    list.iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
 fn check(file: &str, k3s: bool) {
     let docs = documents(file);
     let kinds: BTreeSet<&str> = docs.keys().map(String::as_str).collect();
@@ -156,29 +165,112 @@ fn check(file: &str, k3s: bool) {
                 && t.effect.is_none()),
         "tolerates every taint, NotReady included"
     );
-    let agent = &pod.containers[0];
-    assert_eq!(pod.containers.len(), 1);
-    let sc = agent.security_context.clone().unwrap();
-    assert_ne!(sc.privileged, Some(true), "not privileged");
-    let caps = sc.capabilities.unwrap();
-    assert_eq!(caps.drop.unwrap(), ["ALL"]);
-    assert_eq!(caps.add.unwrap(), ["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(pod.containers.len(), 2, "the tunnel and the agent");
+    let agent = container(&pod.containers, "weft-agent");
+    let tunnel = container(&pod.containers, "weft-tunnel");
+    let caps = |c: &Container| {
+        let sc = c.security_context.clone().unwrap();
+        assert_ne!(sc.privileged, Some(true), "{} not privileged", c.name);
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop.unwrap(), ["ALL"], "{}", c.name);
+        caps.add.unwrap()
+    };
+    assert_eq!(caps(agent), ["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(caps(tunnel), ["NET_ADMIN"]);
     let env = agent.env.clone().unwrap();
-    let node_name = env
-        .iter()
-        .find(|e| e.name == "NODE_NAME")
-        .expect("NODE_NAME");
-    assert_eq!(
-        node_name
+    let field = |name: &str| -> String {
+        env.iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
             .value_from
             .as_ref()
             .unwrap()
             .field_ref
             .as_ref()
             .unwrap()
-            .field_path,
-        "spec.nodeName"
-    );
+            .field_path
+            .clone()
+    };
+    assert_eq!(field("NODE_NAME"), "spec.nodeName");
+    // Metrics and health on the node's own address, as the kubelet's
+    // probes reach a host-network pod.
+    assert_eq!(field("HOST_IP"), "status.hostIP");
+    assert_eq!(arg_value(agent, "--listen"), Some("$(HOST_IP):1107"));
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(probe_path(&agent.readiness_probe), "/readyz");
+    assert_eq!(probe_path(&agent.liveness_probe), "/healthz");
+    if !k3s {
+        let api = env
+            .iter()
+            .find(|e| e.name == "WEFT_API_SERVER")
+            .expect("the API server's address, settable once");
+        let r = api
+            .value_from
+            .as_ref()
+            .unwrap()
+            .config_map_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str(), r.optional),
+            ("weft", "api-server", Some(true))
+        );
+    }
+    // A rolling update starts the new pod first, so that its tunnel takes
+    // the old one's over.
+    let ru = ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .update_strategy
+        .as_ref()
+        .unwrap()
+        .rolling_update
+        .clone()
+        .unwrap();
+    assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+
+    // The tunnel: weft-wg with flags it knows, taking over and lingering,
+    // its control socket where the agent looks, on a directory both share
+    // (and the next pod too: a host path).
+    assert_eq!(tunnel.command.as_ref().unwrap(), &["weft-wg"]);
+    let wg_help = String::from_utf8(
+        Command::new(common::sibling_binary("weft-wg", "dataplane"))
+            .arg("--help")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let targs = tunnel.args.clone().unwrap();
+    for a in &targs[..targs.len() - 1] {
+        let flag = a.split('=').next().unwrap();
+        assert!(wg_help.contains(flag), "weft-wg has no {flag}");
+    }
+    assert_eq!(targs.last().map(String::as_str), Some("weft0"));
+    assert!(targs.iter().any(|a| a == "--take-over") && targs.iter().any(|a| a == "--linger"));
+    let control = arg_value(tunnel, "--control").unwrap();
+    assert_eq!(arg_value(agent, "--control-socket"), Some(control));
+    assert_eq!(arg_value(agent, "--tunnel"), Some("external"));
+    let run_dir = Path::new(control).parent().unwrap().to_str().unwrap();
+    assert_eq!(mounts(&ds, agent)[run_dir].as_deref(), Some(run_dir));
+    let tm = mounts(&ds, tunnel);
+    assert_eq!(tm[run_dir].as_deref(), Some(run_dir));
+    assert_eq!(tm["/dev/net/tun"].as_deref(), Some("/dev/net/tun"));
+    // The UAPI socket where the host's `wg` looks for it.
+    let uapi = arg_value(tunnel, "--uapi-dir").unwrap();
+    assert_eq!(tm[uapi].as_deref(), Some("/var/run/wireguard"));
 
     // Every flag is one weft-agent knows.
     let help = agent_help();
@@ -201,12 +293,11 @@ fn check(file: &str, k3s: bool) {
     assert_eq!(m[state].as_deref(), Some("/var/lib/weft"));
     let cni_dir = arg_value(agent, "--cni-dir").unwrap();
     assert_eq!(m[cni_dir].as_deref(), Some("/etc/cni/net.d"));
-    assert_eq!(m["/dev/net/tun"].as_deref(), Some("/dev/net/tun"));
     assert_eq!(m["/run/xtables.lock"].as_deref(), Some("/run/xtables.lock"));
-    // The UAPI socket where the host's `wg` looks for it.
+    // Kilo's allocations, where the agent looks for them on a migration.
     assert_eq!(
-        m["/var/run/wireguard"].as_deref(),
-        Some("/var/run/wireguard")
+        m["/var/lib/cni/networks"].as_deref(),
+        Some("/var/lib/cni/networks")
     );
     let vols = pod.volumes.clone().unwrap();
     let tun = vols
@@ -246,7 +337,10 @@ fn check(file: &str, k3s: bool) {
     assert_eq!(images.len(), 1);
     // The scripts exist and the image installs them.
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
-    for c in &init {
+    for c in init
+        .iter()
+        .filter(|c| c.command.as_ref().unwrap()[0].ends_with(".sh"))
+    {
         let script = &c.command.as_ref().unwrap()[0];
         assert!(repo().join("deploy").join(script).exists(), "{script}");
         assert!(
@@ -254,6 +348,48 @@ fn check(file: &str, k3s: bool) {
             "{script} not in the image"
         );
     }
+    // Forwarding: the one privileged step, with flags the agent knows and
+    // the agent's own way to the API.
+    let fwd = init
+        .iter()
+        .find(|c| c.name == "forwarding")
+        .expect("forwarding init");
+    assert_eq!(
+        fwd.security_context.as_ref().unwrap().privileged,
+        Some(true)
+    );
+    assert_eq!(fwd.command.as_ref().unwrap(), &["weft-agent"]);
+    assert!(fwd
+        .args
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|a| a == "--enable-forwarding"));
+    for a in fwd.args.as_ref().unwrap() {
+        let flag = a.split('=').next().unwrap();
+        assert!(help.contains(flag), "weft-agent has no {flag}");
+    }
+    assert_eq!(arg_value(fwd, "--hostname"), Some("$(NODE_NAME)"));
+    assert_eq!(
+        arg_value(fwd, "--kubeconfig"),
+        arg_value(agent, "--kubeconfig")
+    );
+    assert_eq!(
+        fwd.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| &e.name)
+            .collect::<Vec<_>>(),
+        agent
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|e| e.name != "HOST_IP")
+            .map(|e| &e.name)
+            .collect::<Vec<_>>()
+    );
     if k3s {
         let kc = init
             .iter()

@@ -18,11 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 use weft_agent::backend::{Backend, BackendError, SelfReport};
 use weft_agent::cli::{BackendArgs, BackendKind};
 use weft_agent::discover;
+use weft_agent::forwarding::{self, Sysctls};
 use weft_agent::mesh::{DesiredState, RecordError, Topology};
-use weft_agent::metrics::{serve, Metrics};
+use weft_agent::metrics::Metrics;
 use weft_agent::probe::SegmentWatch;
 use weft_agent::reconcile::tunnel::{Launch, TunnelSettings};
 use weft_agent::reconcile::{key, Reconciler, Settings, VXLAN_NAME};
+use weft_agent::status::Status;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +63,11 @@ struct Cli {
     /// Do not write a CNI configuration.
     #[arg(long)]
     no_cni: bool,
+    /// Where host-local keeps its allocations: a `kilo` directory there
+    /// (or Kilo's conflist in --cni-dir) means the node ran Kilo, and the
+    /// network keeps Kilo's name so that running pods keep their addresses.
+    #[arg(long, default_value = weft_agent::reconcile::cni::IPAM_DIR)]
+    ipam_dir: PathBuf,
     /// Directory of the tunnel's read-only UAPI socket, so `wg show` works.
     #[arg(long, default_value = dataplane::uapi::SOCKET_DIR)]
     uapi_dir: PathBuf,
@@ -88,10 +95,16 @@ struct Cli {
     /// Re-apply everything this often (seconds) even without changes.
     #[arg(long, default_value_t = 30)]
     resync: u64,
-    /// Address for Prometheus metrics (/metrics) and the health check
-    /// (/healthz); empty to disable.
+    /// Address for Prometheus metrics (/metrics), liveness (/healthz: the
+    /// agent's loop turns) and readiness (/readyz: synced, applied, CNI
+    /// configuration written, forwarding on); empty to disable. The
+    /// manifests bind the node's own address.
     #[arg(long, default_value = "0.0.0.0:1107")]
     listen: String,
+    /// Turn on IP forwarding for the families of this node's pod CIDRs and
+    /// exit (what the DaemonSet's privileged init container runs).
+    #[arg(long)]
+    enable_forwarding: bool,
     /// On exit, remove the routes, rules, CNI configuration and tunnel this
     /// agent created. Off by default: a restart should not be an outage.
     #[arg(long)]
@@ -224,22 +237,262 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn enable_forwarding() {
-    for (path, what) in [
-        ("/proc/sys/net/ipv4/ip_forward", "IPv4"),
-        ("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6"),
-    ] {
-        match std::fs::read_to_string(path) {
-            Ok(v) if v.trim() == "1" => {}
-            _ => match std::fs::write(path, "1") {
-                Ok(()) => tracing::info!("enabled {what} forwarding"),
-                Err(e) => tracing::warn!("cannot enable {what} forwarding ({path}): {e}"),
-            },
+/// The agent loop's memory between passes: when the last one ran, what it
+/// logged (so a lasting condition is logged once), and its retry back-off.
+struct Pass {
+    last: Instant,
+    resync: Duration,
+    problems: Vec<RecordError>,
+    /// Why this node was last out of the mesh.
+    absence: Option<String>,
+    /// Failed passes retry after 1 s, doubling to the resync period.
+    retry: Duration,
+    failure: Option<String>,
+}
+
+impl Pass {
+    fn new(resync: Duration) -> Self {
+        Self {
+            last: Instant::now() - resync - Duration::from_secs(1),
+            resync,
+            problems: Vec::new(),
+            absence: None,
+            retry: Duration::from_secs(1),
+            failure: None,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last.elapsed() >= self.resync
+    }
+
+    /// The next pass in `self.retry`, backing off.
+    fn retry_soon(&mut self) {
+        self.last = Instant::now() - self.resync.saturating_sub(self.retry);
+        self.retry = (self.retry * 2).min(self.resync);
+    }
+}
+
+/// Everything one pass needs.
+struct Agent {
+    hostname: String,
+    backend: Box<dyn Backend>,
+    reconciler: Reconciler,
+    announcer: Option<Announcer>,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    sysctls: Sysctls,
+    cni: bool,
+}
+
+/// Records a readiness verdict; a change is logged once.
+fn check(status: &Status, name: &'static str, verdict: Result<(), String>) {
+    if status.set(name, verdict.clone()) {
+        match verdict {
+            Ok(()) => tracing::info!(check = name, "ready: {name} ok"),
+            Err(why) => tracing::error!(check = name, "not ready: {why}"),
         }
     }
 }
 
+impl Agent {
+    /// One pass: observe, compute, announce, apply; readiness updated.
+    fn pass(&mut self, p: &mut Pass) {
+        let started = Instant::now();
+        check(&self.status, "backend", self.backend.health());
+        let loaded = match self.backend.observe() {
+            Ok(l) => l,
+            Err(e) => {
+                // Keep what is applied: a broken file is not a reason for an outage.
+                tracing::error!("{e}; keeping the current state");
+                self.metrics.error("backend");
+                check(&self.status, "backend", self.backend.health());
+                return;
+            }
+        };
+        let problems: Vec<RecordError> = loaded
+            .rejected
+            .iter()
+            .chain(&loaded.warnings)
+            .cloned()
+            .collect();
+        if problems != p.problems {
+            for r in &loaded.rejected {
+                tracing::warn!(kind = r.kind, name = %r.name, field = %r.field, "left out: {r}");
+            }
+            for w in &loaded.warnings {
+                tracing::warn!(kind = w.kind, name = %w.name, field = %w.field, "ignored a value: {w}");
+            }
+            self.backend.report_problems(&problems);
+            p.problems = problems;
+        }
+        let clock = self.backend.liveness(now());
+        let topology = match Topology::new(&loaded.snapshot, &loaded.options, clock) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("{e}; keeping the current state");
+                self.metrics.error("topology");
+                check(&self.status, "mesh", Err(e.to_string()));
+                return;
+            }
+        };
+        let nodes = topology.segments.iter().map(|s| s.nodes.len()).sum();
+        self.metrics.set_mesh(nodes, topology.peers.len(), false);
+        let desired = topology.desired_state(&self.hostname);
+        if let Some(a) = self.announcer.as_mut() {
+            a.watch.follow(&topology, &self.hostname);
+            if let Err(e) = a.announce(
+                self.backend.as_mut(),
+                &self.reconciler,
+                &topology,
+                desired.as_ref(),
+            ) {
+                self.metrics.error("announce");
+                tracing::error!("{e}");
+            }
+        }
+        let Some(desired) = desired else {
+            let why = topology
+                .excluded
+                .iter()
+                .find(|e| e.name == self.hostname)
+                .map(|e| e.reason.clone())
+                .unwrap_or_else(|| "not in the mesh description".into());
+            if p.absence.as_ref() != Some(&why) {
+                tracing::warn!(node = %self.hostname, "this node is not in the mesh ({why}); keeping the current state");
+                p.absence = Some(why.clone());
+            }
+            check(
+                &self.status,
+                "mesh",
+                Err(format!("this node is not in the mesh: {why}")),
+            );
+            return;
+        };
+        if p.absence.take().is_some() {
+            tracing::info!(node = %self.hostname, "this node is in the mesh again");
+        }
+        let pod_cidrs = topology
+            .segments
+            .iter()
+            .flat_map(|s| &s.nodes)
+            .find(|n| n.name == self.hostname)
+            .map(|n| n.pod_cidrs.clone())
+            .unwrap_or_default();
+        match self.sysctls.ensure(&forwarding::needed(&pod_cidrs)) {
+            Ok(on) => {
+                for f in on {
+                    tracing::info!("turned on {} forwarding", f.name());
+                }
+                check(&self.status, "forwarding", Ok(()));
+            }
+            Err(why) => check(&self.status, "forwarding", Err(why)),
+        }
+        let result = self
+            .reconciler
+            .apply(&desired, &pod_cidrs, loaded.options.mtu);
+        self.metrics.reconciled(started.elapsed().as_secs_f64());
+        self.metrics
+            .set_mesh(nodes, topology.peers.len(), desired.is_leader);
+        self.metrics.set_peers(self.reconciler.peer_stats());
+        match result {
+            Ok(c) => {
+                if p.failure.take().is_some() {
+                    tracing::info!("reconcile succeeded again");
+                }
+                p.retry = Duration::from_secs(1);
+                check(&self.status, "mesh", Ok(()));
+                if c.is_empty() {
+                    tracing::debug!(
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "no changes"
+                    )
+                } else {
+                    tracing::info!(
+                        leader = desired.is_leader,
+                        segment = %desired.segment,
+                        peers_updated = c.peers_updated,
+                        routes_added = c.routes_added,
+                        routes_removed = c.routes_removed,
+                        nat = c.nat_applied,
+                        cni = c.cni_written,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "applied"
+                    )
+                }
+            }
+            Err(e) => {
+                self.metrics.error("reconcile");
+                let text = e.to_string();
+                if p.failure.as_ref() != Some(&text) {
+                    tracing::error!(
+                        "reconcile failed: {text}; retrying in {} s, backing off",
+                        p.retry.as_secs()
+                    );
+                    p.failure = Some(text.clone());
+                }
+                check(
+                    &self.status,
+                    "mesh",
+                    Err(format!("reconcile failed: {text}")),
+                );
+                p.retry_soon();
+            }
+        }
+        check(
+            &self.status,
+            "cni",
+            self.reconciler.cni_status(&pod_cidrs, self.cni),
+        );
+    }
+}
+
+/// Finds this node's pod CIDRs through the backend (waiting up to 30 s for
+/// the API) and turns on forwarding for their families: what the
+/// privileged init container runs, so the agent itself needs no privileges.
+fn enable_forwarding(cli: &Cli) -> Result<(), String> {
+    let mut backend = cli.backend.open(&cli.hostname)?;
+    let end = Instant::now() + Duration::from_secs(30);
+    while !backend.ready() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pod_cidrs: Vec<IpNet> = if backend.ready() {
+        backend
+            .observe()
+            .map_err(|e| e.to_string())?
+            .snapshot
+            .nodes
+            .into_iter()
+            .find(|n| n.name == cli.hostname)
+            .map(|n| n.pod_cidrs)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let families = if pod_cidrs.is_empty() {
+        tracing::warn!(
+            "this node's pod CIDRs are not known yet ({}); turning on IPv4 forwarding only",
+            backend
+                .health()
+                .err()
+                .unwrap_or_else(|| "no pod CIDR".into())
+        );
+        vec![forwarding::Family::V4]
+    } else {
+        forwarding::needed(&pod_cidrs)
+    };
+    let sysctls = Sysctls::default();
+    sysctls.ensure(&families)?;
+    for f in families {
+        tracing::info!("{} forwarding is on", f.name());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    if cli.enable_forwarding {
+        return enable_forwarding(&cli);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     TerminationSignals::block().on_arrival(move |_| flag.store(true, Ordering::SeqCst));
@@ -252,10 +505,10 @@ fn run(cli: Cli) -> Result<(), String> {
         if created { "created" } else { "loaded" },
         key_path.display()
     );
-    enable_forwarding();
-    let mut reconciler = Reconciler::new(
+    let reconciler = Reconciler::new(
         Settings {
             cni_dir: (!cli.no_cni).then(|| cli.cni_dir.clone()),
+            ipam_dir: cli.ipam_dir.clone(),
             manage_nat: !cli.no_nat,
             tunnel: TunnelSettings {
                 interface: cli.interface.clone(),
@@ -275,19 +528,18 @@ fn run(cli: Cli) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
 
     let metrics = Metrics::new();
+    let status = Arc::new(Status::default());
     if !cli.listen.is_empty() {
-        let listener = std::net::TcpListener::bind(&cli.listen)
-            .map_err(|e| format!("cannot listen on {} for metrics: {e}", cli.listen))?;
-        let m = metrics.clone();
-        std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || serve(listener, m))
-            .map_err(|e| e.to_string())?;
-        tracing::info!("metrics on http://{}/metrics", cli.listen);
+        let addr: std::net::SocketAddr = cli
+            .listen
+            .parse()
+            .map_err(|e| format!("--listen {:?} is not ADDRESS:PORT: {e}", cli.listen))?;
+        weft_agent::http::serve(addr, metrics.clone(), status.clone())
+            .map_err(|e| format!("cannot serve metrics: {e}"))?;
     }
-    let mut backend = cli.backend.open(&cli.hostname)?;
+    let backend = cli.backend.open(&cli.hostname)?;
     tracing::info!("mesh from {}", backend.describe());
-    let mut announcer = (cli.backend.backend == BackendKind::Kubernetes).then(|| {
+    let announcer = (cli.backend.backend == BackendKind::Kubernetes).then(|| {
         let (hostname_ips, lookup) = start_lookup(&cli.hostname);
         Announcer {
             hostname_ips,
@@ -302,159 +554,47 @@ fn run(cli: Cli) -> Result<(), String> {
             watch: SegmentWatch::start(),
         }
     });
-    let mut last_pass = Instant::now() - Duration::from_secs(cli.resync + 1);
-    let mut last_problems = Vec::new();
+    let mut agent = Agent {
+        hostname: cli.hostname.clone(),
+        backend,
+        reconciler,
+        announcer,
+        metrics,
+        status,
+        sysctls: Sysctls::default(),
+        cni: !cli.no_cni,
+    };
+    let mut pass = Pass::new(Duration::from_secs(cli.resync));
     let mut waiting_logged = false;
-    // Why this node was last out of the mesh, so a lasting reason is logged once.
-    let mut last_absence: Option<String> = None;
-    // Failed passes retry after 1 s, doubling to the resync period; a
-    // lasting error is logged once.
-    let mut retry = Duration::from_secs(1);
-    let mut last_failure: Option<String> = None;
     while !stop.load(Ordering::SeqCst) {
+        agent.status.beat();
+        agent
+            .metrics
+            .set_api_reachable(agent.backend.health().is_ok());
         // A leader candidate stopped or started answering: report it now.
-        let verdict = announcer.as_mut().is_some_and(|a| a.watch.tick());
-        let due = last_pass.elapsed() >= Duration::from_secs(cli.resync);
-        if !due && !verdict && !backend.changed() {
+        let verdict = agent.announcer.as_mut().is_some_and(|a| a.watch.tick());
+        if !pass.due() && !verdict && !agent.backend.changed() {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
-        if !backend.ready() {
+        if !agent.backend.ready() {
             if !waiting_logged {
                 tracing::info!(
                     "waiting for a first complete picture from {}",
-                    backend.describe()
+                    agent.backend.describe()
                 );
                 waiting_logged = true;
             }
+            check(&agent.status, "backend", agent.backend.health());
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
-        last_pass = Instant::now();
-        let started = Instant::now();
-        let loaded = match backend.observe() {
-            Ok(l) => l,
-            Err(e) => {
-                // Keep what is applied: a broken file is not a reason for an outage.
-                tracing::error!("{e}; keeping the current state");
-                metrics.error("backend");
-                continue;
-            }
-        };
-        let problems: Vec<RecordError> = loaded
-            .rejected
-            .iter()
-            .chain(&loaded.warnings)
-            .cloned()
-            .collect();
-        if problems != last_problems {
-            for r in &loaded.rejected {
-                tracing::warn!(kind = r.kind, name = %r.name, field = %r.field, "left out: {r}");
-            }
-            for w in &loaded.warnings {
-                tracing::warn!(kind = w.kind, name = %w.name, field = %w.field, "ignored a value: {w}");
-            }
-            backend.report_problems(&problems);
-            last_problems = problems;
-        }
-        let clock = backend.liveness(now());
-        let topology = match Topology::new(&loaded.snapshot, &loaded.options, clock) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!("{e}; keeping the current state");
-                metrics.error("topology");
-                continue;
-            }
-        };
-        metrics.set_mesh(
-            topology.segments.iter().map(|s| s.nodes.len()).sum(),
-            topology.peers.len(),
-            false,
-        );
-        let desired = topology.desired_state(&cli.hostname);
-        if let Some(a) = announcer.as_mut() {
-            a.watch.follow(&topology, &cli.hostname);
-            if let Err(e) = a.announce(backend.as_mut(), &reconciler, &topology, desired.as_ref()) {
-                metrics.error("announce");
-                tracing::error!("{e}");
-            }
-        }
-        let Some(desired) = desired else {
-            let why = topology
-                .excluded
-                .iter()
-                .find(|e| e.name == cli.hostname)
-                .map(|e| e.reason.clone())
-                .unwrap_or_else(|| "not in the mesh description".into());
-            if last_absence.as_ref() != Some(&why) {
-                tracing::warn!(node = %cli.hostname, "this node is not in the mesh ({why}); keeping the current state");
-                last_absence = Some(why);
-            }
-            continue;
-        };
-        if last_absence.take().is_some() {
-            tracing::info!(node = %cli.hostname, "this node is in the mesh again");
-        }
-        let pod_cidrs = topology
-            .segments
-            .iter()
-            .flat_map(|s| &s.nodes)
-            .find(|n| n.name == cli.hostname)
-            .map(|n| n.pod_cidrs.clone())
-            .unwrap_or_default();
-        let result = reconciler.apply(&desired, &pod_cidrs, loaded.options.mtu);
-        metrics.reconciled(started.elapsed().as_secs_f64());
-        metrics.set_mesh(
-            topology.segments.iter().map(|s| s.nodes.len()).sum(),
-            topology.peers.len(),
-            desired.is_leader,
-        );
-        metrics.set_peers(reconciler.peer_stats());
-        match result {
-            Ok(c) if c.is_empty() => {
-                if last_failure.take().is_some() {
-                    tracing::info!("reconcile succeeded again");
-                }
-                retry = Duration::from_secs(1);
-                tracing::debug!(
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "no changes"
-                )
-            }
-            Ok(c) => {
-                last_failure = None;
-                retry = Duration::from_secs(1);
-                tracing::info!(
-                leader = desired.is_leader,
-                segment = %desired.segment,
-                peers_updated = c.peers_updated,
-                routes_added = c.routes_added,
-                routes_removed = c.routes_removed,
-                nat = c.nat_applied,
-                cni = c.cni_written,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "applied"
-                )
-            }
-            Err(e) => {
-                metrics.error("reconcile");
-                let text = e.to_string();
-                if last_failure.as_ref() != Some(&text) {
-                    tracing::error!(
-                        "reconcile failed: {text}; retrying in {} s, backing off",
-                        retry.as_secs()
-                    );
-                    last_failure = Some(text);
-                }
-                let resync = Duration::from_secs(cli.resync);
-                last_pass = Instant::now() - resync.saturating_sub(retry);
-                retry = (retry * 2).min(resync);
-            }
-        }
+        pass.last = Instant::now();
+        agent.pass(&mut pass);
     }
     if cli.clean_up {
         tracing::info!("cleaning up");
-        reconciler.clean_up().map_err(|e| e.to_string())?;
+        agent.reconciler.clean_up().map_err(|e| e.to_string())?;
     } else {
         tracing::info!("stopping; the node's network stays as it is");
     }

@@ -46,6 +46,10 @@ use std::time::{Duration, Instant, SystemTime};
 /// API must not hold up reconciling (or stopping).
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// An API away this long makes the agent not ready (its picture of the
+/// mesh may be old): long enough to ride out an API server restart.
+const UNREADY_AFTER: Duration = Duration::from_secs(60);
+
 /// How often the API is probed while it is away.
 const PROBE_PERIOD: Duration = Duration::from_secs(1);
 
@@ -879,6 +883,28 @@ impl Backend for KubeBackend {
 
     fn liveness(&self, now: u64) -> Liveness {
         self.shared.health.liveness(now)
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if !self.ready() {
+            return Err(match self.shared.health.outage() {
+                Some((_, error)) => format!(
+                    "no first list of Nodes and Peers yet: {error}. {}",
+                    self.shared.health.hint()
+                ),
+                None => "waiting for the first list of Nodes and Peers".into(),
+            });
+        }
+        match self.shared.health.outage() {
+            Some((away, error)) if away >= UNREADY_AFTER => Err(format!(
+                "the Kubernetes API at {} has been unreachable for {} s ({error}); the mesh \
+                 stays as it was. {}",
+                self.shared.health.server(),
+                away.as_secs(),
+                self.shared.health.hint()
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn publish(&mut self, report: &SelfReport) -> Result<(), BackendError> {

@@ -82,6 +82,8 @@ impl Backoff {
 
 struct Down {
     since: Instant,
+    /// What the last failed call said.
+    last_error: String,
     /// When the next "still unreachable" line may be logged, and the step
     /// after that one.
     next_log: Instant,
@@ -146,6 +148,7 @@ impl ApiHealth {
             None => {
                 st.down = Some(Down {
                     since: now,
+                    last_error: format!("{what}: {error}"),
                     next_log: now + BACKOFF_FIRST,
                     log_step: BACKOFF_FIRST * 2,
                 });
@@ -160,6 +163,7 @@ impl ApiHealth {
                 );
             }
             Some(down) if now >= down.next_log => {
+                down.last_error = format!("{what}: {error}");
                 let elapsed = now.duration_since(down.since).as_secs_f64();
                 down.next_log = now + down.log_step;
                 down.log_step = (down.log_step * 2).min(BACKOFF_MAX);
@@ -169,8 +173,26 @@ impl ApiHealth {
                     "the Kubernetes API is still unreachable after {elapsed:.0} s ({what}: {error})"
                 );
             }
-            Some(_) => {}
+            Some(down) => down.last_error = format!("{what}: {error}"),
         }
+    }
+
+    /// How long the API has been away, and what the last try said.
+    pub fn outage(&self) -> Option<(Duration, String)> {
+        self.state()
+            .down
+            .as_ref()
+            .map(|d| (d.since.elapsed(), d.last_error.clone()))
+    }
+
+    /// The API's address, as configured.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// What to tell the operator when the API cannot be reached.
+    pub fn hint(&self) -> &str {
+        &self.hint
     }
 
     pub fn is_down(&self) -> bool {

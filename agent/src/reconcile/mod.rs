@@ -76,6 +76,8 @@ impl Changes {
 
 pub struct Settings {
     pub cni_dir: Option<PathBuf>,
+    /// Where host-local keeps its allocations (to find Kilo's).
+    pub ipam_dir: PathBuf,
     pub manage_nat: bool,
     /// The tunnel: its interface, control socket and who starts it.
     pub tunnel: TunnelSettings,
@@ -126,6 +128,30 @@ impl Reconciler {
     /// The tunnel's interface name.
     pub fn interface(&self) -> &str {
         &self.settings.tunnel.interface
+    }
+
+    /// Whether the CNI configuration for `pod_cidrs` is in place (`wanted`:
+    /// the agent writes one), for /readyz.
+    pub fn cni_status(&self, pod_cidrs: &[ipnet::IpNet], wanted: bool) -> Result<(), String> {
+        let Some(dir) = self.settings.cni_dir.as_ref().filter(|_| wanted) else {
+            return Ok(());
+        };
+        if pod_cidrs.is_empty() {
+            return Err(
+                "this node has no pod CIDR yet (spec.podCIDR): pods cannot start until the \
+                 controller manager assigns one"
+                    .into(),
+            );
+        }
+        let path = dir.join(cni::FILE_NAME);
+        match std::fs::read_to_string(&path) {
+            Ok(t) if pod_cidrs.iter().all(|c| t.contains(&c.trunc().to_string())) => Ok(()),
+            Ok(_) => Err(format!(
+                "{} does not list this node's pod CIDRs yet",
+                path.display()
+            )),
+            Err(e) => Err(format!("no CNI configuration at {}: {e}", path.display())),
+        }
     }
 
     /// Per-peer counters of the tunnel as read at the last pass, for metrics.
@@ -260,7 +286,17 @@ impl Reconciler {
             changes.nat_applied = changed;
         }
         if let Some(dir) = &self.settings.cni_dir {
-            let text = cni::conflist(pod_cidrs, mtu);
+            let name = cni::network_name(dir, &self.settings.ipam_dir);
+            if name == cni::KILO_NETWORK {
+                if let Some(moved) = cni::retire_kilo_conflist(dir).map_err(ReconcileError::Cni)? {
+                    tracing::info!(
+                        "taking over from Kilo: its conflist moved to {}; the network keeps \
+                         Kilo's name, so running pods keep their addresses and new pods get others",
+                        moved.display()
+                    );
+                }
+            }
+            let text = cni::conflist_named(name, pod_cidrs, mtu);
             changes.cni_written = cni::write_if_changed(dir, &text).map_err(ReconcileError::Cni)?;
         }
         Ok(changes)

@@ -46,6 +46,9 @@ Options:
                      upgrade: routes and port stay, traffic resumes after one
                      handshake; if this process fails, the old one carries
                      on); otherwise start afresh
+  --linger           after handing the device to a successor, stay (idle)
+                     until terminated instead of exiting: a container that
+                     exits is restarted, and would take the device back
   --uapi-dir DIR     where the standard socket goes (default /var/run/wireguard)
   --no-uapi          no standard socket
   -h, --help         show this help
@@ -63,6 +66,7 @@ struct Args {
     ifname: String,
     control: Option<PathBuf>,
     take_over: bool,
+    linger: bool,
     uapi_dir: Option<PathBuf>,
 }
 
@@ -71,6 +75,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut ifname = None;
     let mut control = None;
     let mut take_over = false;
+    let mut linger = false;
     let mut uapi_dir = Some(PathBuf::from(SOCKET_DIR));
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -79,6 +84,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "-f" | "--foreground" => foreground = true,
             "--control" => control = Some(PathBuf::from(value("--control")?)),
             "--take-over" => take_over = true,
+            "--linger" => linger = true,
             "--uapi-dir" => uapi_dir = Some(PathBuf::from(value("--uapi-dir")?)),
             "--no-uapi" => uapi_dir = None,
             "-h" | "--help" => {
@@ -103,6 +109,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         ifname,
         control,
         take_over,
+        linger,
         uapi_dir,
     }))
 }
@@ -322,7 +329,12 @@ fn main() -> ExitCode {
     );
 
     let stopper = host.device.stopper();
-    signals.on_arrival(move |sig| stopper.stop(&format!("received signal {sig}")));
+    let terminated = Arc::new(AtomicBool::new(false));
+    let flag = terminated.clone();
+    signals.on_arrival(move |sig| {
+        flag.store(true, Ordering::SeqCst);
+        stopper.stop(&format!("received signal {sig}"));
+    });
 
     let reason = host.device.wait();
     tracing::info!("shutting down: {reason}");
@@ -330,10 +342,16 @@ fn main() -> ExitCode {
     // successor's socket files are left alone); dropping the device closes
     // the TUN queue, which deletes the interface unless a successor holds it.
     drop(served);
-    if host.handed_off.load(Ordering::SeqCst) {
-        tracing::info!("the successor runs the interface now");
-    }
+    let handed_off = host.handed_off.load(Ordering::SeqCst);
     drop(host);
+    if handed_off {
+        tracing::info!("the successor runs the interface now");
+        if args.linger {
+            while !terminated.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
     ExitCode::SUCCESS
 }
 
