@@ -1,6 +1,7 @@
-# Weft's image: weft-agent (with the userspace WireGuard tunnel inside),
-# weftctl, weft-cni and weft-wg, plus the reference CNI plugins the conflist
-# chains (portmap) or containerd always runs (loopback), and iptables.
+# Weft's image: weft-agent, weft-wg (the userspace WireGuard tunnel, run as
+# a container of its own), weftctl and weft-cni, plus the reference CNI
+# plugins the conflist chains (portmap) or containerd always runs (loopback),
+# and iptables.
 #
 #   docker build -t REGISTRY/weft:TAG .
 #   docker push REGISTRY/weft:TAG

@@ -2,8 +2,8 @@
 # README command 1: a local multi-cloud Weft mesh in network namespaces, no
 # cluster needed. Builds the binaries if needed, then runs `weftctl demo up`:
 # 4 nodes in 3 locations (two on one private subnet, one behind NAT with a
-# forced endpoint), each running weft-agent with its embedded userspace
-# WireGuard tunnel and a pod wired by weft-cni; it proves pod-to-pod and
+# forced endpoint), each running weft-agent with its userspace WireGuard
+# tunnel (weft-wg) and a pod wired by weft-cni; it proves pod-to-pod and
 # pod-to-node reachability, prints the table and the graph, and tears down.
 #
 #   sudo scripts/demo.sh            run, check, tear down
@@ -18,7 +18,7 @@ if (( ${#missing[@]} )); then
     echo "installing iproute2 iputils-ping iptables" >&2
     apt-get install -y -q --no-install-recommends iproute2 iputils-ping iptables >/dev/null
 fi
-bins=(weftctl weft-agent weft-cni)
+bins=(weftctl weft-agent weft-cni weft-wg)
 for b in "${bins[@]}"; do
     if [[ ! -x $root/target/release/$b ]]; then
         echo "building (cargo build --release --workspace) ..." >&2

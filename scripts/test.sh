@@ -39,10 +39,12 @@ cargo test --workspace --release
 
 echo "== weft-cni under real container runtimes (podman's CNI backend; containerd's CRI on the conflist weft-agent writes)"
 cargo build --release -p cni-plugin --bins
-shared=$(cd "$(dirname "$0")/../.." && pwd)/shared/cni-runtime
-if [[ $(id -u) == 0 && -d $shared ]]; then
-    bash "$shared/cni-podman-e2e.sh" "$PWD/target/release/weft-cni"
-    bash scripts/cni-cri-agent-conflist.sh "$shared"
+# The runtime drivers (cni-podman-e2e.sh, cni-cri-e2e.sh) are kept outside
+# this repository, in cni-runtime/ of the directory that holds the checkout.
+runtimes=$(cd "$(dirname "$0")/../.." && pwd)/shared/cni-runtime
+if [[ $(id -u) == 0 && -d $runtimes ]]; then
+    bash "$runtimes/cni-podman-e2e.sh" "$PWD/target/release/weft-cni"
+    bash scripts/cni-cri-agent-conflist.sh "$runtimes"
 else
-    echo "SKIPPED: needs root and $shared (the steering repo's shared/ beside this checkout)"
+    echo "SKIPPED: needs root and the runtime drivers in $runtimes"
 fi

@@ -1,8 +1,10 @@
 //! `weft-agent`: the per-node agent. Reads the mesh (a file, or the
 //! Kubernetes API as Kilo does), computes this node's desired state and
-//! applies it: the embedded userspace WireGuard tunnel, addresses, routes,
-//! netfilter and the CNI configuration. With the Kubernetes backend it also
-//! announces the node (key, endpoint, addresses, check-ins).
+//! applies it: the userspace WireGuard tunnel (weft-wg, in a process of its
+//! own that outlives the agent), addresses, routes, netfilter and the CNI
+//! configuration. With the Kubernetes backend it also announces the node
+//! (key, endpoint, addresses, check-ins) and watches its segment's leader
+//! candidates.
 
 use clap::Parser;
 use dataplane::signals::TerminationSignals;

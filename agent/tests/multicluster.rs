@@ -1,0 +1,382 @@
+//! Two clusters joined live, Kilo's multi-cluster recipe: two in-memory API
+//! servers, one node in each (in network namespaces on a shared
+//! "internet"), each running weft-agent against its own cluster with a pod
+//! wired by weft-cni. Each cluster's node is exported with `weftctl
+//! showconf node N --as-peer -o yaml --allowed-ips ...` and applied as a
+//! Peer in the other cluster; then a pod in cluster A reaches a pod in
+//! cluster B and back, through the tunnel between the two leaders.
+
+mod common;
+
+use fake_apiserver::{k3s_node, FakeApi, HttpServer};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
+const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root for network namespaces");
+        return false;
+    }
+    true
+}
+
+fn ip(args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip {args:?}");
+}
+
+/// One cluster of one node.
+struct Cluster {
+    name: &'static str,
+    node: &'static str,
+    /// The node's address on the internet.
+    address: &'static str,
+    api_address: &'static str,
+    pod_cidr: &'static str,
+    /// The cluster's pod range and WireGuard pool, which must not overlap
+    /// the other cluster's.
+    pod_range: &'static str,
+    subnet: &'static str,
+}
+
+const A: Cluster = Cluster {
+    name: "a",
+    node: "a-1",
+    address: "203.0.113.11",
+    api_address: "203.0.113.1",
+    pod_cidr: "10.42.1.0/24",
+    pod_range: "10.42.0.0/16",
+    subnet: "10.4.0.0/16",
+};
+const B: Cluster = Cluster {
+    name: "b",
+    node: "b-1",
+    address: "203.0.113.21",
+    api_address: "203.0.113.2",
+    pod_cidr: "10.43.1.0/24",
+    pod_range: "10.43.0.0/16",
+    subnet: "10.5.0.0/16",
+};
+
+/// Everything the test creates; removed on drop, failure or not.
+struct World {
+    tag: String,
+    dir: PathBuf,
+    agents: Vec<Child>,
+    namespaces: Vec<String>,
+}
+
+impl World {
+    fn new() -> Self {
+        let tag = format!("wx{}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("weft-multicluster-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut w = Self {
+            tag,
+            dir,
+            agents: Vec::new(),
+            namespaces: Vec::new(),
+        };
+        let inet = w.ns("inet");
+        w.add_ns(&inet);
+        ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &inet, "link", "set", "br0", "up"]);
+        for c in [&A, &B] {
+            ip(&[
+                "-n",
+                &inet,
+                "addr",
+                "add",
+                &format!("{}/24", c.api_address),
+                "dev",
+                "br0",
+            ]);
+            let node = w.ns(c.node);
+            w.add_ns(&node);
+            let port = format!("{}{}", w.tag, c.name);
+            ip(&[
+                "link", "add", "eth0", "netns", &node, "type", "veth", "peer", "name", &port,
+                "netns", &inet,
+            ]);
+            ip(&["-n", &inet, "link", "set", &port, "master", "br0", "up"]);
+            ip(&[
+                "-n",
+                &node,
+                "addr",
+                "add",
+                &format!("{}/24", c.address),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &node, "link", "set", "eth0", "up"]);
+        }
+        w
+    }
+
+    fn ns(&self, what: &str) -> String {
+        format!("{}-{what}", self.tag)
+    }
+
+    fn add_ns(&mut self, name: &str) {
+        ip(&["netns", "add", name]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        self.namespaces.push(name.to_string());
+    }
+
+    fn node_dir(&self, c: &Cluster) -> PathBuf {
+        self.dir.join(c.node)
+    }
+
+    /// The cluster's API server, listening in the internet namespace.
+    fn api(&self, c: &Cluster) -> (FakeApi, HttpServer, PathBuf) {
+        let api = FakeApi::new();
+        let mut node = k3s_node(c.node, c.pod_cidr);
+        node["metadata"]["annotations"]["kilo.squat.ai/location"] = json!(c.name);
+        api.put("nodes", node);
+        let listener = weft_netlink::in_netns(
+            Path::new(&format!("/var/run/netns/{}", self.ns("inet"))),
+            |_| {
+                std::net::TcpListener::bind(format!("{}:6443", c.api_address))
+                    .map_err(|e| weft_netlink::NetlinkError::Failed(e.to_string()))
+            },
+        )
+        .expect("listen");
+        let server = api.serve_http(listener);
+        let kubeconfig = self.dir.join(format!("kubeconfig-{}", c.name));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: {0}\n  cluster: {{server: 'http://{1}:6443'}}\n\
+                 users:\n- name: u\n  user: {{}}\ncontexts:\n- name: {0}\n  context: {{cluster: {0}, user: u}}\n\
+                 current-context: {0}\n",
+                c.name, c.api_address
+            ),
+        )
+        .expect("kubeconfig");
+        (api, server, kubeconfig)
+    }
+
+    fn start_agent(&mut self, c: &Cluster, kubeconfig: &Path) {
+        let dir = self.node_dir(c);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let log = std::fs::File::create(dir.join("agent.log")).expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(c.node), AGENT])
+            .args([
+                "--hostname",
+                c.node,
+                "--backend",
+                "kubernetes",
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .args([
+                "--subnet",
+                c.subnet,
+                "--encapsulate",
+                "never",
+                "--listen",
+                "",
+            ])
+            .arg("--tunnel-binary")
+            .arg(common::sibling_binary("weft-wg", "dataplane"))
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("--cni-dir")
+            .arg(dir.join("cni"))
+            .arg("--control-socket")
+            .arg(dir.join("weft0.ctl"))
+            .arg("--uapi-dir")
+            .arg(dir.join("run"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent");
+        self.agents.push(child);
+    }
+
+    /// A pod on `c`'s node wired by weft-cni from the conflist the agent
+    /// wrote; its address.
+    fn add_pod(&mut self, c: &Cluster) -> String {
+        let conflist_path = self.node_dir(c).join("cni/10-weft.conflist");
+        let end = Instant::now() + Duration::from_secs(20);
+        while !conflist_path.exists() {
+            let log =
+                std::fs::read_to_string(self.node_dir(c).join("agent.log")).unwrap_or_default();
+            assert!(
+                Instant::now() < end,
+                "{}'s agent did not apply:\n{log}",
+                c.node
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let conflist: Value =
+            serde_json::from_str(&std::fs::read_to_string(&conflist_path).expect("read"))
+                .expect("JSON");
+        let mut conf = conflist["plugins"][0].clone();
+        conf["name"] = conflist["name"].clone();
+        conf["cniVersion"] = conflist["cniVersion"].clone();
+        conf["ipam"]["dataDir"] = json!(self.node_dir(c).join("ipam"));
+        let pod = self.ns(&format!("{}-pod", c.node));
+        self.add_ns(&pod);
+        let cni = common::sibling_binary("weft-cni", "cni-plugin");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(c.node)])
+            .arg(&cni)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("ctr-{pod}"))
+            .env("CNI_NETNS", format!("/var/run/netns/{pod}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weft-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("conf");
+        let out = child.wait_with_output().expect("weft-cni");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let result: Value = serde_json::from_slice(&out.stdout).expect("result");
+        result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .expect("address")
+            .to_string()
+    }
+
+    /// `weftctl showconf node N --as-peer -o yaml` against `c`'s API (run
+    /// where the API is reachable: on the cluster's node): the Peer the
+    /// other cluster applies.
+    fn export_as_peer(&self, c: &Cluster, kubeconfig: &Path, extra: &str) -> Value {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(c.node), WEFTCTL])
+            .args(["--backend", "kubernetes", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args([
+                "--subnet",
+                c.subnet,
+                "showconf",
+                "node",
+                c.node,
+                "--as-peer",
+                "-o",
+                "yaml",
+            ])
+            .args(["--allowed-ips", extra])
+            .output()
+            .expect("weftctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_slice(&out.stdout).expect("weftctl prints YAML");
+        serde_json::to_value(yaml).expect("JSON-shaped")
+    }
+
+    fn ping(&self, from: &Cluster, to: &str) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(&format!("{}-pod", from.node))])
+            .args(["ping", "-c", "1", "-W", "1", to])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for mut a in self.agents.drain(..) {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        for c in [&A, &B] {
+            let _ =
+                dataplane::control::ControlClient::new(self.node_dir(c).join("weft0.ctl")).stop();
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn two_clusters_joined_by_peers_reach_each_others_pods() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new();
+    let (api_a, _server_a, kube_a) = w.api(&A);
+    let (api_b, _server_b, kube_b) = w.api(&B);
+    w.start_agent(&A, &kube_a);
+    w.start_agent(&B, &kube_b);
+    let pod_a = w.add_pod(&A);
+    let pod_b = w.add_pod(&B);
+    assert!(!w.ping(&A, &pod_b), "not joined yet");
+
+    // Each cluster's node, as a Peer of the other: its segment plus the
+    // cluster's whole pod range.
+    let started = Instant::now();
+    let peer_a = w.export_as_peer(&A, &kube_a, A.pod_range);
+    let peer_b = w.export_as_peer(&B, &kube_b, B.pod_range);
+    assert_eq!(peer_a["kind"], "Peer");
+    assert_eq!(peer_a["metadata"]["name"], A.node);
+    api_b.put("peers", peer_a);
+    api_a.put("peers", peer_b);
+
+    let end = Instant::now() + Duration::from_secs(20);
+    while !(w.ping(&A, &pod_b) && w.ping(&B, &pod_a)) {
+        assert!(
+            Instant::now() < end,
+            "the clusters' pods do not reach each other:\n{}\n{}",
+            std::fs::read_to_string(w.node_dir(&A).join("agent.log")).unwrap_or_default(),
+            std::fs::read_to_string(w.node_dir(&B).join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "pod {pod_a} (cluster a) and pod {pod_b} (cluster b) reach each other {:?} after the Peers were applied",
+        started.elapsed()
+    );
+    // Through the tunnel between the two nodes: each sees the other as a
+    // peer with a handshake.
+    for (c, other) in [(&A, &B), (&B, &A)] {
+        let (info, _) = dataplane::control::ControlClient::new(w.node_dir(c).join("weft0.ctl"))
+            .get()
+            .expect("tunnel");
+        assert_eq!(info.peers.len(), 1, "{}: {:?}", c.node, info.peers);
+        assert!(info.peers[0].last_handshake.is_some(), "{}", c.node);
+        assert!(
+            info.peers[0]
+                .allowed_ips
+                .iter()
+                .any(|p| p.to_string() == other.pod_range),
+            "{}: {:?}",
+            c.node,
+            info.peers[0].allowed_ips
+        );
+    }
+}
