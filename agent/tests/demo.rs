@@ -480,6 +480,26 @@ fn demo_mesh_through_the_kubernetes_backend() {
         "failover took {blackout:?}"
     );
     assert_eq!(reported("aws-2").as_deref(), Some("aws-1"));
+    // Every other leader agrees: its tunnel's peer for aws is aws-2 now.
+    let (aws1, aws2) = (
+        d.public_key("aws-1").expect("key"),
+        d.public_key("aws-2").expect("key"),
+    );
+    for n in ["gcp-1", "home-1"] {
+        let control = d.paths.work.join(n).join("weft0.ctl");
+        let (info, _) = dataplane::control::ControlClient::new(control)
+            .get()
+            .expect("tunnel");
+        let keys: Vec<String> = info
+            .peers
+            .iter()
+            .map(|p| p.public_key.to_string())
+            .collect();
+        assert!(
+            keys.contains(&aws2) && !keys.contains(&aws1),
+            "{n}: {keys:?}"
+        );
+    }
     assert!(
         ann("aws-2")["kilo.squat.ai/wireguard-ip"]
             .as_str()
