@@ -102,6 +102,17 @@ impl Drop for Netns {
 
 struct Agent(Child);
 
+/// The run's working directory; on any exit it stops the agent's tunnel
+/// (which outlives the agent by design) and is removed.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = dataplane::control::ControlClient::new(self.0.join("weft0.ctl")).stop();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -333,8 +344,10 @@ fn run(args: &Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let _server = api.serve_http(listener);
 
-    let work = std::env::temp_dir().join(format!("weft-checkins-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let work_dir =
+        WorkDir(std::env::temp_dir().join(format!("weft-checkins-{}", std::process::id())));
+    std::fs::create_dir_all(&work_dir.0).map_err(|e| e.to_string())?;
+    let work = &work_dir.0;
     let kubeconfig = work.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -408,10 +421,6 @@ fn run(args: &Args) -> Result<(), String> {
     std::thread::sleep(Duration::from_secs(3));
     window(&api, args, pid, &ns, &log, true, args.seconds);
     println!("agent RSS at the end: {} MiB", rss_kib(pid) / 1024);
-    drop(agent);
-    // The agent's tunnel outlives it by design: stop it too.
-    let _ = dataplane::control::ControlClient::new(work.join("weft0.ctl")).stop();
-    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
 
