@@ -368,7 +368,7 @@ fn run(args: &Args) -> Result<(), String> {
         ])
         .arg(&kubeconfig)
         .arg("--state-dir")
-        .arg(&work)
+        .arg(work)
         .arg("--cni-dir")
         .arg(work.join("cni"))
         .arg("--control-socket")
