@@ -258,6 +258,18 @@ fn check(file: &str, k3s: bool) {
         let flag = a.split('=').next().unwrap();
         assert!(wg_help.contains(flag), "weft-wg has no {flag}");
     }
+    // And it parses them as spelled: options are read in order, so an
+    // option it cannot parse fails before the trailing --help answers.
+    let parsed = Command::new(common::sibling_binary("weft-wg", "dataplane"))
+        .args(&targs[..targs.len() - 1])
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "weft-wg refuses the manifest's arguments: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
     assert_eq!(targs.last().map(String::as_str), Some("weft0"));
     assert!(targs.iter().any(|a| a == "--take-over") && targs.iter().any(|a| a == "--linger"));
     let control = arg_value(tunnel, "--control").unwrap();

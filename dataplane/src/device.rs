@@ -1,5 +1,6 @@
-//! The device: a TUN interface, a UDP socket, the peer table, and three
-//! workers (outbound, inbound, timers). Configuration goes through
+//! The device: a multi-queue TUN interface, a group of UDP sockets on one
+//! port, the peer table, one worker per queue (both directions, see
+//! [`crate::worker`]) and the timers. Configuration goes through
 //! [`Device::apply`] (the same model as the UAPI `set`) and is read back with
 //! [`Device::info`].
 
@@ -8,22 +9,34 @@ use crate::config::{DeviceInfo, DeviceUpdate, PeerInfo, PeerUpdate};
 use crate::key::{PrivateKey, PublicKey};
 use crate::peer::{Peer, StaticIdentity};
 use crate::reachability::Reachability;
-use crate::udp::UdpSocket;
-use crate::{inbound, outbound, timers};
+use crate::shared::{Shared, State};
+use crate::udp::UdpSockets;
+use crate::{outbound, timers, worker};
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
 /// Handshake initiations we accept per second before demanding cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Workers (TUN queues) at most, however many cores there are: past this
+/// the peer locks, not the cores, limit a device.
+pub const MAX_WORKERS: usize = 16;
+
+/// One worker per core this process may run on, up to [`MAX_WORKERS`].
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(MAX_WORKERS)
+}
 
 /// How a device is created.
 #[derive(Debug, Clone)]
@@ -34,6 +47,9 @@ pub struct DeviceOptions {
     pub mtu: u16,
     /// Ask the kernel for TSO/USO super-packets and hand it GRO-coalesced ones.
     pub offload: bool,
+    /// Workers, each with a TUN queue and a UDP socket of its own (1 to
+    /// [`MAX_WORKERS`]).
+    pub workers: usize,
 }
 
 impl DeviceOptions {
@@ -42,7 +58,12 @@ impl DeviceOptions {
             name: name.into(),
             mtu: 1420,
             offload: true,
+            workers: default_workers(),
         }
+    }
+
+    fn worker_count(&self) -> usize {
+        self.workers.clamp(1, MAX_WORKERS)
     }
 }
 
@@ -74,92 +95,6 @@ impl DeviceError {
     }
 }
 
-pub(crate) struct State {
-    pub(crate) identity: Option<StaticIdentity>,
-    private_key: Option<PrivateKey>,
-    listen_port: u16,
-    fwmark: u32,
-    pub(crate) udp: Arc<UdpSocket>,
-    pub(crate) rate_limiter: Arc<RateLimiter>,
-    pub(crate) peers: HashMap<PublicKey, Arc<Peer>>,
-    pub(crate) by_index: HashMap<u32, Arc<Peer>>,
-    pub(crate) allowed_ips: AllowedIps<Arc<Peer>>,
-    next_index: u32,
-}
-
-/// An eventfd used as a level-triggered flag that workers poll alongside their
-/// socket or TUN descriptor.
-pub(crate) struct EventFd(RawFd);
-
-impl EventFd {
-    fn new() -> io::Result<Self> {
-        // SAFETY: eventfd(2) with valid flags.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self(fd))
-    }
-    pub(crate) fn raw(&self) -> RawFd {
-        self.0
-    }
-    pub(crate) fn signal(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
-        unsafe { libc::write(self.0, &one as *const u64 as *const libc::c_void, 8) };
-    }
-    pub(crate) fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reading 8 bytes into a live u64 from our nonblocking eventfd.
-        unsafe { libc::read(self.0, &mut v as *mut u64 as *mut libc::c_void, 8) };
-    }
-}
-
-impl Drop for EventFd {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.0) };
-    }
-}
-
-pub(crate) struct Shared {
-    pub(crate) name: String,
-    pub(crate) tun: SyncDevice,
-    pub(crate) state: RwLock<State>,
-    pub(crate) stopping: AtomicBool,
-    /// Set while the workers are asked to stop for a while (a handoff).
-    pausing: AtomicBool,
-    /// Signalled once on stop and never drained, so every worker sees it.
-    pub(crate) stop_fd: EventFd,
-    /// Tells the inbound worker the socket was replaced.
-    pub(crate) rebind_fd: EventFd,
-    epoch: Instant,
-    stop_reason: Mutex<Option<String>>,
-    stopped: Condvar,
-}
-
-impl Shared {
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    pub(crate) fn stop(&self, reason: &str) {
-        let mut r = self.stop_reason.lock();
-        if r.is_none() {
-            tracing::info!(interface = %self.name, "stopping: {reason}");
-            *r = Some(reason.to_string());
-        }
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stop_fd.signal();
-        self.stopped.notify_all();
-    }
-
-    /// Whether the workers should leave their loops (a stop or a pause).
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed) || self.pausing.load(Ordering::Relaxed)
-    }
-}
-
 /// A running userspace WireGuard interface.
 pub struct Device {
     shared: Arc<Shared>,
@@ -177,8 +112,8 @@ fn valid_ifname(name: &str) -> bool {
 }
 
 impl Device {
-    /// Creates the TUN interface (down, like wireguard-go leaves it), binds a
-    /// random UDP port and starts the workers. The device has no key and no
+    /// Creates the TUN interface (down, like wireguard-go leaves it) with a
+    /// queue per worker, binds a random UDP port and starts the workers. The device has no key and no
     /// peers until [`Device::apply`] gives it some. An interface of that
     /// name must not exist yet (another process would be running it).
     pub fn create(options: &DeviceOptions) -> Result<Self, DeviceError> {
@@ -188,63 +123,58 @@ impl Device {
         if interface_exists(&options.name) {
             return Err(DeviceError::Exists(options.name.clone()));
         }
-        let tun = open_tun(options, false)?;
-        let udp = UdpSocket::bind(0, 0).map_err(|source| DeviceError::Bind { port: 0, source })?;
-        let device = Self::assemble(options, tun, udp)?;
+        let queues = open_tun(options, false)?;
+        let sockets = UdpSockets::bind(0, 0, queues.len())
+            .map_err(|source| DeviceError::Bind { port: 0, source })?;
+        let device = Self::assemble(options, queues, sockets)?;
         device.start()?;
         Ok(device)
     }
 
-    /// Joins the existing interface `options.name` as a new queue and takes
-    /// `udp` as its socket, for a process taking over a running device (see
-    /// [`crate::handoff`]). The workers are not started: the caller applies
-    /// the configuration first, then calls [`Device::start`].
-    pub fn adopt(options: &DeviceOptions, udp: UdpSocket) -> Result<Self, DeviceError> {
+    /// Joins the existing interface `options.name` with a queue per worker
+    /// and takes `sockets` as its own, for a process taking over a running
+    /// device (see [`crate::handoff`]). The workers are not started: the
+    /// caller applies the configuration first, then calls [`Device::start`].
+    pub fn adopt(options: &DeviceOptions, sockets: UdpSockets) -> Result<Self, DeviceError> {
         if !valid_ifname(&options.name) {
             return Err(DeviceError::InvalidName(options.name.clone()));
         }
-        let tun = open_tun(options, true)?;
-        Self::assemble(options, tun, udp)
+        let queues = open_tun(options, true)?;
+        Self::assemble(options, queues, sockets)
     }
 
     fn assemble(
         options: &DeviceOptions,
-        tun: SyncDevice,
-        udp: UdpSocket,
+        queues: Vec<SyncDevice>,
+        sockets: UdpSockets,
     ) -> Result<Self, DeviceError> {
-        tun.set_nonblocking(true)?;
+        for q in &queues {
+            q.set_nonblocking(true)?;
+        }
+        let first = sockets.sender(0);
         tracing::info!(
             interface = %options.name,
-            tun_offload = tun.tcp_gso(),
-            udp_gso_segments = udp.max_gso_segments(),
-            udp_gro_segments = udp.gro_segments(),
-            port = udp.port(),
+            workers = queues.len(),
+            tun_offload = queues[0].tcp_gso(),
+            udp_gso_segments = first.max_gso_segments(),
+            udp_gro_segments = first.gro_segments(),
+            port = sockets.port(),
             "device created"
         );
         let placeholder = x25519::PublicKey::from([0u8; 32]);
-        let shared = Arc::new(Shared {
-            name: options.name.clone(),
-            tun,
-            state: RwLock::new(State {
-                identity: None,
-                private_key: None,
-                listen_port: 0,
-                fwmark: 0,
-                udp: Arc::new(udp),
-                rate_limiter: Arc::new(RateLimiter::new(&placeholder, HANDSHAKE_RATE_LIMIT)),
-                peers: HashMap::new(),
-                by_index: HashMap::new(),
-                allowed_ips: AllowedIps::new(),
-                next_index: random_u32() & 0x00ff_ffff,
-            }),
-            stopping: AtomicBool::new(false),
-            pausing: AtomicBool::new(false),
-            stop_fd: EventFd::new()?,
-            rebind_fd: EventFd::new()?,
-            epoch: Instant::now(),
-            stop_reason: Mutex::new(None),
-            stopped: Condvar::new(),
-        });
+        let state = State {
+            identity: None,
+            private_key: None,
+            listen_port: 0,
+            fwmark: 0,
+            sockets: Arc::new(sockets),
+            rate_limiter: Arc::new(RateLimiter::new(&placeholder, HANDSHAKE_RATE_LIMIT)),
+            peers: HashMap::new(),
+            by_index: HashMap::new(),
+            allowed_ips: AllowedIps::new(),
+            next_index: random_u32() & 0x00ff_ffff,
+        };
+        let shared = Arc::new(Shared::new(options.name.clone(), queues, state)?);
         Ok(Self {
             shared,
             workers: Mutex::new(Vec::new()),
@@ -257,15 +187,20 @@ impl Device {
         if !workers.is_empty() {
             return Ok(());
         }
-        let spawn = |name: &str, f: fn(Arc<Shared>)| {
+        for index in 0..self.shared.queues.len() {
             let s = self.shared.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("weft-worker-{index}"))
+                    .spawn(move || worker::run(s, index))?,
+            );
+        }
+        let s = self.shared.clone();
+        workers.push(
             std::thread::Builder::new()
-                .name(name.to_string())
-                .spawn(move || f(s))
-        };
-        workers.push(spawn("weft-outbound", outbound::run)?);
-        workers.push(spawn("weft-inbound", inbound::run)?);
-        workers.push(spawn("weft-timers", timers::run)?);
+                .name("weft-timers".into())
+                .spawn(move || timers::run(s))?,
+        );
         Ok(())
     }
 
@@ -273,36 +208,41 @@ impl Device {
     /// socket and the peers as they are; [`Device::start`] resumes.
     pub fn pause(&self) {
         let mut workers = self.workers.lock();
-        self.shared.pausing.store(true, Ordering::SeqCst);
-        self.shared.stop_fd.signal();
+        self.shared.set_pausing(true);
         for w in workers.drain(..) {
             let _ = w.join();
         }
-        self.shared.stop_fd.drain();
-        self.shared.pausing.store(false, Ordering::SeqCst);
+        self.shared.set_pausing(false);
     }
 
-    /// Takes this process's queue off the interface (the kernel then steers
-    /// every packet to the other queues), or puts it back.
-    pub fn set_queue_attached(&self, attached: bool) -> io::Result<()> {
-        // SAFETY: an all-zero ifreq is a valid value; only the flags are read.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        req.ifr_ifru.ifru_flags = if attached {
-            libc::IFF_ATTACH_QUEUE
-        } else {
-            libc::IFF_DETACH_QUEUE
-        } as libc::c_short;
-        // SAFETY: TUNSETQUEUE on our own TUN descriptor with a valid ifreq.
-        let rc = unsafe { libc::ioctl(self.tun_fd(), libc::TUNSETQUEUE, &mut req) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+    /// Takes this process's queues off the interface (the kernel then steers
+    /// every packet to the other queues), or puts them back.
+    pub fn set_queues_attached(&self, attached: bool) -> io::Result<()> {
+        for q in &self.shared.queues {
+            // SAFETY: an all-zero ifreq is a valid value; only the flags are read.
+            let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+            req.ifr_ifru.ifru_flags = if attached {
+                libc::IFF_ATTACH_QUEUE
+            } else {
+                libc::IFF_DETACH_QUEUE
+            } as libc::c_short;
+            // SAFETY: TUNSETQUEUE on our own TUN descriptor with a valid ifreq.
+            let rc = unsafe { libc::ioctl(q.as_raw_fd(), libc::TUNSETQUEUE, &mut req) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         Ok(())
     }
 
-    /// The UDP socket's descriptor (to hand it to a successor).
-    pub fn udp_fd(&self) -> RawFd {
-        self.shared.state.read().udp.raw_fd()
+    /// The UDP sockets' descriptors (to hand them to a successor).
+    pub fn udp_fds(&self) -> Vec<RawFd> {
+        self.shared.state.read().sockets.raw_fds()
+    }
+
+    /// How many workers (TUN queues) the device runs.
+    pub fn workers(&self) -> usize {
+        self.shared.queues.len()
     }
 
     /// Sends every peer a keepalive, which starts a handshake where there
@@ -318,14 +258,14 @@ impl Device {
         &self.shared.name
     }
 
-    /// The TUN descriptor, e.g. to check it is still open.
+    /// The first TUN queue's descriptor, e.g. to check it is still open.
     pub fn tun_fd(&self) -> RawFd {
-        self.shared.tun.as_raw_fd()
+        self.shared.queues[0].as_raw_fd()
     }
 
     /// Whether the TUN device hands us offloaded (TSO) super-packets.
     pub fn offload(&self) -> bool {
-        self.shared.tun.tcp_gso()
+        self.shared.queues[0].tcp_gso()
     }
 
     /// Applies a configuration change atomically: on error nothing changed.
@@ -360,14 +300,13 @@ impl Device {
             // (as `wg setconf` of a `wg showconf` does) keeps the socket.
             let port = update.listen_port.unwrap_or(st.listen_port);
             let fwmark = update.fwmark.unwrap_or(st.fwmark);
-            if port != 0 && port != st.udp.port() {
-                let udp = UdpSocket::bind(port, fwmark)
+            if port != 0 && port != st.sockets.port() {
+                let sockets = UdpSockets::bind(port, fwmark, self.shared.queues.len())
                     .map_err(|source| DeviceError::Bind { port, source })?;
                 tracing::info!(port, fwmark, "listening");
-                st.udp = Arc::new(udp);
-                self.shared.rebind_fd.signal();
+                self.shared.replace_sockets(&mut st, sockets);
             } else if fwmark != st.fwmark {
-                st.udp
+                st.sockets
                     .set_fwmark(fwmark)
                     .map_err(|source| DeviceError::Bind { port, source })?;
             }
@@ -431,7 +370,7 @@ impl Device {
         DeviceInfo {
             private_key: st.private_key.clone(),
             public_key: st.private_key.as_ref().map(PrivateKey::public_key),
-            listen_port: st.udp.port(),
+            listen_port: st.sockets.port(),
             fwmark: st.fwmark,
             peers,
         }
@@ -440,20 +379,12 @@ impl Device {
     /// Blocks until the device stops (TUN removed or [`Device::stop`]) and
     /// returns why.
     pub fn wait(&self) -> String {
-        let mut r = self.shared.stop_reason.lock();
-        while r.is_none() {
-            self.shared.stopped.wait(&mut r);
-        }
-        r.clone().unwrap_or_default()
+        self.shared.wait_stopped(None).unwrap_or_default()
     }
 
     /// Waits up to `timeout` for the device to stop; `None` if it is running.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<String> {
-        let mut r = self.shared.stop_reason.lock();
-        if r.is_none() {
-            self.shared.stopped.wait_for(&mut r, timeout);
-        }
-        r.clone()
+        self.shared.wait_stopped(Some(timeout))
     }
 
     /// Asks the workers to stop; the interface goes away when the device is dropped.
@@ -498,11 +429,25 @@ impl crate::uapi::UapiHandler for Device {
     }
 }
 
-/// Opens a queue of the TUN interface: a new interface, or (`attach`) one
-/// more queue of an existing one, left as it is (MTU, up or down). The
-/// interface is multi-queue so that a successor process can join it before
-/// this one leaves, and the interface (with its routes) outlives the handoff.
-fn open_tun(options: &DeviceOptions, attach: bool) -> Result<SyncDevice, DeviceError> {
+/// Opens a queue per worker of the TUN interface: a new interface, or
+/// (`attach`) more queues of an existing one, left as it is (MTU, up or
+/// down). A successor process joins the same way before this one leaves, so
+/// the interface (with its routes) outlives a handoff.
+fn open_tun(options: &DeviceOptions, attach: bool) -> Result<Vec<SyncDevice>, DeviceError> {
+    let first = open_first_queue(options, attach)?;
+    let mut queues = Vec::with_capacity(options.worker_count());
+    for _ in 1..options.worker_count() {
+        // The same flags and offloads as the first.
+        queues.push(first.try_clone().map_err(|source| DeviceError::Tun {
+            name: options.name.clone(),
+            source,
+        })?);
+    }
+    queues.insert(0, first);
+    Ok(queues)
+}
+
+fn open_first_queue(options: &DeviceOptions, attach: bool) -> Result<SyncDevice, DeviceError> {
     let build = |offload: bool| {
         let b = DeviceBuilder::new()
             .name(&options.name)

@@ -2,9 +2,9 @@
 //! upgrades the tunnel with a blackout of about one round trip instead of a
 //! restart's (a new interface, routes gone, peers noticing late).
 //!
-//! The interface is multi-queue, so the successor joins it as a queue of its
+//! The interface is multi-queue, so the successor joins it with queues of its
 //! own while the old process still runs; the routes and addresses on it stay
-//! where they are. The UDP socket is passed over the control socket
+//! where they are. The UDP sockets are passed over the control socket
 //! (SCM_RIGHTS), so the port never closes. Sessions cannot move (boringtun's
 //! keys are not exported), so the successor greets every peer at once:
 //! traffic resumes after one handshake.
@@ -12,7 +12,7 @@
 //! ```text
 //!   successor                          running process
 //!   weft_handoff=1 ------------------>
-//!                  <------------------ configuration + UDP socket
+//!                  <------------------ configuration + UDP sockets
 //!   join the interface, configure
 //!   ready ---------------------------->
 //!                                      stop workers, leave the interface
@@ -30,7 +30,7 @@ use crate::config::{DeviceInfo, DeviceUpdate, PeerUpdate};
 use crate::control::{format_set, ControlClient};
 use crate::device::{Device, DeviceError, DeviceOptions};
 use crate::uapi::parse_set;
-use crate::udp::UdpSocket;
+use crate::udp::UdpSockets;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -76,14 +76,24 @@ pub fn state_of(info: &DeviceInfo) -> DeviceUpdate {
     }
 }
 
-/// Sends `data` with `fd` attached (SCM_RIGHTS).
-fn send_with_fd(stream: &UnixStream, data: &[u8], fd: RawFd) -> io::Result<()> {
+/// Descriptors one message may carry (the kernel's SCM_MAX_FD is 253).
+const MAX_FDS: usize = 64;
+
+/// Sends `data` with `fds` attached (SCM_RIGHTS).
+fn send_with_fds(stream: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.is_empty() || fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} descriptors to send (1 to {MAX_FDS})", fds.len()),
+        ));
+    }
+    let fds_len = std::mem::size_of_val(fds) as u32;
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
     // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(fds_len) } as usize;
     let mut control = vec![0u8; space];
     // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -91,13 +101,17 @@ fn send_with_fd(stream: &UnixStream, data: &[u8], fd: RawFd) -> io::Result<()> {
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
     msg.msg_controllen = space as _;
-    // SAFETY: the control buffer holds one cmsg of the size CMSG_SPACE gave.
+    // SAFETY: the control buffer holds one cmsg of the size CMSG_SPACE gave,
+    // and its data has room for every descriptor.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fds_len) as _;
+        let data = libc::CMSG_DATA(cmsg) as *mut RawFd;
+        for (i, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), *fd);
+        }
     }
     let mut sent = 0;
     while sent == 0 {
@@ -112,19 +126,20 @@ fn send_with_fd(stream: &UnixStream, data: &[u8], fd: RawFd) -> io::Result<()> {
         }
         sent = n as usize;
     }
-    // The descriptor went with the first bytes; the rest is plain data.
+    // The descriptors went with the first bytes; the rest is plain data.
     let mut w = stream;
     w.write_all(&data[sent..])
 }
 
-/// Receives into `buf`; returns the byte count and a descriptor if one came.
-fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+/// Receives into `buf`; returns the byte count and the descriptors that came.
+fn recv_with_fds(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
     // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let space =
+        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
     let mut control = vec![0u8; space];
     // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -144,19 +159,32 @@ fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Optio
         }
         break n as usize;
     };
-    let mut fd = None;
-    // SAFETY: walking the control messages the kernel wrote into `control`.
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into `control`;
+    // an SCM_RIGHTS message's data is its length's worth of descriptors,
+    // which are ours from now on.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
-                fd = Some(OwnedFd::from_raw_fd(raw));
+                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
+                let header = data as usize - cmsg as usize;
+                let count = ((*cmsg).cmsg_len as usize).saturating_sub(header)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok((n, fd))
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more descriptors came than expected",
+        ));
+    }
+    Ok((n, fds))
 }
 
 fn expect_line(reader: &mut impl BufRead, want: &str) -> Result<(), HandoffError> {
@@ -175,12 +203,14 @@ fn expect_line(reader: &mut impl BufRead, want: &str) -> Result<(), HandoffError
 pub fn give(device: &Device, stream: &UnixStream) -> Result<(), HandoffError> {
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     let state = format!("{}\n", format_set(&state_of(&device.info())));
-    send_with_fd(stream, state.as_bytes(), device.udp_fd())?;
+    send_with_fds(stream, state.as_bytes(), &device.udp_fds())?;
     let mut reader = BufReader::new(stream.try_clone()?);
     // Nothing has changed yet: a successor that stops here costs nothing.
     expect_line(&mut reader, "ready")?;
     device.pause();
-    if let Err(e) = device.set_queue_attached(false) {
+    if let Err(e) = device.set_queues_attached(false) {
+        // Some may be off already: put them all back.
+        let _ = device.set_queues_attached(true);
         device.start()?;
         return Err(e.into());
     }
@@ -192,7 +222,7 @@ pub fn give(device: &Device, stream: &UnixStream) -> Result<(), HandoffError> {
     if let Err(e) = done {
         // The successor failed after we let go: take the device back.
         tracing::warn!("the successor failed ({e}); carrying on with the running device");
-        device.set_queue_attached(true)?;
+        device.set_queues_attached(true)?;
         device.start()?;
         return Err(e);
     }
@@ -209,19 +239,17 @@ pub fn take(control: &Path, options: &DeviceOptions) -> Result<Device, HandoffEr
         .map_err(|_| HandoffError::NothingRunning(control.display().to_string()))?;
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     (&stream).write_all(b"weft_handoff=1\n\n")?;
-    // The configuration comes with the socket attached to its first bytes
+    // The configuration comes with the sockets attached to its first bytes
     // and ends with a blank line.
     let mut text = Vec::new();
-    let mut udp_fd = None;
+    let mut udp_fds = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     while !text.ends_with(b"\n\n") {
-        let (n, fd) = recv_with_fd(&stream, &mut buf)?;
+        let (n, fds) = recv_with_fds(&stream, &mut buf)?;
         if n == 0 {
             return Err(HandoffError::Protocol("the running process hung up".into()));
         }
-        if fd.is_some() {
-            udp_fd = fd;
-        }
+        udp_fds.extend(fds);
         text.extend_from_slice(&buf[..n]);
         if text.len() > 16 << 20 {
             return Err(HandoffError::Protocol("a configuration without end".into()));
@@ -232,13 +260,16 @@ pub fn take(control: &Path, options: &DeviceOptions) -> Result<Device, HandoffEr
             ));
         }
     }
-    let udp_fd =
-        udp_fd.ok_or_else(|| HandoffError::Protocol("no socket came with the state".into()))?;
+    if udp_fds.is_empty() {
+        return Err(HandoffError::Protocol(
+            "no socket came with the state".into(),
+        ));
+    }
     let text = String::from_utf8(text)
         .map_err(|_| HandoffError::Protocol("the state is not text".into()))?;
     let update = parse_set(text.lines().filter(|l| !l.is_empty()))
         .map_err(|e| HandoffError::Protocol(e.to_string()))?;
-    let device = Device::adopt(options, UdpSocket::from_owned(udp_fd)?)?;
+    let device = Device::adopt(options, UdpSockets::from_owned(udp_fds)?)?;
     device.configure(&update)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     (&stream).write_all(b"ready\n")?;
@@ -286,27 +317,30 @@ mod tests {
     }
 
     #[test]
-    fn a_descriptor_travels_with_the_first_bytes() {
+    fn descriptors_travel_with_the_first_bytes() {
         let (a, b) = UnixStream::pair().unwrap();
         let file = std::fs::File::open("/dev/null").unwrap();
         let payload = vec![b'x'; 100_000];
-        let sender = std::thread::spawn(move || send_with_fd(&a, &payload, file.as_raw_fd()));
+        let dir = std::fs::File::open("/").unwrap();
+        let sender = std::thread::spawn(move || {
+            send_with_fds(&a, &payload, &[file.as_raw_fd(), dir.as_raw_fd()])
+        });
         let mut buf = vec![0u8; 200_000];
         let mut got = 0;
-        let mut fd = None;
+        let mut fds = Vec::new();
         while got < 100_000 {
-            let (n, f) = recv_with_fd(&b, &mut buf[got..]).unwrap();
+            let (n, f) = recv_with_fds(&b, &mut buf[got..]).unwrap();
             assert!(n > 0);
-            if f.is_some() {
-                fd = f;
-            }
+            fds.extend(f);
             got += n;
         }
         sender.join().unwrap().unwrap();
-        let fd = fd.expect("a descriptor came");
-        // It is a working descriptor of its own.
-        assert!(fd.as_raw_fd() >= 0);
-        let meta = std::fs::File::from(fd).metadata().unwrap();
-        assert!(!meta.is_dir());
+        assert_eq!(fds.len(), 2, "both descriptors came, once");
+        // They are working descriptors of their own, in order.
+        let mut fds = fds.into_iter();
+        let null = std::fs::File::from(fds.next().unwrap()).metadata().unwrap();
+        let root = std::fs::File::from(fds.next().unwrap()).metadata().unwrap();
+        assert!(!null.is_dir());
+        assert!(root.is_dir());
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! The protocol (handshakes, sessions, replay protection, timers) is boringtun's
 //! sans-IO `noise::Tunn`; everything around it is here: cryptokey routing
-//! ([`allowed_ips`]), batched and offloaded TUN and UDP I/O (`outbound`,
-//! `inbound`, [`udp`]), timers, and the UAPI socket ([`uapi`]) that lets the stock
-//! `wg` tool configure a [`Device`]. The agent drives the same [`Device`]
+//! ([`allowed_ips`]), batched and offloaded TUN and UDP I/O on one worker per
+//! TUN queue (`worker`, `outbound`, `inbound`, [`udp`]), timers, and the UAPI
+//! socket ([`uapi`]) that lets the stock `wg` tool configure a [`Device`]. The agent drives the same [`Device`]
 //! in-process through [`Device::apply`] and [`Device::info`].
 
 pub mod allowed_ips;
@@ -18,12 +18,14 @@ pub mod offload;
 pub mod outbound;
 mod peer;
 pub mod reachability;
+mod shared;
 pub mod signals;
 mod timers;
 pub mod uapi;
 pub mod udp;
+mod worker;
 
 pub use allowed_ips::{AllowedIps, IpPrefix};
 pub use config::{DeviceInfo, DeviceUpdate, PeerInfo, PeerUpdate};
-pub use device::{Device, DeviceError, DeviceOptions, Stopper};
+pub use device::{default_workers, Device, DeviceError, DeviceOptions, Stopper, MAX_WORKERS};
 pub use key::{PresharedKey, PrivateKey, PublicKey};

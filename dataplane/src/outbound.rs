@@ -1,20 +1,22 @@
-//! The outbound worker: TUN -> route -> encrypt -> UDP.
+//! A worker's outbound side: TUN -> route -> encrypt -> UDP.
 //!
 //! With offload on, one TUN read yields a TSO super-packet (up to 64 KiB) that
-//! tun-rs splits into MTU-sized segments. Consecutive segments for the same peer
-//! are encrypted back to back into one contiguous buffer, and the whole run
-//! leaves in a single UDP GSO `sendmsg`. So a 64 KiB burst costs two syscalls
-//! instead of ~90.
+//! tun-rs splits into MTU-sized segments; without (an application sending
+//! datagrams one by one), one read yields one packet, so a step reads on
+//! until the queue is empty or the buffers are full. Consecutive packets for
+//! the same peer are encrypted back to back into one contiguous buffer, and
+//! the whole run leaves in a single UDP GSO `sendmsg`. So a 64 KiB burst, or
+//! 45 datagrams an application sent one by one, costs one send instead of
+//! ~45.
 
-use crate::device::Shared;
 use crate::peer::Peer;
+use crate::shared::Shared;
 use crate::udp::{UdpSocket, MAX_GSO_BYTES};
 use boringtun::noise::{Tunn, TunnResult};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// WireGuard's per-message overhead: header (16) + AEAD tag (16).
 pub const DATA_OVERHEAD: usize = 32;
@@ -23,6 +25,11 @@ const MAX_PACKET: usize = 65_535;
 /// Room for a handshake message (148 bytes), which boringtun may write instead
 /// of a data message.
 const MIN_ROOM: usize = 256;
+/// Packet buffers per worker: a step reads on while a whole super-packet's
+/// worth (`IDEAL_BATCH_SIZE`) still fits.
+const SEGMENT_BUFFERS: usize = 2 * IDEAL_BATCH_SIZE;
+/// TUN reads per step at most, so that the inbound side gets its turn.
+const READS_PER_STEP: usize = 64;
 
 /// Encrypted datagrams laid end to end for one GSO send. GSO requires every
 /// segment but the last to have the same size.
@@ -93,38 +100,76 @@ impl GsoBatch {
     }
 }
 
-pub(crate) fn run(shared: Arc<Shared>) {
-    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
-    // Built one by one: `vec![v; n]` would clone (and so touch) every page,
-    // while fresh zeroed allocations stay untouched until a burst needs them.
-    let mut segments: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE)
-        .map(|_| vec![0u8; MAX_PACKET])
-        .collect();
-    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
-    let mut batch = GsoBatch::new(1);
-    let tun_fd = shared.tun.as_raw_fd();
-    while !shared.is_stopping() {
-        if !wait_readable(tun_fd, shared.stop_fd.raw()) {
-            continue;
+/// What a step found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Nothing to do.
+    Idle,
+    /// Something was done; there may be more.
+    Worked,
+    /// The TUN interface is gone: the device stops.
+    Gone,
+}
+
+/// A worker's outbound buffers.
+pub(crate) struct Outbound {
+    original: Vec<u8>,
+    /// `SEGMENT_BUFFERS` packet buffers of `MAX_PACKET` bytes end to end.
+    /// One allocation this large is mapped fresh, so its pages cost memory
+    /// only once packets have filled them (segments are MTU-sized: one page
+    /// of each buffer, and only as many buffers as the largest burst).
+    segments: Vec<u8>,
+    sizes: Vec<usize>,
+    batch: GsoBatch,
+}
+
+impl Outbound {
+    pub(crate) fn new() -> Self {
+        Self {
+            original: vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET],
+            segments: vec![0u8; SEGMENT_BUFFERS * MAX_PACKET],
+            sizes: vec![0usize; SEGMENT_BUFFERS],
+            batch: GsoBatch::new(1),
         }
-        // A stop or a pause must not wait for the traffic to end.
-        while !shared.is_stopping() {
-            match shared
-                .tun
-                .recv_multiple(&mut original, &mut segments, &mut sizes, 0)
-            {
-                Ok(n) => encrypt_and_send(&shared, &segments, &sizes[..n], &mut batch),
+    }
+
+    /// Reads what the TUN queue holds (bounded), then encrypts and sends it.
+    pub(crate) fn step(&mut self, shared: &Shared, tun: &SyncDevice, udp: &UdpSocket) -> Step {
+        let mut segments: Vec<&mut [u8]> = self.segments.chunks_mut(MAX_PACKET).collect();
+        let mut used = 0;
+        let mut reads = 0;
+        while reads < READS_PER_STEP && used + IDEAL_BATCH_SIZE <= segments.len() {
+            match tun.recv_multiple(
+                &mut self.original,
+                &mut segments[used..],
+                &mut self.sizes[used..],
+                0,
+            ) {
+                Ok(n) => used += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_tun_gone(&e) => {
                     shared.stop("TUN interface removed");
-                    return;
+                    return Step::Gone;
                 }
-                Err(e) => {
-                    // A malformed super-packet: it was consumed, drop it.
-                    tracing::debug!("TUN read: {e}");
-                }
+                // A malformed super-packet: it was consumed, drop it.
+                Err(e) => tracing::debug!("TUN read: {e}"),
             }
+            reads += 1;
+        }
+        if used > 0 {
+            encrypt_and_send(
+                shared,
+                udp,
+                &segments[..used],
+                &self.sizes[..used],
+                &mut self.batch,
+            );
+        }
+        if reads == 0 {
+            Step::Idle
+        } else {
+            Step::Worked
         }
     }
 }
@@ -136,29 +181,14 @@ pub(crate) fn is_tun_gone(e: &io::Error) -> bool {
     )
 }
 
-/// Polls `fd` for input together with the stop eventfd; true if `fd` is readable.
-pub(crate) fn wait_readable(fd: i32, stop_fd: i32) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: two valid pollfds. The timeout bounds how long a missed stop
-    // could go unnoticed.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
-    rc > 0 && fds[0].revents != 0
-}
-
-fn encrypt_and_send(shared: &Shared, segments: &[Vec<u8>], sizes: &[usize], batch: &mut GsoBatch) {
+fn encrypt_and_send(
+    shared: &Shared,
+    udp: &UdpSocket,
+    segments: &[&mut [u8]],
+    sizes: &[usize],
+    batch: &mut GsoBatch,
+) {
     let st = shared.state.read();
-    let udp = st.udp.clone();
     batch.set_max_segments(udp.max_gso_segments());
     let mut i = 0;
     while i < sizes.len() {
@@ -178,7 +208,7 @@ fn encrypt_and_send(shared: &Shared, segments: &[Vec<u8>], sizes: &[usize], batc
             .iter()
             .zip(&sizes[i..j])
             .map(|(b, n)| &b[..*n]);
-        encrypt_run(shared, &udp, peer, packets, batch);
+        encrypt_run(shared, udp, peer, packets, batch);
         i = j;
     }
 }
@@ -276,7 +306,7 @@ pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
     let Some(endpoint) = peer.endpoint() else {
         return;
     };
-    let udp = shared.state.read().udp.clone();
+    let sockets = shared.state.read().sockets.clone();
     let mut buf = [0u8; MIN_ROOM];
     let mut tunnel = peer.tunnel.lock();
     let Some(tunn) = tunnel.tunn.as_mut() else {
@@ -284,7 +314,7 @@ pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
     };
     if let TunnResult::WriteToNetwork(msg) = tunn.encapsulate(&[], &mut buf) {
         let n = msg.len();
-        send(shared, &udp, peer, endpoint, msg, n);
+        send(shared, sockets.sender(0), peer, endpoint, msg, n);
     }
 }
 

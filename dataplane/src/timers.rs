@@ -2,10 +2,10 @@
 //! rekeying, session expiry, passive keepalives), sends persistent keepalives,
 //! and refills the handshake rate limiter.
 
-use crate::device::Shared;
 use crate::outbound::send_keepalive;
 use crate::peer::Peer;
 use crate::reachability::UNREACHABLE_AFTER_MS;
+use crate::shared::Shared;
 use boringtun::noise::TunnResult;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,14 +29,15 @@ pub(crate) fn run(shared: Arc<Shared>) {
         if shared.is_stopping() {
             return;
         }
-        let (peers, udp, limiter): (Vec<Arc<Peer>>, _, _) = {
+        let (peers, sockets, limiter): (Vec<Arc<Peer>>, _, _) = {
             let st = shared.state.read();
             (
                 st.peers.values().cloned().collect(),
-                st.udp.clone(),
+                st.sockets.clone(),
                 st.rate_limiter.clone(),
             )
         };
+        let udp = sockets.sender(0);
         if last_reset.elapsed() >= Duration::from_secs(1) {
             limiter.reset_count();
             last_reset = Instant::now();

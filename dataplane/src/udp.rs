@@ -10,7 +10,7 @@
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6, UdpSocket as StdUdpSocket};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -49,13 +49,14 @@ fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()
 
 impl UdpSocket {
     /// Binds `port` (0 = random) on all addresses, IPv6 and IPv4 on one socket
-    /// when the host has IPv6, IPv4 only otherwise.
-    pub fn bind(port: u16, fwmark: u32) -> io::Result<Self> {
-        let (socket, dual_stack) = match Self::bind_dual_stack(port) {
+    /// when the host has IPv6, IPv4 only otherwise. `reuse_port` lets more
+    /// sockets of this process join the port (see [`UdpSockets`]).
+    pub fn bind(port: u16, fwmark: u32, reuse_port: bool) -> io::Result<Self> {
+        let (socket, dual_stack) = match Self::bind_raw(libc::AF_INET6, port, reuse_port) {
             Ok(s) => (s, true),
             Err(e) => {
                 tracing::debug!("IPv6 socket unavailable ({e}); using IPv4 only");
-                (StdUdpSocket::bind(("0.0.0.0", port))?, false)
+                (Self::bind_raw(libc::AF_INET, port, reuse_port)?, false)
             }
         };
         let fd = socket.as_raw_fd();
@@ -99,30 +100,51 @@ impl UdpSocket {
         })
     }
 
-    fn bind_dual_stack(port: u16) -> io::Result<StdUdpSocket> {
+    /// A socket of `family` bound to `port` on the unspecified address;
+    /// an IPv6 one takes IPv4 too (mapped).
+    fn bind_raw(family: i32, port: u16, reuse_port: bool) -> io::Result<StdUdpSocket> {
         // SAFETY: plain socket(2) call; the fd is owned by the returned socket.
-        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd was just created and is owned by nobody else.
         let socket = unsafe { <StdUdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
-        let addr = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0);
-        let sa = libc::sockaddr_in6 {
-            sin6_family: libc::AF_INET6 as libc::sa_family_t,
-            sin6_port: addr.port().to_be(),
-            sin6_flowinfo: 0,
-            sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
-            sin6_scope_id: 0,
-        };
-        // SAFETY: sa is a valid sockaddr_in6 of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                &sa as *const libc::sockaddr_in6 as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
+        if reuse_port {
+            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        let rc = if family == libc::AF_INET6 {
+            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+            let sa = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: port.to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sa is a valid sockaddr_in6 of the size passed.
+            unsafe {
+                libc::bind(
+                    fd,
+                    &sa as *const libc::sockaddr_in6 as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        } else {
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr { s_addr: 0 },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sa is a valid sockaddr_in of the size passed.
+            unsafe {
+                libc::bind(
+                    fd,
+                    &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());
@@ -236,6 +258,84 @@ impl UdpSocket {
     }
 }
 
+/// The device's sockets: one per worker, all bound to one port with
+/// SO_REUSEPORT. The kernel picks the socket for a datagram by a hash of its
+/// addresses and ports, so each peer's datagrams reach one socket, and so
+/// one worker, in the order they came: workers decrypt in parallel across
+/// peers, never within one.
+pub struct UdpSockets {
+    sockets: Vec<UdpSocket>,
+}
+
+impl UdpSockets {
+    /// Binds `count` sockets (at least one) to `port` (0 = a random free
+    /// port). A port another socket holds is refused, even one bound with
+    /// SO_REUSEPORT by a process of the same user (which the group would
+    /// otherwise take in and share the traffic with).
+    pub fn bind(port: u16, fwmark: u32, count: usize) -> io::Result<Self> {
+        if port != 0 {
+            // A socket without SO_REUSEPORT cannot share the port with anyone:
+            // binding it proves the port free.
+            drop(UdpSocket::bind(port, 0, false)?);
+        }
+        let first = UdpSocket::bind(port, fwmark, true)?;
+        let port = first.port();
+        let mut sockets = vec![first];
+        for _ in 1..count.max(1) {
+            sockets.push(UdpSocket::bind(port, fwmark, true)?);
+        }
+        Ok(Self { sockets })
+    }
+
+    /// Takes over sockets handed over by the process that ran the device.
+    pub fn from_owned(fds: Vec<std::os::fd::OwnedFd>) -> io::Result<Self> {
+        let sockets = fds
+            .into_iter()
+            .map(UdpSocket::from_owned)
+            .collect::<io::Result<Vec<_>>>()?;
+        let Some(port) = sockets.first().map(UdpSocket::port) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no socket"));
+        };
+        if sockets.iter().any(|s| s.port() != port) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the sockets are bound to different ports",
+            ));
+        }
+        Ok(Self { sockets })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.sockets[0].port()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// The socket worker `i` receives on, if it has one.
+    pub fn receiver(&self, i: usize) -> Option<&UdpSocket> {
+        self.sockets.get(i)
+    }
+
+    /// The socket worker `i` sends from (any of them: they share the port).
+    pub fn sender(&self, i: usize) -> &UdpSocket {
+        &self.sockets[i % self.sockets.len()]
+    }
+
+    pub fn set_fwmark(&self, fwmark: u32) -> io::Result<()> {
+        self.sockets.iter().try_for_each(|s| s.set_fwmark(fwmark))
+    }
+
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.sockets.iter().map(UdpSocket::raw_fd).collect()
+    }
+}
+
 impl AsFd for UdpSocket {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.socket.as_fd()
@@ -271,8 +371,8 @@ mod tests {
 
     #[test]
     fn gso_batch_arrives_as_separate_datagrams() {
-        let a = UdpSocket::bind(0, 0).unwrap();
-        let b = UdpSocket::bind(0, 0).unwrap();
+        let a = UdpSocket::bind(0, 0, false).unwrap();
+        let b = UdpSocket::bind(0, 0, false).unwrap();
         let dst: SocketAddr = format!("127.0.0.1:{}", b.port()).parse().unwrap();
         // Three full segments and a short one.
         let mut payload = Vec::new();
@@ -303,5 +403,83 @@ mod tests {
         assert_eq!(got.len(), 4);
         assert_eq!(got[1], vec![1u8; 1000]);
         assert_eq!(got[3], vec![9u8; 10]);
+    }
+
+    #[test]
+    fn a_taken_port_is_refused_even_to_a_reuse_port_group() {
+        // Another group (as another weft-wg would hold it) on the port.
+        let other = UdpSocket::bind(0, 0, true).unwrap();
+        let e = UdpSockets::bind(other.port(), 0, 2).err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        let plain = UdpSocket::bind(0, 0, false).unwrap();
+        assert!(UdpSockets::bind(plain.port(), 0, 2).is_err());
+    }
+
+    #[test]
+    fn each_sender_reaches_one_socket_of_the_group_in_order() {
+        let group = UdpSockets::bind(0, 0, 2).unwrap();
+        assert_eq!(group.len(), 2);
+        assert_eq!(group.receiver(1).unwrap().port(), group.port());
+        assert!(group.receiver(2).is_none());
+        let dst: SocketAddr = format!("127.0.0.1:{}", group.port()).parse().unwrap();
+        // 32 senders: the chance that the hash sends all to one socket is 2^-31.
+        let senders: Vec<UdpSocket> = (0..32)
+            .map(|_| UdpSocket::bind(0, 0, false).unwrap())
+            .collect();
+        for round in 0..10u8 {
+            for (i, s) in senders.iter().enumerate() {
+                s.send(dst, &[i as u8, round], 2).unwrap();
+            }
+        }
+        // Per socket: the (sender, round) pairs in arrival order.
+        let mut got: Vec<Vec<(u8, u8)>> = vec![Vec::new(), Vec::new()];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut storage = vec![0u8; 65536];
+        while got.iter().map(Vec::len).sum::<usize>() < 320 && std::time::Instant::now() < deadline
+        {
+            for (k, list) in got.iter_mut().enumerate() {
+                let sock = group.receiver(k).unwrap();
+                wait_fd(sock.raw_fd(), libc::POLLIN, Duration::from_millis(10));
+                let mut meta = [RecvMeta::default()];
+                let mut bufs = [IoSliceMut::new(&mut storage)];
+                let n = sock.recv(&mut bufs, &mut meta).unwrap();
+                for m in &meta[..n] {
+                    for d in storage[..m.len].chunks(m.stride.max(1)) {
+                        list.push((d[0], d[1]));
+                    }
+                }
+            }
+        }
+        assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 320);
+        assert!(
+            got.iter().all(|l| !l.is_empty()),
+            "the group spreads senders"
+        );
+        for i in 0..32u8 {
+            let at: Vec<usize> = (0..2)
+                .filter(|k| got[*k].iter().any(|p| p.0 == i))
+                .collect();
+            assert_eq!(at.len(), 1, "sender {i} reached {at:?}");
+            let rounds: Vec<u8> = got[at[0]]
+                .iter()
+                .filter(|p| p.0 == i)
+                .map(|p| p.1)
+                .collect();
+            assert_eq!(rounds, (0..10).collect::<Vec<u8>>(), "sender {i} in order");
+        }
+    }
+
+    #[test]
+    fn handed_over_sockets_must_share_one_port() {
+        let a = UdpSocket::bind(0, 0, false).unwrap();
+        let b = UdpSocket::bind(0, 0, false).unwrap();
+        let owned = |s: UdpSocket| std::os::fd::OwnedFd::from(s.socket);
+        assert!(UdpSockets::from_owned(vec![owned(a), owned(b)]).is_err());
+        assert!(UdpSockets::from_owned(Vec::new()).is_err());
+        let g = UdpSockets::bind(0, 0, 2).unwrap();
+        let port = g.port();
+        let fds = g.sockets.into_iter().map(owned).collect();
+        let taken = UdpSockets::from_owned(fds).unwrap();
+        assert_eq!((taken.port(), taken.len()), (port, 2));
     }
 }

@@ -473,9 +473,11 @@ impl Drop for Daemon {
 }
 
 /// An upgrade of weft-wg: a new process takes the running interface over
-/// (`--take-over`), joining it as a queue of its own and taking the UDP
-/// socket; the interface, its address and routes never go away, and
-/// traffic pauses for about one handshake.
+/// (`--take-over`), joining it with queues of its own and taking the UDP
+/// sockets; the interface, its address and routes never go away, and
+/// traffic pauses for about one handshake. The successor runs more workers
+/// than sockets come with it (3 against 2): the third sends but does not
+/// receive.
 #[test]
 fn an_upgrade_takes_the_running_interface_over() {
     use dataplane::control::ControlClient;
@@ -490,9 +492,9 @@ fn an_upgrade_takes_the_running_interface_over() {
     std::fs::create_dir_all(&dir).expect("dir");
     let control = dir.join("tunnel.ctl");
     let uapi_dir = dir.join("uapi");
-    let start = |take_over: bool| {
+    let start = |take_over: bool, workers: &str| {
         let mut c = pair.a.command(Implementation::Weft.program());
-        c.args(["-f", "--control"])
+        c.args(["-f", "--workers", workers, "--control"])
             .arg(&control)
             .arg("--uapi-dir")
             .arg(&uapi_dir);
@@ -507,7 +509,7 @@ fn an_upgrade_takes_the_running_interface_over() {
                 .expect("weft-wg"),
         )
     };
-    let mut old = start(false);
+    let mut old = start(false, "2");
     let client = ControlClient::new(&control);
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while !client.is_alive() {
@@ -554,6 +556,15 @@ fn an_upgrade_takes_the_running_interface_over() {
     pair.b.ip(&["link", "set", &wb.name, "up"]);
     assert!(pair.b.ping_within(TA, Duration::from_secs(10)));
     let link_before = pair.a.ip(&["-o", "link", "show", &name]);
+    // The interface's attached queues, as sysfs shows them in its namespace.
+    let queues = || {
+        pair.a
+            .exec(&["ls", &format!("/sys/class/net/{name}/queues")])
+            .split_whitespace()
+            .filter(|q| q.starts_with("tx-"))
+            .count()
+    };
+    assert_eq!(queues(), 2, "one queue per worker");
     let index = |l: &str| l.split(':').next().unwrap_or_default().to_string();
     let (_, host_before) = client.get().expect("weft_get");
 
@@ -569,7 +580,7 @@ fn an_upgrade_takes_the_running_interface_over() {
 
     let mut successor = None;
     let (answered, sent) = probe_while(&pair.b, TA, 120, Duration::from_millis(1500), || {
-        successor = Some(start(true));
+        successor = Some(start(true, "3"));
     });
     let mut successor = successor.expect("started");
     let gap = longest_gap(&answered);
@@ -602,6 +613,7 @@ fn an_upgrade_takes_the_running_interface_over() {
         "the same interface"
     );
     assert!(pair.a.ip(&["addr", "show", "dev", &name]).contains(TA));
+    assert_eq!(queues(), 3, "the successor's queues, the old ones gone");
     assert!(
         answered.iter().any(|s| *s > 110),
         "traffic resumed: {answered:?}"

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const USAGE: &str = "\
-Usage: weft-wg [-f|--foreground] [--control PATH [--take-over]]
+Usage: weft-wg [-f|--foreground] [--control PATH [--take-over]] [--workers N]
                [--uapi-dir DIR | --no-uapi] INTERFACE-NAME
 
 Creates the TUN interface INTERFACE-NAME and runs a userspace WireGuard device
@@ -49,6 +49,10 @@ Options:
   --linger           after handing the device to a successor, stay (idle)
                      until terminated instead of exiting: a container that
                      exits is restarted, and would take the device back
+  --workers N        worker threads, each with a TUN queue and a UDP socket of
+                     its own (default: one per core this process may use, at
+                     most 16). A flow stays on one worker; more workers serve
+                     more flows and peers in parallel
   --uapi-dir DIR     where the standard socket goes (default /var/run/wireguard)
   --no-uapi          no standard socket
   -h, --help         show this help
@@ -59,6 +63,7 @@ Environment:
   WEFT_LOG=LEVEL            log filter: error, warn, info (default), debug, trace;
                             in the background, logs are kept only when it is set
   WEFT_WG_NO_OFFLOAD=1      disable TUN segmentation offload (for comparison)
+  WEFT_WG_WORKERS=N         same as --workers N
 ";
 
 struct Args {
@@ -68,16 +73,60 @@ struct Args {
     take_over: bool,
     linger: bool,
     uapi_dir: Option<PathBuf>,
+    workers: Option<usize>,
+}
+
+/// A worker count from the command line or the environment.
+fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=dataplane::MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "invalid worker count {text:?}: 1 to {}",
+            dataplane::MAX_WORKERS
+        )),
+    }
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
-    let mut foreground = std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1");
+    parse_command_line(
+        std::env::args().skip(1),
+        std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1"),
+        std::env::var("WEFT_WG_WORKERS").ok(),
+    )
+}
+
+/// Splits `--flag=value` into `--flag` and `value`, so that both spellings
+/// work (manifests tend to use the first).
+fn split_long_options(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for arg in args {
+        match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                out.push(flag.to_string());
+                out.push(value.to_string());
+            }
+            _ => out.push(arg),
+        }
+    }
+    out
+}
+
+fn parse_command_line(
+    args: impl IntoIterator<Item = String>,
+    foreground: bool,
+    workers_env: Option<String>,
+) -> Result<Option<Args>, String> {
+    let mut foreground = foreground;
     let mut ifname = None;
     let mut control = None;
     let mut take_over = false;
     let mut linger = false;
     let mut uapi_dir = Some(PathBuf::from(SOCKET_DIR));
-    let mut args = std::env::args().skip(1);
+    let mut workers = match workers_env {
+        Some(v) => Some(parse_workers(&v).map_err(|e| format!("WEFT_WG_WORKERS: {e}"))?),
+        None => None,
+    };
+    let mut args = split_long_options(args).into_iter();
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
         match arg.as_str() {
@@ -87,6 +136,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--linger" => linger = true,
             "--uapi-dir" => uapi_dir = Some(PathBuf::from(value("--uapi-dir")?)),
             "--no-uapi" => uapi_dir = None,
+            "--workers" => workers = Some(parse_workers(&value("--workers")?)?),
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -111,6 +161,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         take_over,
         linger,
         uapi_dir,
+        workers,
     }))
 }
 
@@ -224,6 +275,9 @@ fn start_device(args: &Args) -> Result<Device, String> {
     let mut options = DeviceOptions::new(&args.ifname);
     if std::env::var("WEFT_WG_NO_OFFLOAD").as_deref() == Ok("1") {
         options.offload = false;
+    }
+    if let Some(n) = args.workers {
+        options.workers = n;
     }
     if let (true, Some(control)) = (args.take_over, &args.control) {
         match handoff::take(control, &options) {
@@ -358,4 +412,55 @@ fn main() -> ExitCode {
 fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>, String> {
+        parse_command_line(args.iter().map(|a| a.to_string()), false, None)
+    }
+
+    #[test]
+    fn long_options_take_their_value_after_an_equals_sign_too() {
+        // As the DaemonSets spell them.
+        let a = parse(&[
+            "--foreground",
+            "--control=/var/run/weft/weft0.ctl",
+            "--take-over",
+            "--linger",
+            "--uapi-dir=/var/run/wireguard",
+            "--workers=2",
+            "weft0",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.control, Some(PathBuf::from("/var/run/weft/weft0.ctl")));
+        assert_eq!(a.uapi_dir, Some(PathBuf::from("/var/run/wireguard")));
+        assert_eq!(a.workers, Some(2));
+        assert!(a.foreground && a.take_over && a.linger);
+        assert_eq!(a.ifname, "weft0");
+        let b = parse(&["--control", "/c", "--workers", "1", "wg0"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.control, Some(PathBuf::from("/c")));
+        assert_eq!(b.workers, Some(1));
+    }
+
+    #[test]
+    fn bad_worker_counts_and_options_are_refused() {
+        for bad in ["0", "17", "two", ""] {
+            let flag = format!("--workers={bad}");
+            let e = parse(&[flag.as_str(), "wg0"]).err().unwrap();
+            assert!(e.contains("worker count"), "{e}");
+        }
+        let e = parse_command_line(["wg0".to_string()], false, Some("x".into()))
+            .err()
+            .unwrap();
+        assert!(e.starts_with("WEFT_WG_WORKERS"), "{e}");
+        assert!(parse(&["--frobnicate", "wg0"]).is_err());
+        assert!(parse(&["--take-over", "wg0"]).is_err(), "needs --control");
+        assert!(parse(&[]).is_err(), "needs an interface");
+    }
 }
