@@ -1,38 +1,56 @@
 #!/usr/bin/env bash
-# Throughput benchmark: iperf3 TCP (1 and 4 streams), UDP loss and ping RTT
-# between two network namespaces, over raw veth and over each userspace
-# WireGuard implementation, all in one run so the ratios are fair on a noisy
-# machine. Prints a table and weft-wg's ratio to each other implementation.
+# Throughput benchmark between two network namespaces, every implementation
+# in the same run, interleaved round by round so that the ratios are fair on
+# a noisy machine. For each: iperf3 TCP with 1 and 4 streams, the bytes the
+# two tunnel daemons move per CPU-second of theirs (from /proc, during the
+# 1-stream run), UDP from an application sending 1392-byte datagrams (the
+# largest that fit the 1420-byte tunnel MTU, no GSO from the application) at
+# 1 and 2 Gbit/s with the receiver's default socket buffer, ping RTT and idle
+# RSS. Prints medians and weft-wg's ratios to today's wireguard-go.
 #
-#   sudo scripts/bench-throughput.sh [-t SECONDS] [-r RUNS] [-i IMPLS]
+#   sudo scripts/bench-throughput.sh [-t SECONDS] [-r ROUNDS] [-i IMPLS] [-b BINARY] [-p DIR]
 #
-#   -t SECONDS  length of each iperf3 run (default 5)
-#   -r RUNS     runs per measurement; the median is reported (default 3)
-#   -i IMPLS    comma-separated: raw,weft,wireguard-go,gotatun,weft-nooffload
-#               (default: raw,weft,wireguard-go, plus gotatun if installed)
+#   -t SECONDS  length of each iperf3 run (default 8)
+#   -r ROUNDS   rounds; medians are reported (default 3)
+#   -i IMPLS    comma-separated: raw, weft, wireguard-go (0.0.20231211 from
+#               Debian's bookworm-backports: TUN TSO/GRO, UDP GSO/GRO),
+#               wireguard-go-2022 (Debian stable's 0.0.20220316, no
+#               offloads), gotatun, weft-nooffload, weft-wN (weft-wg
+#               with N workers; weft alone runs one per core)
+#               (default: raw,weft,wireguard-go,wireguard-go-2022, plus gotatun
+#               if installed)
 #   -b BINARY   weft-wg binary (default target/release/weft-wg)
+#   -p DIR      profile both tunnel daemons with perf during the first
+#               round's 1-stream run; writes DIR/IMPL.txt (user/kernel split
+#               and the top symbols) and DIR/IMPL.perf.data
 #
-# gotatun, if wanted: cargo install --locked gotatun-cli --root /opt/gotatun
-# (found on PATH or in /opt/gotatun/bin). All traffic stays inside the two
-# namespaces this script creates; they are removed on exit, even on Ctrl-C.
+# wireguard-go 0.0.20231211 is fetched once with apt-get download from
+# bookworm-backports into $WEFT_BENCH_CACHE (default /var/cache/weft-bench)
+# and unpacked there with dpkg -x; the system's wireguard-go is never
+# replaced. gotatun, if wanted: cargo install --locked gotatun-cli --root
+# /opt/gotatun. All traffic stays inside the two namespaces this script
+# creates; they are removed on exit, even on Ctrl-C.
 set -euo pipefail
 
-SECONDS_PER_RUN=5
-RUNS=3
+SECONDS_PER_RUN=8
+ROUNDS=3
 IMPLS=""
 WEFT=""
-while getopts "t:r:i:b:h" opt; do
+PROFILE_DIR=""
+while getopts "t:r:i:b:p:h" opt; do
     case $opt in
         t) SECONDS_PER_RUN=$OPTARG ;;
-        r) RUNS=$OPTARG ;;
+        r) ROUNDS=$OPTARG ;;
         i) IMPLS=$OPTARG ;;
         b) WEFT=$OPTARG ;;
-        *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+        p) PROFILE_DIR=$OPTARG ;;
+        *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
     esac
 done
 [[ $(id -u) == 0 ]] || { echo "needs root (network namespaces, TUN)" >&2; exit 1; }
-for tool in iperf3 wg ip ping; do
-    command -v $tool >/dev/null || { echo "missing $tool (apt-get install --no-install-recommends iperf3 wireguard-tools iproute2 iputils-ping)" >&2; exit 1; }
+[[ -z $PROFILE_DIR ]] || command -v perf >/dev/null || { echo "-p needs perf (apt-get install --no-install-recommends linux-perf)" >&2; exit 1; }
+for tool in iperf3 wg ip ping python3; do
+    command -v $tool >/dev/null || { echo "missing $tool (apt-get install --no-install-recommends iperf3 wireguard-tools iproute2 iputils-ping python3)" >&2; exit 1; }
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
 WEFT=${WEFT:-$root/target/release/weft-wg}
@@ -40,17 +58,40 @@ WEFT=${WEFT:-$root/target/release/weft-wg}
 GOTATUN=$(command -v gotatun || true)
 [[ -z $GOTATUN && -x /opt/gotatun/bin/gotatun ]] && GOTATUN=/opt/gotatun/bin/gotatun
 if [[ -z $IMPLS ]]; then
-    IMPLS="raw,weft,wireguard-go"
+    IMPLS="raw,weft,wireguard-go,wireguard-go-2022"
     [[ -n $GOTATUN ]] && IMPLS="$IMPLS,gotatun"
 fi
+
+# Today's wireguard-go, from bookworm-backports, beside the system's.
+WG_GO_VERSION=0.0.20231211-1~bpo12+1
+CACHE=${WEFT_BENCH_CACHE:-/var/cache/weft-bench}
+WG_GO_NEW=$CACHE/wireguard-go-$WG_GO_VERSION/usr/bin/wireguard-go
+fetch_wireguard_go() {
+    [[ -x $WG_GO_NEW ]] && return
+    echo "fetching wireguard-go $WG_GO_VERSION from bookworm-backports into $CACHE" >&2
+    local apt=$CACHE/apt
+    mkdir -p "$apt/lists/partial" "$apt/archives/partial"
+    echo "deb http://deb.debian.org/debian bookworm-backports main" > "$apt/sources.list"
+    local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+                -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache::Archives=$apt/archives"
+                -o APT::Sandbox::User=root)
+    apt-get "${opts[@]}" update -qq >/dev/null
+    (cd "$apt" && apt-get "${opts[@]}" download "wireguard-go=$WG_GO_VERSION" >/dev/null)
+    dpkg -x "$apt"/wireguard-go_*.deb "$CACHE/wireguard-go-$WG_GO_VERSION"
+    [[ -x $WG_GO_NEW ]] || { echo "could not unpack wireguard-go $WG_GO_VERSION" >&2; exit 1; }
+}
+[[ ,$IMPLS, == *,wireguard-go,* ]] && fetch_wireguard_go
 
 tag=wb$$
 NA=${tag}a NB=${tag}b
 PIDS=()
+keydir=$(mktemp -d); chmod 700 "$keydir"
 cleanup() {
     for p in "${PIDS[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done
+    [[ -f $keydir/iperf.pid ]] && kill "$(cat "$keydir/iperf.pid")" 2>/dev/null || true
     ip netns del "$NA" 2>/dev/null || true
     ip netns del "$NB" 2>/dev/null || true
+    rm -rf "$keydir"
 }
 trap cleanup EXIT INT TERM
 
@@ -63,9 +104,7 @@ ip -n "$NA" link set ${tag}va up; ip -n "$NB" link set ${tag}vb up
 
 KA=$(wg genkey); KB=$(wg genkey)
 PA=$(echo "$KA" | wg pubkey); PB=$(echo "$KB" | wg pubkey)
-keydir=$(mktemp -d); chmod 700 "$keydir"
 echo "$KA" > "$keydir/a"; echo "$KB" > "$keydir/b"
-trap 'cleanup; rm -rf "$keydir"' EXIT INT TERM
 
 # start_tunnel IMPL: brings up wg interfaces in both namespaces; sets DST.
 start_tunnel() {
@@ -73,7 +112,9 @@ start_tunnel() {
     case $impl in
         weft) bin=$WEFT ;;
         weft-nooffload) bin=$WEFT; env=(WEFT_WG_NO_OFFLOAD=1) ;;
-        wireguard-go) bin=$(command -v wireguard-go) ;;
+        weft-w[0-9]*) bin=$WEFT; env=(WEFT_WG_WORKERS=${impl#weft-w}) ;;
+        wireguard-go) bin=$WG_GO_NEW ;;
+        wireguard-go-2022) bin=$(command -v wireguard-go) ;;
         gotatun) bin=$GOTATUN; args=(--disable-drop-privileges --log /dev/null) ;;
         *) echo "unknown implementation $impl" >&2; exit 2 ;;
     esac
@@ -105,25 +146,30 @@ stop_tunnel() {
     sleep 0.3
 }
 
-median() { sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else print v[int((NR+1)/2)]}'; }
-
-# iperf_tcp STREAMS -> Mbit/s (receiver side), median of RUNS
-iperf_tcp() {
-    local r
-    for r in $(seq "$RUNS"); do
-        ip netns exec "$NA" iperf3 -c "$DST" -t "$SECONDS_PER_RUN" -P "$1" -f m 2>/dev/null \
-            | awk '/receiver/ {v=$(NF-2)} END {print v+0}'
-    done | median
+# CPU ticks (user + system) of the tunnel daemons so far.
+daemon_ticks() {
+    local total=0 p
+    for p in "${PIDS[@]:-}"; do
+        [[ -n $p && -r /proc/$p/stat ]] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo $total
 }
 
-# UDP at 1 Gbit/s offered: lost percentage at the receiver. $1 is extra
-# iperf3 options, e.g. "-w 2M" for a 2 MiB receive buffer in the application.
-iperf_udp() {
-    local r
-    for r in $(seq "$RUNS"); do
-        ip netns exec "$NA" iperf3 -c "$DST" -u -b 1G -l 1300 $1 -t "$SECONDS_PER_RUN" 2>/dev/null \
-            | awk '/receiver/ {for (i=1;i<=NF;i++) if ($i ~ /^\(.*%\)$/) {gsub(/[()%]/,"",$i); v=$i}} END {print v+0}'
-    done | median
+# iperf3 TCP with $1 streams; prints "Mbit/s bytes" (receiver side).
+tcp_run() {
+    ip netns exec "$NA" iperf3 -c "$DST" -t "$SECONDS_PER_RUN" -P "$1" -J 2>/dev/null \
+        | python3 -c 'import json,sys; r=json.load(sys.stdin)["end"]["sum_received"]; print("%.0f %d" % (r["bits_per_second"]/1e6, r["bytes"]))'
+}
+
+# iperf3 UDP, 1392-byte datagrams at $1 (e.g. 1G); prints "received-Mbit/s loss-%".
+udp_run() {
+    ip netns exec "$NA" iperf3 -c "$DST" -u -b "$1" -l 1392 -t "$SECONDS_PER_RUN" -J 2>/dev/null \
+        | python3 -c 'import json,sys
+e=json.load(sys.stdin)["end"]
+s=e.get("sum_received") or e["sum"]
+lost=e["sum"].get("lost_percent", 0.0)
+print("%.0f %.2f" % (s["bits_per_second"]*(1-lost/100)/1e6 if "sum_received" not in e else s["bits_per_second"]/1e6, lost))'
 }
 
 rtt() {
@@ -140,39 +186,79 @@ rss_kb() {
     echo $((total / 2))
 }
 
-declare -A TCP1 TCP4 UDPL UDPW RTT RSS
+# What perf saw of IMPL's daemons: user vs kernel time, then the top symbols.
+profile_report() {
+    local data=$PROFILE_DIR/$1.perf.data
+    echo "# $1: both tunnel daemons during the 1-stream TCP run (perf record -F 1999)"
+    echo "## user vs kernel"
+    perf report -i "$data" --stdio --sort dso --percent-limit 0.5 2>/dev/null | grep -v '^#' | grep -v '^$' \
+        | awk '{pct=$1; sub("%","",pct); if ($2 ~ /kernel/) k+=pct; else u+=pct; print} END {printf "user %.1f%%  kernel %.1f%% (of samples above 0.5%%)\n", u, k}'
+    echo "## top symbols"
+    perf report -i "$data" --stdio --sort dso,sym --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+}
+
+median() { sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else print v[int((NR+1)/2)]}'; }
+
+declare -A R   # R[impl,metric] = space-separated values over rounds
+add() { R[$1,$2]="${R[$1,$2]:-} $3"; }
+med() { echo ${R[$1,$2]:-} | tr ' ' '\n' | grep -v '^$' | median; }
+
+HZ=$(getconf CLK_TCK)
 ip netns exec "$NB" iperf3 -s -D --pidfile "$keydir/iperf.pid" >/dev/null 2>&1
 sleep 0.3
 IFS=, read -ra list <<< "$IMPLS"
-echo "benchmark: ${SECONDS_PER_RUN}s per run, median of $RUNS; $(nproc) cores; $(uname -r)" >&2
-for impl in "${list[@]}"; do
-    echo "== $impl" >&2
-    if [[ $impl == raw ]]; then
-        DST=192.168.251.2; RSS[$impl]=-
-    else
-        start_tunnel "$impl"
-        sleep 0.5
-        RSS[$impl]=$(rss_kb)
-    fi
-    TCP1[$impl]=$(iperf_tcp 1);  echo "   tcp x1: ${TCP1[$impl]} Mbit/s" >&2
-    TCP4[$impl]=$(iperf_tcp 4);  echo "   tcp x4: ${TCP4[$impl]} Mbit/s" >&2
-    UDPL[$impl]=$(iperf_udp "");  echo "   udp 1G loss: ${UDPL[$impl]} %" >&2
-    UDPW[$impl]=$(iperf_udp "-w 2M"); echo "   udp 1G loss, 2 MiB app buffer: ${UDPW[$impl]} %" >&2
-    RTT[$impl]=$(rtt);           echo "   rtt: ${RTT[$impl]} ms" >&2
-    [[ $impl == raw ]] || stop_tunnel
+echo "benchmark: ${SECONDS_PER_RUN}s per run, $ROUNDS interleaved rounds, medians; $(nproc) cores; $(uname -r)" >&2
+for round in $(seq "$ROUNDS"); do
+    for impl in "${list[@]}"; do
+        echo "== round $round: $impl" >&2
+        if [[ $impl == raw ]]; then
+            DST=192.168.251.2
+        else
+            start_tunnel "$impl"
+            sleep 0.5
+            add "$impl" rss "$(rss_kb)"
+        fi
+        profiler=""
+        if [[ -n $PROFILE_DIR && $round == 1 && $impl != raw ]]; then
+            mkdir -p "$PROFILE_DIR"
+            perf record -q -F 1999 -o "$PROFILE_DIR/$impl.perf.data" -p "$(IFS=,; echo "${PIDS[*]}")" \
+                -- sleep "$((SECONDS_PER_RUN - 1))" >/dev/null 2>&1 &
+            profiler=$!
+        fi
+        t0=$(daemon_ticks)
+        read -r mbit bytes < <(tcp_run 1)
+        t1=$(daemon_ticks)
+        if [[ -n $profiler ]]; then
+            wait "$profiler" || true
+            profile_report "$impl" > "$PROFILE_DIR/$impl.txt"
+        fi
+        add "$impl" tcp1 "$mbit"
+        if [[ $impl != raw ]]; then
+            # MB moved per CPU-second of both daemons together.
+            add "$impl" eff "$(awk -v b="$bytes" -v t=$((t1 - t0)) -v hz="$HZ" 'BEGIN {printf "%.0f", (t>0 ? b/1e6/(t/hz) : 0)}')"
+        fi
+        read -r mbit _ < <(tcp_run 4); add "$impl" tcp4 "$mbit"
+        read -r mbit loss < <(udp_run 1G); add "$impl" udp1 "$mbit"; add "$impl" udp1l "$loss"
+        read -r mbit loss < <(udp_run 2G); add "$impl" udp2 "$mbit"; add "$impl" udp2l "$loss"
+        add "$impl" rtt "$(rtt)"
+        echo "   tcp x1 $(echo ${R[$impl,tcp1]} | awk '{print $NF}') Mb/s, x4 $(echo ${R[$impl,tcp4]} | awk '{print $NF}'), udp 1G loss $(echo ${R[$impl,udp1l]} | awk '{print $NF}') %, 2G loss $(echo ${R[$impl,udp2l]} | awk '{print $NF}') %" >&2
+        [[ $impl == raw ]] || stop_tunnel
+    done
 done
-kill "$(cat "$keydir/iperf.pid")" 2>/dev/null || true
 
-printf '\n%-16s %12s %12s %10s %10s %8s %10s\n' implementation "tcp x1 Mb/s" "tcp x4 Mb/s" "udp loss%" "(2M buf)" "rtt ms" "rss KiB"
+printf '\n%-18s %9s %9s %11s %17s %17s %8s %9s\n' implementation "tcp x1" "tcp x4" "MB/CPU-s" "udp 1G rx (loss)" "udp 2G rx (loss)" "rtt ms" "rss KiB"
 for impl in "${list[@]}"; do
-    printf '%-16s %12s %12s %10s %10s %8s %10s\n' "$impl" "${TCP1[$impl]}" "${TCP4[$impl]}" "${UDPL[$impl]}" "${UDPW[$impl]}" "${RTT[$impl]}" "${RSS[$impl]}"
+    printf '%-18s %9s %9s %11s %17s %17s %8s %9s\n' "$impl" "$(med "$impl" tcp1)" "$(med "$impl" tcp4)" \
+        "$(med "$impl" eff)" "$(med "$impl" udp1) ($(med "$impl" udp1l)%)" "$(med "$impl" udp2) ($(med "$impl" udp2l)%)" \
+        "$(med "$impl" rtt)" "$(med "$impl" rss)"
 done
-echo "(udp: 1 Gbit/s offered, 1300-byte datagrams; rss: idle, per daemon)"
-if [[ -n ${TCP1[weft]:-} ]]; then
+echo "(Mbit/s; MB/CPU-s: bytes through the 1-stream run per CPU-second of both tunnel daemons; udp: received Mbit/s and loss, 1392-byte datagrams, default receive buffer; rss: idle, per daemon)"
+if [[ -n ${R[weft,tcp1]:-} ]]; then
     echo
     for impl in "${list[@]}"; do
-        [[ $impl == weft ]] && continue
-        awk -v w1="${TCP1[weft]}" -v o1="${TCP1[$impl]}" -v w4="${TCP4[weft]}" -v o4="${TCP4[$impl]}" -v n="$impl" \
-            'BEGIN {printf "weft / %-14s tcp x1 %.2fx   tcp x4 %.2fx\n", n, (o1>0?w1/o1:0), (o4>0?w4/o4:0)}'
+        [[ $impl == weft || $impl == raw ]] && continue
+        awk -v w1="$(med weft tcp1)" -v o1="$(med "$impl" tcp1)" -v w4="$(med weft tcp4)" -v o4="$(med "$impl" tcp4)" \
+            -v we="$(med weft eff)" -v oe="$(med "$impl" eff)" -v n="$impl" \
+            'BEGIN {printf "weft / %-18s tcp x1 %.2fx   tcp x4 %.2fx   bytes per CPU-second %.2fx\n", n, (o1>0?w1/o1:0), (o4>0?w4/o4:0), (oe>0?we/oe:0)}'
     done
 fi
