@@ -1,11 +1,16 @@
 //! Per-packet costs of the data plane: encryption and decryption through
 //! boringtun one packet at a time and as the workers batch them, and the
-//! offload split and coalesce steps around them.
+//! offload split and coalesce steps around them, and the multi-queue
+//! dispatch: workers on threads of their own, each routing and encrypting the
+//! batches of its TUN queue.
 
 use boringtun::noise::TunnResult;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use dataplane::offload::{self, VNET_HDR_LEN};
-use dataplane::outbound::GsoBatch;
+use dataplane::outbound::{peer_runs, GsoBatch};
+use dataplane::{AllowedIps, IpPrefix};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
 use weft_benches::{connected_pair, packet};
 
 const SIZES: [usize; 3] = [64, 512, 1420];
@@ -127,5 +132,88 @@ fn offloads(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encapsulate, decapsulate, offloads);
+/// The multi-queue dispatch as the workers run it: each worker routes its
+/// batch of 64 packets of 1420 bytes (`peer_runs` over a table of 100
+/// peers), takes each peer's lock once per run and seals into a GSO batch.
+/// `own-peer`: every worker sends to a peer of its own, as when the kernel
+/// spreads flows to different peers over the queues; `one-peer`: all send to
+/// the same peer, whose session lock serializes them. Throughput is the
+/// workers' bytes together, so scaling shows as a rising figure (on a machine
+/// with at least as many cores as workers).
+fn dispatch(c: &mut Criterion) {
+    const PEERS: u8 = 100;
+    const SIZE: usize = 1420;
+    let mut g = c.benchmark_group("dispatch");
+    g.measurement_time(Duration::from_secs(4));
+    let peers: Vec<Arc<Mutex<boringtun::noise::Tunn>>> = (0..PEERS)
+        .map(|_| Arc::new(Mutex::new(connected_pair().0)))
+        .collect();
+    let mut table = AllowedIps::new();
+    for (k, peer) in peers.iter().enumerate() {
+        let prefix = IpPrefix::new([10, 0, 1, k as u8].into(), 32).expect("a /32");
+        table.insert(prefix, peer.clone());
+    }
+    let batch_to = |last: u8| -> Vec<Vec<u8>> {
+        let mut p = packet(SIZE);
+        p[16..20].copy_from_slice(&[10, 0, 1, last]);
+        vec![p; BATCH]
+    };
+    let max_workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    for workers in 1..=max_workers {
+        g.throughput(Throughput::Bytes((workers * BATCH * SIZE) as u64));
+        for shared_peer in [false, true] {
+            let name = if shared_peer { "one-peer" } else { "own-peer" };
+            let batches: Vec<Vec<Vec<u8>>> = (0..workers)
+                .map(|w| batch_to(if shared_peer { 0 } else { w as u8 }))
+                .collect();
+            let table = &table;
+            g.bench_function(format!("{name}/{workers}-workers"), |bench| {
+                bench.iter_custom(|iters| {
+                    let start = Barrier::new(workers + 1);
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = batches
+                            .iter()
+                            .map(|packets| {
+                                let start = &start;
+                                scope.spawn(move || {
+                                    let mut out = GsoBatch::new(BATCH);
+                                    start.wait();
+                                    let began = Instant::now();
+                                    for _ in 0..iters {
+                                        let runs = peer_runs(table, packets.len(), |i| {
+                                            packets[i].as_slice()
+                                        });
+                                        for (peer, run) in runs {
+                                            out.clear();
+                                            let mut tunn = peer.lock().expect("not poisoned");
+                                            for p in &packets[run] {
+                                                if let TunnResult::WriteToNetwork(m) =
+                                                    tunn.encapsulate(p, out.room())
+                                                {
+                                                    let n = m.len();
+                                                    out.commit(n);
+                                                }
+                                            }
+                                        }
+                                    }
+                                    began.elapsed()
+                                })
+                            })
+                            .collect();
+                        start.wait();
+                        // The round lasts as long as its slowest worker.
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().expect("worker panicked"))
+                            .max()
+                            .unwrap_or_default()
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encapsulate, decapsulate, offloads, dispatch);
 criterion_main!(benches);

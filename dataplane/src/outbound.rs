@@ -9,12 +9,14 @@
 //! 45 datagrams an application sent one by one, costs one send instead of
 //! ~45.
 
+use crate::allowed_ips::AllowedIps;
 use crate::peer::Peer;
 use crate::shared::Shared;
 use crate::udp::{UdpSocket, MAX_GSO_BYTES};
 use boringtun::noise::{Tunn, TunnResult};
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
@@ -190,34 +192,41 @@ fn encrypt_and_send(
 ) {
     let st = shared.state.read();
     batch.set_max_segments(udp.max_gso_segments());
-    let mut i = 0;
-    while i < sizes.len() {
-        let Some(peer) = route(&st.allowed_ips, &segments[i][..sizes[i]]) else {
-            i += 1;
-            continue;
-        };
-        // The run of packets for this peer.
-        let mut j = i + 1;
-        while j < sizes.len()
-            && route(&st.allowed_ips, &segments[j][..sizes[j]])
-                .is_some_and(|p| Arc::ptr_eq(p, peer))
-        {
-            j += 1;
-        }
-        let packets = segments[i..j]
-            .iter()
-            .zip(&sizes[i..j])
-            .map(|(b, n)| &b[..*n]);
-        encrypt_run(shared, udp, peer, packets, batch);
-        i = j;
+    let packet = |i: usize| &segments[i][..sizes[i]];
+    for (peer, run) in peer_runs(&st.allowed_ips, sizes.len(), packet) {
+        encrypt_run(shared, udp, peer, run.map(packet), batch);
     }
 }
 
-fn route<'a>(
-    table: &'a crate::allowed_ips::AllowedIps<Arc<Peer>>,
-    packet: &[u8],
-) -> Option<&'a Arc<Peer>> {
-    table.lookup(Tunn::dst_address(packet)?)
+/// Splits a worker's batch of `count` packets into runs of consecutive
+/// packets for the same peer, by cryptokey routing on each destination.
+/// Packets no peer owns are skipped.
+///
+/// This is the whole of the multi-queue dispatch: the kernel already spread
+/// flows over the TUN queues, so a worker needs no hand-off to another
+/// thread; it takes each peer's lock once per run, and the runs keep the
+/// queue's order, which keeps every flow in order.
+pub fn peer_runs<'t, 'p, T>(
+    table: &'t AllowedIps<Arc<T>>,
+    count: usize,
+    packet: impl Fn(usize) -> &'p [u8],
+) -> impl Iterator<Item = (&'t Arc<T>, Range<usize>)> {
+    let route = move |i: usize| Tunn::dst_address(packet(i)).and_then(|ip| table.lookup(ip));
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < count {
+            let start = i;
+            i += 1;
+            let Some(peer) = route(start) else {
+                continue;
+            };
+            while i < count && route(i).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+                i += 1;
+            }
+            return Some((peer, start..i));
+        }
+        None
+    })
 }
 
 /// Encrypts packets for one peer and sends them in as few GSO sends as possible.
@@ -321,6 +330,40 @@ pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::allowed_ips::IpPrefix;
+
+    /// An IPv4 header bound for 10.0.0.`last`.
+    fn to(last: u8) -> Vec<u8> {
+        let mut p = crate::offload::ipv4_tcp_packet(1, 10, false, false);
+        p[19] = last;
+        p
+    }
+
+    #[test]
+    fn runs_split_where_the_peer_changes_keep_order_and_skip_the_unrouted() {
+        let mut table = AllowedIps::new();
+        let a = Arc::new("a");
+        let b = Arc::new("b");
+        let prefix = |last: u8| IpPrefix::new([10, 0, 0, last].into(), 32).unwrap();
+        table.insert(prefix(2), a.clone());
+        table.insert(prefix(3), b.clone());
+        // a a b (nobody) b a
+        let packets = [to(2), to(2), to(3), to(9), to(3), to(2)];
+        let runs: Vec<(&str, Range<usize>)> =
+            peer_runs(&table, packets.len(), |i| packets[i].as_slice())
+                .map(|(p, r)| (**p, r))
+                .collect();
+        assert_eq!(
+            runs,
+            vec![("a", 0..2), ("b", 2..3), ("b", 4..5), ("a", 5..6)]
+        );
+        // A packet too short to carry a destination is skipped too.
+        let short = [vec![0x45u8; 4], to(3)];
+        let runs: Vec<Range<usize>> = peer_runs(&table, 2, |i| short[i].as_slice())
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(runs, vec![1..2]);
+    }
 
     #[test]
     fn batch_keeps_equal_segments_and_closes_on_a_short_one() {
