@@ -221,7 +221,7 @@ for round in $(seq "$ROUNDS"); do
         profiler=""
         if [[ -n $PROFILE_DIR && $round == 1 && $impl != raw ]]; then
             mkdir -p "$PROFILE_DIR"
-            perf record -q -F 1999 -o "$PROFILE_DIR/$impl.perf.data" -p "$(IFS=,; echo "${PIDS[*]}")" \
+            perf record -q -F 1999 ${WEFT_BENCH_PERF_ARGS:-} -o "$PROFILE_DIR/$impl.perf.data" -p "$(IFS=,; echo "${PIDS[*]}")" \
                 -- sleep "$((SECONDS_PER_RUN - 1))" >/dev/null 2>&1 &
             profiler=$!
         fi
