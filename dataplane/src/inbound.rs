@@ -92,6 +92,12 @@ impl TunBatch {
             }
         }
         self.used = 0;
+        // The write delivered the batch to the receiving sockets and woke
+        // their readers. Let them run before we decrypt the next batch: on a
+        // busy machine a reader that waits for a core overflows its socket
+        // buffer (UDP loss at 1 Gbit/s with 2 cores: 22 % without this,
+        // 15 % with, medians of 5 rounds), and a TCP reader acks later.
+        std::thread::yield_now();
     }
 }
 
