@@ -22,7 +22,8 @@
 #   -b BINARY   weft-wg binary (default target/release/weft-wg)
 #   -p DIR      profile both tunnel daemons with perf during the first
 #               round's 1-stream run; writes DIR/IMPL.txt (user/kernel split
-#               and the top symbols) and DIR/IMPL.perf.data
+#               and the top symbols) and DIR/IMPL.perf.data; extra perf record
+#               options in WEFT_BENCH_PERF_ARGS (e.g. "--call-graph dwarf,8192")
 #
 # wireguard-go 0.0.20231211 is fetched once with apt-get download from
 # bookworm-backports into $WEFT_BENCH_CACHE (default /var/cache/weft-bench)
@@ -44,7 +45,7 @@ while getopts "t:r:i:b:p:h" opt; do
         i) IMPLS=$OPTARG ;;
         b) WEFT=$OPTARG ;;
         p) PROFILE_DIR=$OPTARG ;;
-        *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+        *) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
     esac
 done
 [[ $(id -u) == 0 ]] || { echo "needs root (network namespaces, TUN)" >&2; exit 1; }
