@@ -113,9 +113,10 @@ fn valid_ifname(name: &str) -> bool {
 
 impl Device {
     /// Creates the TUN interface (down, like wireguard-go leaves it) with a
-    /// queue per worker, binds a random UDP port and starts the workers. The device has no key and no
-    /// peers until [`Device::apply`] gives it some. An interface of that
-    /// name must not exist yet (another process would be running it).
+    /// queue per worker, binds a random UDP port and starts the workers. The
+    /// device has no key and no peers until [`Device::apply`] gives it some.
+    /// An interface of that name must not exist yet (another process would
+    /// be running it).
     pub fn create(options: &DeviceOptions) -> Result<Self, DeviceError> {
         if !valid_ifname(&options.name) {
             return Err(DeviceError::InvalidName(options.name.clone()));

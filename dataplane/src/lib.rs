@@ -4,8 +4,9 @@
 //! sans-IO `noise::Tunn`; everything around it is here: cryptokey routing
 //! ([`allowed_ips`]), batched and offloaded TUN and UDP I/O on one worker per
 //! TUN queue (`worker`, `outbound`, `inbound`, [`udp`]), timers, and the UAPI
-//! socket ([`uapi`]) that lets the stock `wg` tool configure a [`Device`]. The agent drives the same [`Device`]
-//! in-process through [`Device::apply`] and [`Device::info`].
+//! socket ([`uapi`]) that lets the stock `wg` tool configure a [`Device`].
+//! The agent drives the same [`Device`] in-process through
+//! [`Device::apply`] and [`Device::info`].
 
 pub mod allowed_ips;
 pub mod config;
