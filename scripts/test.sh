@@ -40,7 +40,7 @@ cargo test --workspace --release
 echo "== weft-cni under real container runtimes (podman's CNI backend; containerd's CRI on the conflist weft-agent writes)"
 cargo build --release -p cni-plugin --bins
 # The runtime drivers (cni-podman-e2e.sh, cni-cri-e2e.sh) are kept outside
-# this repository, in cni-runtime/ of the directory that holds the checkout.
+# this repository, in shared/cni-runtime/ beside the checkout.
 runtimes=$(cd "$(dirname "$0")/../.." && pwd)/shared/cni-runtime
 if [[ $(id -u) == 0 && -d $runtimes ]]; then
     bash "$runtimes/cni-podman-e2e.sh" "$PWD/target/release/weft-cni"
