@@ -6,7 +6,8 @@
 # 1-stream run), UDP from an application sending 1392-byte datagrams (the
 # largest that fit the 1420-byte tunnel MTU, no GSO from the application) at
 # 1 and 2 Gbit/s with the receiver's default socket buffer, ping RTT and idle
-# RSS. Prints medians and weft-wg's ratios to today's wireguard-go.
+# RSS. Prints medians and weft-wg's ratios to today's wireguard-go, with
+# the ratios' spread round by round.
 #
 #   sudo scripts/bench-throughput.sh [-t SECONDS] [-r ROUNDS] [-i IMPLS] [-b BINARY] [-p DIR]
 #
@@ -45,7 +46,7 @@ while getopts "t:r:i:b:p:h" opt; do
         i) IMPLS=$OPTARG ;;
         b) WEFT=$OPTARG ;;
         p) PROFILE_DIR=$OPTARG ;;
-        *) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+        *) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
     esac
 done
 [[ $(id -u) == 0 ]] || { echo "needs root (network namespaces, TUN)" >&2; exit 1; }
@@ -261,5 +262,19 @@ if [[ -n ${R[weft,tcp1]:-} ]]; then
         awk -v w1="$(med weft tcp1)" -v o1="$(med "$impl" tcp1)" -v w4="$(med weft tcp4)" -v o4="$(med "$impl" tcp4)" \
             -v we="$(med weft eff)" -v oe="$(med "$impl" eff)" -v n="$impl" \
             'BEGIN {printf "weft / %-18s tcp x1 %.2fx   tcp x4 %.2fx   bytes per CPU-second %.2fx\n", n, (o1>0?w1/o1:0), (o4>0?w4/o4:0), (oe>0?we/oe:0)}'
+        # The spread of the same ratios round by round (each round ran both
+        # back to back), to tell a real gap from the machine's noise.
+        ((ROUNDS > 1)) || continue
+        spread() {
+            awk -v w="${R[weft,$1]:-}" -v o="${R[$impl,$1]:-}" 'BEGIN {
+                n = split(w, a, " "); split(o, b, " "); lo = ""; hi = ""
+                for (i = 1; i <= n; i++) if (b[i] > 0) {
+                    r = a[i] / b[i]; if (lo == "" || r < lo) lo = r; if (hi == "" || r > hi) hi = r
+                }
+                if (lo == "") printf "-"; else printf "%.2f-%.2fx", lo, hi
+            }'
+        }
+        printf '  per round               tcp x1 %s  tcp x4 %s  bytes per CPU-second %s\n' \
+            "$(spread tcp1)" "$(spread tcp4)" "$(spread eff)"
     done
 fi
