@@ -434,6 +434,45 @@ fn failed_add_rolls_back() {
     node.assert_no_veths();
 }
 
+/// The IPAM store directories a configuration names that do not exist yet;
+/// removed on drop if the plugin created them.
+struct StrayStores(Vec<PathBuf>);
+
+impl StrayStores {
+    fn before(input: &[u8]) -> Self {
+        let Ok(conf) = serde_json::from_slice::<Value>(input) else {
+            return Self(Vec::new());
+        };
+        let name = conf["name"].as_str().unwrap_or_default();
+        let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+        let mut paths = Vec::new();
+        match conf["ipam"]["dataDir"].as_str() {
+            Some(dir) if !dir.is_empty() => {
+                // A relative one is taken from the plugin's working
+                // directory, which is ours.
+                let dir = std::env::current_dir().unwrap_or_default().join(dir);
+                if plain {
+                    paths.push(dir.join(name));
+                }
+                paths.push(dir);
+            }
+            _ if plain => paths.push(Path::new("/var/lib/cni/networks").join(name)),
+            _ => {}
+        }
+        // Only what is new: nothing that existed is ever removed.
+        paths.retain(|p| p.is_absolute() && !p.exists());
+        Self(paths)
+    }
+}
+
+impl Drop for StrayStores {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
 /// Malformed configurations and environments: an error JSON with a code and a
 /// message, never a panic (exit 101) or a hang.
 #[test]
@@ -473,6 +512,9 @@ fn malformed_input_gets_error_json() {
     }
     let pod = Ns::new();
     for input in &inputs {
+        // A mutation may point the IPAM store elsewhere (a flipped byte in
+        // dataDir or the name): remove what the plugin created there.
+        let _stray = StrayStores::before(input);
         for command in ["ADD", "DEL", "CHECK"] {
             let mut child = Command::new("ip")
                 .args(["netns", "exec", &node.host.0, PLUGIN])
