@@ -2,20 +2,13 @@
 //! applies, that a stop leaves the node's configuration in place, and that
 //! `--clean-up` removes everything it created.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
-
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for network namespaces");
-        return false;
-    }
-    true
-}
 
 struct Node {
     ns: String,
@@ -147,7 +140,7 @@ fn stop(mut agent: Agent) {
 
 #[test]
 fn applies_keeps_on_stop_and_cleans_up_on_request() {
-    if !can_run() {
+    if !common::running_as_root() {
         return;
     }
     let node = Node::new();

@@ -14,15 +14,6 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 use weft_agent::demo::{self, Demo, DemoPaths};
 
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for network namespaces");
-        return false;
-    }
-    true
-}
-
 fn paths() -> DemoPaths {
     let agent = Path::new(env!("CARGO_BIN_EXE_weft-agent"));
     let mut p = DemoPaths::in_dir(agent.parent().expect("target dir"));
@@ -36,7 +27,7 @@ fn paths() -> DemoPaths {
 /// sequence within one test.
 #[test]
 fn demo_scenarios() {
-    if !can_run() {
+    if !common::running_as_root() {
         return;
     }
     demo_mesh_end_to_end_and_agent_restart();

@@ -6,28 +6,14 @@
 //! and the pod's traffic then goes beyond the node. Nothing is said about
 //! IPv6 in an IPv4-only mesh.
 
+mod common;
+
+use common::ip;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
-
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for network namespaces");
-        return false;
-    }
-    true
-}
-
-fn ip(args: &[&str]) {
-    let ok = Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "ip {args:?}");
-}
 
 /// A node namespace with a pod namespace on kube-bridge and an outside
 /// host beyond the node's uplink; all removed on drop.
@@ -236,7 +222,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn forwarding_off_is_reported_and_the_init_step_fixes_it() {
-    if !can_run() {
+    if !common::running_as_root() {
         return;
     }
     let mut s = Scene::new();

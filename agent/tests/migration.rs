@@ -8,9 +8,9 @@
 
 mod common;
 
+use common::ip;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,9 +19,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for network namespaces");
+    if !common::running_as_root() {
         return false;
     }
     if !Path::new(REFERENCE_PLUGINS).join("bridge").exists() {
@@ -30,14 +28,6 @@ fn can_run() -> bool {
         );
     }
     true
-}
-
-fn ip(args: &[&str]) {
-    let ok = Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "ip {args:?}");
 }
 
 /// Kilo's conflist as its manifests write it (its bridge and host-local
@@ -107,38 +97,7 @@ impl Node {
     /// Runs CNI `command` for pod `pod` with the first plugin of `conflist`
     /// (as libcni does: that plugin plus the list's name and version).
     fn cni(&self, plugin: &Path, command: &str, pod: &str, conflist: &Value) -> Value {
-        let mut conf = conflist["plugins"][0].clone();
-        conf["name"] = conflist["name"].clone();
-        conf["cniVersion"] = conflist["cniVersion"].clone();
-        conf["ipam"]["dataDir"] = json!(self.ipam_dir());
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns()])
-            .arg(plugin)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("ctr-{pod}"))
-            .env("CNI_NETNS", format!("/var/run/netns/{pod}"))
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("plugin");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(conf.to_string().as_bytes())
-            .expect("conf");
-        let out = child.wait_with_output().expect("plugin output");
-        assert!(
-            out.status.success(),
-            "{command} {pod} with {}: {}{}",
-            plugin.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        common::cni_call(&self.ns(), plugin, command, pod, conflist, &self.ipam_dir())
     }
 
     /// A new pod namespace wired by `plugin`; its address.

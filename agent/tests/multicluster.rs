@@ -8,32 +8,15 @@
 
 mod common;
 
+use common::ip;
 use fake_apiserver::{k3s_node, FakeApi, HttpServer};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
-
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for network namespaces");
-        return false;
-    }
-    true
-}
-
-fn ip(args: &[&str]) {
-    let ok = Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "ip {args:?}");
-}
 
 /// One cluster of one node.
 struct Cluster {
@@ -225,39 +208,17 @@ impl World {
         let conflist: Value =
             serde_json::from_str(&std::fs::read_to_string(&conflist_path).expect("read"))
                 .expect("JSON");
-        let mut conf = conflist["plugins"][0].clone();
-        conf["name"] = conflist["name"].clone();
-        conf["cniVersion"] = conflist["cniVersion"].clone();
-        conf["ipam"]["dataDir"] = json!(self.node_dir(c).join("ipam"));
         let pod = self.ns(&format!("{}-pod", c.node));
         self.add_ns(&pod);
         let cni = common::sibling_binary("weft-cni", "cni-plugin");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(c.node)])
-            .arg(&cni)
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("ctr-{pod}"))
-            .env("CNI_NETNS", format!("/var/run/netns/{pod}"))
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", cni.parent().unwrap_or(Path::new("/")))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("weft-cni");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(conf.to_string().as_bytes())
-            .expect("conf");
-        let out = child.wait_with_output().expect("weft-cni");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
+        let result = common::cni_call(
+            &self.ns(c.node),
+            &cni,
+            "ADD",
+            &pod,
+            &conflist,
+            &self.node_dir(c).join("ipam"),
         );
-        let result: Value = serde_json::from_slice(&out.stdout).expect("result");
         result["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next())
@@ -325,7 +286,7 @@ impl Drop for World {
 
 #[test]
 fn two_clusters_joined_by_peers_reach_each_others_pods() {
-    if !can_run() {
+    if !common::running_as_root() {
         return;
     }
     let mut w = World::new();
