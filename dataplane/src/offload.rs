@@ -1,11 +1,15 @@
 //! Segmentation and coalescing: what the kernel's TSO super-packets become on
 //! the way out and what decrypted segments become on the way in.
 //!
-//! The split ([`split_super_packet`]) and the coalescing ([`coalesce`]) run in
-//! tun-rs (a port of wireguard-go's offload code, which the kernel's virtio
-//! semantics pin down closely); this module is our narrow interface to it, the
-//! one place that knows the virtio-net header layout, and the packet builders
-//! the tests and benchmarks use to drive it.
+//! On the way out, [`Segments`] cuts a super-packet into MTU-sized packets in
+//! place, in the buffer the TUN read filled: each segment's headers are
+//! written over the tail of the segment before it, which has been sealed by
+//! then. So a segment costs a header's worth of copying and its checksum, not
+//! a copy of its payload (it is copied once, into the sealing buffer).
+//! The coalescing on the way in ([`coalesce`]) runs in tun-rs (a port of
+//! wireguard-go's offload code); this module is our narrow interface to it,
+//! the one place that knows the virtio-net header layout, and the packet
+//! builders the tests and benchmarks use.
 
 use std::io;
 use tun_rs::{GROTable, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN};
@@ -13,9 +17,241 @@ use tun_rs::{GROTable, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LE
 pub use tun_rs::VIRTIO_NET_HDR_LEN as VNET_HDR_LEN;
 
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_UDP_L4: u8 = 5;
+const GSO_TCPV6: u8 = 4;
+/// Set with a TCP GSO type when the flow uses ECN; the segments are cut the
+/// same way (CWR only on the first).
+const GSO_ECN: u8 = 0x80;
+/// Room for the IP and transport headers a segment repeats: IPv6 with
+/// extension headers and TCP with options fit with room to spare.
+const MAX_HEADERS: usize = 256;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// The packets of one TUN read, cut out in place one at a time.
+///
+/// A read is an IP packet, behind a virtio-net header when offload is on.
+/// Without segmentation it is one packet, whose checksum is completed if
+/// the kernel left that to us; with it, the payload is cut into `gso_size`
+/// pieces, each behind a copy of the headers with its own lengths, IPv4 ID,
+/// TCP sequence number and flags, and checksums, as the kernel's own
+/// segmentation would have made them.
+pub struct Segments<'a> {
+    packet: &'a mut [u8],
+    transport: Option<Transport>,
+    v6: bool,
+    /// Where the transport header starts.
+    l4: usize,
+    /// Length of the IP and transport headers.
+    hdr_len: usize,
+    gso_size: usize,
+    count: usize,
+    next: usize,
+    template: [u8; MAX_HEADERS],
+}
+
+impl<'a> Segments<'a> {
+    /// Parses a read; `vnet_header` says whether it starts with a
+    /// virtio-net header. Malformed reads are an error, never a panic.
+    pub fn new(read: &'a mut [u8], vnet_header: bool) -> io::Result<Self> {
+        let plain = |packet: &'a mut [u8]| Segments {
+            packet,
+            transport: None,
+            v6: false,
+            l4: 0,
+            hdr_len: 0,
+            gso_size: 0,
+            count: 1,
+            next: 0,
+            template: [0; MAX_HEADERS],
+        };
+        if !vnet_header {
+            return Ok(plain(read));
+        }
+        if read.len() <= VIRTIO_NET_HDR_LEN {
+            return Err(invalid("no packet after the virtio-net header"));
+        }
+        let hdr = VirtioNetHdr::decode(&read[..VIRTIO_NET_HDR_LEN])?;
+        let packet = &mut read[VIRTIO_NET_HDR_LEN..];
+        let gso_type = hdr.gso_type & !GSO_ECN;
+        if gso_type == GSO_NONE {
+            if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                complete_checksum(packet, hdr.csum_start.into(), hdr.csum_offset.into())?;
+            }
+            return Ok(plain(packet));
+        }
+        let transport = match gso_type {
+            GSO_TCPV4 | GSO_TCPV6 => Transport::Tcp,
+            GSO_UDP_L4 => Transport::Udp,
+            _ => return Err(invalid("unknown GSO type")),
+        };
+        let v6 = match packet[0] >> 4 {
+            4 if gso_type != GSO_TCPV6 => false,
+            6 if gso_type != GSO_TCPV4 => true,
+            _ => return Err(invalid("IP version does not match the GSO type")),
+        };
+        // The transport header starts where the checksum is to be computed
+        // from; that also steps over any IPv6 extension headers.
+        let l4 = usize::from(hdr.csum_start);
+        let min_ip = if v6 { 40 } else { 20 };
+        if l4 < min_ip || (!v6 && l4 != usize::from(packet[0] & 0x0f) * 4) {
+            return Err(invalid("bad transport header offset"));
+        }
+        let l4_len = match transport {
+            Transport::Tcp => {
+                let doff = packet
+                    .get(l4 + 12)
+                    .ok_or_else(|| invalid("short TCP header"))?;
+                usize::from(doff >> 4) * 4
+            }
+            Transport::Udp => 8,
+        };
+        let hdr_len = l4 + l4_len;
+        let min_l4 = if transport == Transport::Tcp { 20 } else { 8 };
+        if l4_len < min_l4 || hdr_len > MAX_HEADERS || hdr_len > packet.len() {
+            return Err(invalid("bad transport header"));
+        }
+        let gso_size = usize::from(hdr.gso_size);
+        if gso_size == 0 {
+            return Err(invalid("GSO size 0"));
+        }
+        let payload = packet.len() - hdr_len;
+        let mut template = [0u8; MAX_HEADERS];
+        template[..hdr_len].copy_from_slice(&packet[..hdr_len]);
+        Ok(Segments {
+            packet,
+            transport: Some(transport),
+            v6,
+            l4,
+            hdr_len,
+            gso_size,
+            count: payload.div_ceil(gso_size).max(1),
+            next: 0,
+            template,
+        })
+    }
+
+    /// How many packets the read holds.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The first packet's bytes as read (its headers are every packet's),
+    /// e.g. to route the read by its destination before cutting it.
+    pub fn first(&self) -> &[u8] {
+        self.packet
+    }
+
+    /// The next packet, ready to send. Writing it overwrites the end of the
+    /// one before, so each is only valid until the next call.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<&[u8]> {
+        if self.next == self.count {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        let Some(transport) = self.transport else {
+            return Some(self.packet);
+        };
+        let (hdr_len, l4) = (self.hdr_len, self.l4);
+        let start = i * self.gso_size;
+        let payload = (self.packet.len() - hdr_len - start).min(self.gso_size);
+        let last = i + 1 == self.count;
+        let seg = &mut self.packet[start..start + hdr_len + payload];
+        if i > 0 {
+            seg[..hdr_len].copy_from_slice(&self.template[..hdr_len]);
+        }
+        let total = hdr_len + payload;
+        if self.v6 {
+            put_u16(seg, 4, (total - 40) as u16);
+        } else {
+            put_u16(seg, 2, total as u16);
+            let id = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(i as u16);
+            put_u16(seg, 4, id);
+            put_u16(seg, 10, 0);
+            let sum = !tun_rs::checksum(&seg[..l4], 0);
+            put_u16(seg, 10, sum);
+        }
+        let l4_total = (total - l4) as u16;
+        let csum_at = match transport {
+            Transport::Tcp => {
+                let seq = u32::from_be_bytes([seg[l4 + 4], seg[l4 + 5], seg[l4 + 6], seg[l4 + 7]])
+                    .wrapping_add((i * self.gso_size) as u32);
+                seg[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+                // FIN and PSH belong to the last segment, CWR to the first.
+                if !last {
+                    seg[l4 + 13] &= !(0x01 | 0x08);
+                }
+                if i > 0 {
+                    seg[l4 + 13] &= !0x80;
+                }
+                l4 + 16
+            }
+            Transport::Udp => {
+                put_u16(seg, l4 + 4, l4_total);
+                l4 + 6
+            }
+        };
+        put_u16(seg, csum_at, 0);
+        let proto = if transport == Transport::Tcp {
+            PROTO_TCP
+        } else {
+            PROTO_UDP
+        };
+        let (src, dst) = if self.v6 {
+            (8..24, 24..40)
+        } else {
+            (12..16, 16..20)
+        };
+        let pseudo = tun_rs::checksum_no_fold(&seg[src], 0);
+        let pseudo = tun_rs::checksum_no_fold(&seg[dst], pseudo);
+        let pseudo = pseudo + u64::from(proto) + u64::from(l4_total);
+        let mut sum = !tun_rs::checksum(&seg[l4..], pseudo);
+        if sum == 0 && transport == Transport::Udp {
+            // A computed UDP checksum of 0 goes out as all ones (0 means none).
+            sum = 0xffff;
+        }
+        put_u16(seg, csum_at, sum);
+        Some(seg)
+    }
+}
+
+fn put_u16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Completes a checksum the kernel left to the device: the field holds the
+/// pseudo-header sum, and the sum runs from `start` to the end.
+fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) -> io::Result<()> {
+    let at = start + offset;
+    if at + 2 > packet.len() {
+        return Err(invalid("checksum offset beyond the packet"));
+    }
+    let mut sum = !tun_rs::checksum(&packet[start..], 0);
+    if sum == 0 && offset == 6 {
+        sum = 0xffff;
+    }
+    put_u16(packet, at, sum);
+    Ok(())
+}
 
 /// Splits `input` (a virtio-net header followed by a TSO super-packet) into
 /// MTU-sized packets, one per buffer of `out` at `offset`; returns the count.
+/// This is tun-rs's copying split, kept to check [`Segments`] against and to
+/// compare the two in the benchmarks.
 pub fn split_super_packet(
     input: &mut [u8],
     out: &mut [Vec<u8>],
@@ -28,9 +264,22 @@ pub fn split_super_packet(
             "no packet after the header",
         ));
     }
-    let hdr = VirtioNetHdr::decode(&input[..VIRTIO_NET_HDR_LEN])?;
+    let mut hdr = VirtioNetHdr::decode(&input[..VIRTIO_NET_HDR_LEN])?;
     let packet = &mut input[VIRTIO_NET_HDR_LEN..];
     let is_v6 = packet.first().map(|b| b >> 4) == Some(6);
+    // The kernel's hdr_len is the linear part, which may hold payload too:
+    // the headers' length comes from the transport header, as tun-rs's own
+    // read path does before it splits.
+    let l4 = usize::from(hdr.csum_start);
+    hdr.hdr_len = match hdr.gso_type & !GSO_ECN {
+        GSO_UDP_L4 => hdr.csum_start + 8,
+        _ => {
+            let doff = packet
+                .get(l4 + 12)
+                .ok_or_else(|| invalid("short TCP header"))?;
+            hdr.csum_start + u16::from(doff >> 4) * 4
+        }
+    };
     tun_rs::gso_split(packet, hdr, out, sizes, offset, is_v6)
 }
 
@@ -163,6 +412,184 @@ mod tests {
             total += body.len();
         }
         assert_eq!(total, payload);
+    }
+
+    /// A super-packet as the kernel hands it to a TUN reader: IPv4 or IPv6,
+    /// TCP (with a 12-byte option, as timestamps make it) or UDP, the
+    /// transport checksum field holding only the pseudo-header sum.
+    fn super_packet(v6: bool, udp: bool, payload: usize, gso: u16, tcp_flags: u8) -> Vec<u8> {
+        let ip_len = if v6 { 40 } else { 20 };
+        let l4_len = if udp { 8 } else { 32 };
+        let total = ip_len + l4_len + payload;
+        let mut p = vec![0u8; total];
+        let proto = if udp { 17 } else { 6 };
+        let (src, dst) = if v6 {
+            p[0] = 0x60;
+            p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+            p[6] = proto;
+            p[7] = 64;
+            p[8] = 0xfd;
+            p[23] = 1;
+            p[24] = 0xfd;
+            p[39] = 2;
+            (8..24, 24..40)
+        } else {
+            p[0] = 0x45;
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            p[4..6].copy_from_slice(&0xfff0u16.to_be_bytes());
+            p[6] = 0x40;
+            p[8] = 64;
+            p[9] = proto;
+            p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+            p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+            let c = !fold(sum16(&p[..20]));
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            (12..16, 16..20)
+        };
+        let t = ip_len;
+        p[t..t + 2].copy_from_slice(&40000u16.to_be_bytes());
+        p[t + 2..t + 4].copy_from_slice(&5201u16.to_be_bytes());
+        let csum_at = if udp {
+            p[t + 4..t + 6].copy_from_slice(&((l4_len + payload) as u16).to_be_bytes());
+            t + 6
+        } else {
+            p[t + 4..t + 8].copy_from_slice(&0xffff_fc00u32.to_be_bytes());
+            p[t + 8..t + 12].copy_from_slice(&7u32.to_be_bytes());
+            p[t + 12] = 8 << 4;
+            p[t + 13] = tcp_flags;
+            p[t + 14..t + 16].copy_from_slice(&502u16.to_be_bytes());
+            p[t + 20..t + 22].copy_from_slice(&[1, 1]);
+            p[t + 22] = 8;
+            p[t + 23] = 10;
+            t + 16
+        };
+        for (i, b) in p[t + l4_len..].iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        let pseudo = sum16(&p[src]) + sum16(&p[dst]) + u32::from(proto) + (l4_len + payload) as u32;
+        p[csum_at..csum_at + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
+        let hdr = VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso_type: match (v6, udp) {
+                (_, true) => GSO_UDP_L4,
+                (false, false) => GSO_TCPV4,
+                (true, false) => GSO_TCPV6,
+            },
+            // What the kernel reports: the whole linear part, not the headers.
+            hdr_len: (ip_len + l4_len + 100.min(payload)) as u16,
+            gso_size: gso,
+            csum_start: ip_len as u16,
+            csum_offset: (csum_at - t) as u16,
+        };
+        let mut out = vec![0u8; VIRTIO_NET_HDR_LEN];
+        let _ = hdr.encode(&mut out);
+        out.extend(p);
+        out
+    }
+
+    /// Whether a packet's IPv4 header and transport checksums verify.
+    fn checksums_ok(p: &[u8]) -> bool {
+        let v6 = p[0] >> 4 == 6;
+        let (l4, proto, src, dst) = if v6 {
+            (40, p[6], &p[8..24], &p[24..40])
+        } else {
+            if fold(sum16(&p[..20])) != 0xffff {
+                return false;
+            }
+            (20, p[9], &p[12..16], &p[16..20])
+        };
+        let len = (p.len() - l4) as u32;
+        let pseudo = sum16(src) + sum16(dst) + u32::from(proto) + len;
+        fold(pseudo + sum16(&p[l4..])) == 0xffff
+    }
+
+    #[test]
+    fn segments_match_the_kernel_semantics_of_tun_rs_split() {
+        for (v6, udp) in [(false, false), (true, false), (false, true), (true, true)] {
+            for gso in [1380u16, 1000, 7] {
+                for payload in [1usize, 999, 1000, 1001, 1380, 2761, 20_000, 65_535 - 72] {
+                    if payload / usize::from(gso) > 1000 {
+                        continue;
+                    }
+                    let what = format!("v6 {v6} udp {udp} gso {gso} payload {payload}");
+                    let read = super_packet(v6, udp, payload, gso, 0x18 | 0x01 | 0x80);
+                    let mut copy = read.clone();
+                    let mut out = vec![vec![0u8; 2048]; 1024];
+                    let mut sizes = vec![0usize; 1024];
+                    let n = split_super_packet(&mut copy, &mut out, &mut sizes, 0)
+                        .unwrap_or_else(|e| panic!("{what}: tun-rs split: {e}"));
+                    let mut read = read;
+                    let mut segs = Segments::new(&mut read, true).expect(&what);
+                    assert_eq!(segs.count(), n, "{what}: count");
+                    let mut i = 0;
+                    while let Some(seg) = segs.next() {
+                        assert_eq!(seg, &out[i][..sizes[i]], "{what}: segment {i}");
+                        assert!(checksums_ok(seg), "{what}: checksums of segment {i}");
+                        if !udp {
+                            let flags = seg[if v6 { 53 } else { 33 }];
+                            assert_eq!(flags & 0x09 != 0, i + 1 == n, "{what}: PSH/FIN on {i}");
+                            assert_eq!(flags & 0x80 != 0, i == 0, "{what}: CWR on {i}");
+                        }
+                        i += 1;
+                    }
+                    assert_eq!(i, n, "{what}: segments yielded");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn segments_complete_a_checksum_left_to_the_device() {
+        let full = super_packet(false, false, 500, 1380, 0x18);
+        let mut read = full.clone();
+        // Not segmented: the kernel only asks for the checksum.
+        read[1] = GSO_NONE;
+        let mut segs = Segments::new(&mut read, true).unwrap();
+        assert_eq!(segs.count(), 1);
+        let p = segs.next().unwrap();
+        assert_eq!(p.len(), full.len() - VIRTIO_NET_HDR_LEN);
+        assert!(checksums_ok(p));
+        assert!(segs.next().is_none());
+        // Without a virtio header the read is the packet, untouched.
+        let mut plain = full[VIRTIO_NET_HDR_LEN..].to_vec();
+        let mut segs = Segments::new(&mut plain, false).unwrap();
+        assert_eq!(segs.next().unwrap(), &full[VIRTIO_NET_HDR_LEN..]);
+        assert!(segs.next().is_none());
+    }
+
+    #[test]
+    fn segments_reject_malformed_reads_without_panicking() {
+        let mut seed = 11u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let good = super_packet(false, false, 3000, 1380, 0x10);
+        for round in 0..20_000 {
+            let mut read = if round % 2 == 0 {
+                // A valid read with a few bytes of the headers changed.
+                let mut r = good.clone();
+                for _ in 0..1 + rand() % 4 {
+                    let at = (rand() as usize) % (VIRTIO_NET_HDR_LEN + 60);
+                    r[at] = rand() as u8;
+                }
+                let keep = (rand() as usize) % (r.len() + 1);
+                r.truncate(keep.max(round % 7));
+                r
+            } else {
+                (0..rand() % 300).map(|_| rand() as u8).collect()
+            };
+            if let Ok(mut segs) = Segments::new(&mut read, true) {
+                let count = segs.count();
+                let mut n = 0;
+                while segs.next().is_some() {
+                    n += 1;
+                }
+                assert_eq!(n, count);
+            }
+        }
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! A worker's outbound side: TUN -> route -> encrypt -> UDP.
 //!
-//! With offload on, one TUN read yields a TSO super-packet (up to 64 KiB) that
-//! tun-rs splits into MTU-sized segments; without (an application sending
-//! datagrams one by one), one read yields one packet, so a step reads on
-//! until the queue is empty or the buffers are full. Consecutive packets for
-//! the same peer are encrypted back to back into one contiguous buffer, and
-//! the whole run leaves in a single UDP GSO `sendmsg`. So a 64 KiB burst, or
-//! 45 datagrams an application sent one by one, costs one send instead of
-//! ~45.
+//! With offload on, one TUN read yields a TSO super-packet (up to 64 KiB);
+//! without (an application sending datagrams one by one), one read yields
+//! one packet, so a step reads on until the queue is empty or its buffer is
+//! full. Reads are routed by their first packet, then cut into MTU-sized
+//! segments in place as they are sealed ([`crate::offload::Segments`]), so
+//! a segment's payload is copied once, into the sealing buffer. Consecutive
+//! packets for the same peer are encrypted back to back into one contiguous
+//! buffer, and the whole run leaves in a single UDP GSO `sendmsg`. So a
+//! 64 KiB burst, or 45 datagrams an application sent one by one, costs one
+//! send instead of ~45.
 
 use crate::allowed_ips::AllowedIps;
+use crate::offload::Segments;
 use crate::peer::Peer;
 use crate::shared::Shared;
 use crate::udp::{UdpSocket, MAX_GSO_BYTES};
@@ -18,7 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
-use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
 /// WireGuard's per-message overhead: header (16) + AEAD tag (16).
 pub const DATA_OVERHEAD: usize = 32;
@@ -27,11 +30,14 @@ const MAX_PACKET: usize = 65_535;
 /// Room for a handshake message (148 bytes), which boringtun may write instead
 /// of a data message.
 const MIN_ROOM: usize = 256;
-/// Packet buffers per worker: a step reads on while a whole super-packet's
-/// worth (`IDEAL_BATCH_SIZE`) still fits.
-const SEGMENT_BUFFERS: usize = 2 * IDEAL_BATCH_SIZE;
 /// TUN reads per step at most, so that the inbound side gets its turn.
 const READS_PER_STEP: usize = 64;
+/// The largest read: a virtio-net header and a 64 KiB super-packet.
+const MAX_READ: usize = VIRTIO_NET_HDR_LEN + MAX_PACKET;
+/// A worker's read buffer: reads are laid end to end, and a step reads on
+/// while a largest read still fits, so up to five super-packets or 64 small
+/// packets per step.
+const READ_BUFFER: usize = 4 * 65_536 + MAX_READ;
 
 /// Encrypted datagrams laid end to end for one GSO send. GSO requires every
 /// segment but the last to have the same size.
@@ -115,56 +121,52 @@ pub(crate) enum Step {
 
 /// A worker's outbound buffers.
 pub(crate) struct Outbound {
-    original: Vec<u8>,
-    /// `SEGMENT_BUFFERS` packet buffers of `MAX_PACKET` bytes end to end.
-    /// One allocation this large is mapped fresh, so its pages cost memory
-    /// only once packets have filled them (segments are MTU-sized: one page
-    /// of each buffer, and only as many buffers as the largest burst).
-    segments: Vec<u8>,
-    sizes: Vec<usize>,
+    /// Reads end to end. One allocation this large is mapped fresh, so its
+    /// pages cost memory only once reads have filled them.
+    reads: Vec<u8>,
+    /// Where each read of this step lies in `reads`.
+    spans: Vec<Range<usize>>,
     batch: GsoBatch,
 }
 
 impl Outbound {
     pub(crate) fn new() -> Self {
         Self {
-            original: vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET],
-            segments: vec![0u8; SEGMENT_BUFFERS * MAX_PACKET],
-            sizes: vec![0usize; SEGMENT_BUFFERS],
+            reads: vec![0u8; READ_BUFFER],
+            spans: Vec::with_capacity(READS_PER_STEP),
             batch: GsoBatch::new(1),
         }
     }
 
     /// Reads what the TUN queue holds (bounded), then encrypts and sends it.
     pub(crate) fn step(&mut self, shared: &Shared, tun: &SyncDevice, udp: &UdpSocket) -> Step {
-        let mut segments: Vec<&mut [u8]> = self.segments.chunks_mut(MAX_PACKET).collect();
-        let mut used = 0;
+        self.spans.clear();
+        let mut end = 0;
         let mut reads = 0;
-        while reads < READS_PER_STEP && used + IDEAL_BATCH_SIZE <= segments.len() {
-            match tun.recv_multiple(
-                &mut self.original,
-                &mut segments[used..],
-                &mut self.sizes[used..],
-                0,
-            ) {
-                Ok(n) => used += n,
+        while reads < READS_PER_STEP && end + MAX_READ <= self.reads.len() {
+            match tun.recv(&mut self.reads[end..end + MAX_READ]) {
+                Ok(n) => {
+                    self.spans.push(end..end + n);
+                    // The next read starts on a cache line of its own.
+                    end += n.next_multiple_of(64);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_tun_gone(&e) => {
                     shared.stop("TUN interface removed");
                     return Step::Gone;
                 }
-                // A malformed super-packet: it was consumed, drop it.
                 Err(e) => tracing::debug!("TUN read: {e}"),
             }
             reads += 1;
         }
-        if used > 0 {
+        if !self.spans.is_empty() {
             encrypt_and_send(
                 shared,
                 udp,
-                &segments[..used],
-                &self.sizes[..used],
+                &mut self.reads,
+                &self.spans,
+                tun.tcp_gso(),
                 &mut self.batch,
             );
         }
@@ -186,15 +188,35 @@ pub(crate) fn is_tun_gone(e: &io::Error) -> bool {
 fn encrypt_and_send(
     shared: &Shared,
     udp: &UdpSocket,
-    segments: &[&mut [u8]],
-    sizes: &[usize],
+    reads: &mut [u8],
+    spans: &[Range<usize>],
+    vnet_header: bool,
     batch: &mut GsoBatch,
 ) {
     let st = shared.state.read();
     batch.set_max_segments(udp.max_gso_segments());
-    let packet = |i: usize| &segments[i][..sizes[i]];
-    for (peer, run) in peer_runs(&st.allowed_ips, sizes.len(), packet) {
-        encrypt_run(shared, udp, peer, run.map(packet), batch);
+    let skip = if vnet_header { VIRTIO_NET_HDR_LEN } else { 0 };
+    // A read's packets all go where its first one goes.
+    let runs: Vec<_> = peer_runs(&st.allowed_ips, spans.len(), |i| {
+        reads
+            .get(spans[i].start + skip..spans[i].end)
+            .unwrap_or_default()
+    })
+    .collect();
+    for (peer, run) in runs {
+        encrypt_run(shared, udp, peer, batch, |emit| {
+            for span in &spans[run] {
+                match Segments::new(&mut reads[span.clone()], vnet_header) {
+                    Ok(mut segments) => {
+                        while let Some(packet) = segments.next() {
+                            emit(packet);
+                        }
+                    }
+                    // Consumed from the queue: dropped, as the kernel would.
+                    Err(e) => tracing::debug!("TUN read: {e}"),
+                }
+            }
+        });
     }
 }
 
@@ -229,13 +251,15 @@ pub fn peer_runs<'t, 'p, T>(
     })
 }
 
-/// Encrypts packets for one peer and sends them in as few GSO sends as possible.
-pub(crate) fn encrypt_run<'p>(
+/// Encrypts packets for one peer and sends them in as few GSO sends as
+/// possible. `packets` hands each packet to the function it is given; a
+/// packet may be cut out of a larger read only when its turn comes.
+pub(crate) fn encrypt_run(
     shared: &Shared,
     udp: &UdpSocket,
     peer: &Peer,
-    packets: impl Iterator<Item = &'p [u8]>,
     batch: &mut GsoBatch,
+    packets: impl FnOnce(&mut dyn FnMut(&[u8])),
 ) {
     let Some(endpoint) = peer.endpoint() else {
         // Nowhere to send: wg drops too, rather than queueing without end.
@@ -245,7 +269,7 @@ pub(crate) fn encrypt_run<'p>(
     let Some(tunn) = tunnel.tunn.as_mut() else {
         return;
     };
-    for packet in packets {
+    packets(&mut |packet: &[u8]| {
         if !batch.fits(packet.len() + DATA_OVERHEAD) {
             flush(shared, udp, peer, endpoint, batch);
         }
@@ -275,7 +299,7 @@ pub(crate) fn encrypt_run<'p>(
             TunnResult::Err(e) => tracing::trace!("encapsulate: {e:?}"),
             _ => {}
         }
-    }
+    });
     drop(tunnel);
     flush(shared, udp, peer, endpoint, batch);
 }
