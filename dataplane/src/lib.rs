@@ -9,6 +9,7 @@
 //! [`Device::apply`] and [`Device::info`].
 
 pub mod allowed_ips;
+pub mod coalesce;
 pub mod config;
 pub mod control;
 pub mod device;

@@ -23,7 +23,7 @@ const POLL_TIMEOUT_MS: i32 = 1000;
 pub(crate) fn run(shared: Arc<Shared>, index: usize) {
     let tun = &shared.queues[index];
     let mut outbound = Outbound::new();
-    let mut inbound = Inbound::new();
+    let mut inbound = Inbound::new(tun);
     while !shared.is_stopping() {
         let generation = shared.sockets_generation();
         let sockets = shared.state.read().sockets.clone();
