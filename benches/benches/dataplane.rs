@@ -150,6 +150,66 @@ fn offloads(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The receiver's whole step for one flow's burst, as it was (each packet
+    // decrypted into a buffer of its own, then tun-rs checks every checksum
+    // and copies the payloads together) and as it is (each decrypted onto
+    // the end of the super-packet before it).
+    let (mut sender, mut receiver) = connected_pair();
+    let burst = payload / mss;
+    let mut seal_burst = || -> Vec<Vec<u8>> {
+        let mut buf = vec![0u8; 4096];
+        (0..burst)
+            .map(|i| {
+                let p = offload::ipv4_tcp_packet((i * mss) as u32, mss, false, true);
+                match sender.encapsulate(&p, &mut buf) {
+                    TunnResult::WriteToNetwork(m) => m.to_vec(),
+                    _ => panic!("no session"),
+                }
+            })
+            .collect()
+    };
+    let mut own: Vec<Vec<u8>> = vec![Vec::with_capacity(VNET_HDR_LEN + 65_535); burst];
+    let mut gro = tun_rs::GROTable::new();
+    g.bench_function("open_and_coalesce/copy/64000", |bench| {
+        bench.iter_batched(
+            &mut seal_burst,
+            |msgs| {
+                for (m, b) in msgs.iter().zip(own.iter_mut()) {
+                    b.resize(VNET_HDR_LEN + m.len(), 0);
+                    let n = match receiver.decapsulate(None, m, &mut b[VNET_HDR_LEN..]) {
+                        TunnResult::WriteToTunnelV4(pkt, _) => pkt.len(),
+                        other => panic!("decapsulate failed: {other:?}"),
+                    };
+                    b.truncate(VNET_HDR_LEN + n);
+                }
+                offload::coalesce(&mut own, &mut gro).expect("coalesce");
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let mut coalescer = dataplane::coalesce::Coalescer::new(true, true);
+    g.bench_function("open_and_coalesce/fused/64000", |bench| {
+        bench.iter_batched(
+            &mut seal_burst,
+            |msgs| {
+                for m in &msgs {
+                    coalescer.push_with(m.len(), |out| match receiver.decapsulate(None, m, out) {
+                        TunnResult::WriteToTunnelV4(pkt, _) => Some(pkt.len()),
+                        other => panic!("decapsulate failed: {other:?}"),
+                    });
+                }
+                let mut writes = 0;
+                coalescer
+                    .flush(|_| {
+                        writes += 1;
+                        Ok(())
+                    })
+                    .expect("flush");
+                assert_eq!(writes, 1, "one super-packet");
+            },
+            BatchSize::SmallInput,
+        )
+    });
     let segments: Vec<Vec<u8>> = (0..payload / mss)
         .map(|i| {
             let mut b = vec![0u8; VNET_HDR_LEN];

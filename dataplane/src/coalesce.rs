@@ -480,6 +480,14 @@ mod tests {
             .collect()
     }
 
+    fn drain(c: &mut Coalescer, writes: &mut Vec<Vec<u8>>) {
+        c.flush(|w| {
+            writes.push(w.to_vec());
+            Ok(())
+        })
+        .expect("writes cannot fail here");
+    }
+
     /// Pushes every packet (copied in by the producer), flushes, and returns
     /// what `push_with` said and the writes.
     fn run(packets: &[Vec<u8>], udp: bool) -> (Vec<Pushed>, Vec<Vec<u8>>) {
@@ -494,10 +502,10 @@ mod tests {
                 Some(p.len())
             }));
             if c.is_full() {
-                c.flush(|w| Ok(writes.push(w.to_vec()))).unwrap();
+                drain(&mut c, &mut writes);
             }
         }
-        c.flush(|w| Ok(writes.push(w.to_vec()))).unwrap();
+        drain(&mut c, &mut writes);
         (pushed, writes)
     }
 
@@ -670,7 +678,7 @@ mod tests {
             });
         }
         let mut writes = Vec::new();
-        c.flush(|w| Ok(writes.push(w.to_vec()))).unwrap();
+        drain(&mut c, &mut writes);
         assert_eq!(writes.len(), 1);
         assert_eq!(resplit(&writes), packets);
     }
