@@ -147,8 +147,11 @@ impl Coalescer {
         if let Some(last) = self.used.checked_sub(1) {
             let item = &mut self.items[last];
             if let Some(flow) = item.flow.filter(|_| item.open) {
+                // The new packet's headers go over the super-packet's last
+                // bytes, which must be payload: its own headers are what the
+                // new packet is compared with.
                 let start = VIRTIO_NET_HDR_LEN + item.len - flow.hdr_len;
-                if start + max_len <= BUF_LEN {
+                if start >= VIRTIO_NET_HDR_LEN + flow.hdr_len && start + max_len <= BUF_LEN {
                     return self.push_onto(last, flow, start, max_len, produce);
                 }
                 item.open = false;
@@ -185,7 +188,9 @@ impl Coalescer {
         saved[..h].copy_from_slice(&item.buf[start..start + h]);
         let produced = produce(&mut item.buf[start..start + max_len]).map(|n| n.min(max_len));
         let head = &item.buf[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + h];
-        let joins = produced.and_then(|n| continues(&flow, head, &item.buf[start..start + n]));
+        let joins = produced
+            .filter(|&n| item.len + n.saturating_sub(h) <= MAX_PACKET)
+            .and_then(|n| continues(&flow, head, &item.buf[start..start + n]));
         let result = match (produced, joins) {
             (Some(n), Some(psh)) => {
                 let payload = n - h;
@@ -615,6 +620,34 @@ mod tests {
             .collect();
         let (_, writes) = run(&packets, true);
         assert_eq!(resplit(&writes), packets);
+    }
+
+    #[test]
+    fn tiny_segments_of_interleaved_flows_stay_apart() {
+        // Payloads shorter than the headers: a packet decrypted onto the
+        // end of the one before would cover that one's own headers.
+        for payload in [1, 10, 51, 52, 53, 104] {
+            let packets: Vec<Vec<u8>> = (0..12)
+                .map(|i| {
+                    let (port, k) = (40000 + (i % 2) as u16, i / 2);
+                    build(
+                        false,
+                        false,
+                        port,
+                        k as u16,
+                        (k * payload) as u32,
+                        payload,
+                        TCP_ACK,
+                    )
+                })
+                .collect();
+            let (pushed, writes) = run(&packets, true);
+            assert!(
+                !pushed.contains(&Pushed::Joined),
+                "payload {payload}: {pushed:?}"
+            );
+            assert_eq!(resplit(&writes), packets, "payload {payload}");
+        }
     }
 
     #[test]
