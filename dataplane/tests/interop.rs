@@ -33,6 +33,17 @@ fn pair_works(ia: Implementation, ib: Implementation) {
         sent, received,
         "{ib:?} -> {ia:?}: data corrupted in transit"
     );
+    // IPv6 inside the tunnel: segmented, sealed, coalesced the same way.
+    let (sent, received) = tcp_transfer(&t.pair.a, &t.pair.b, TB6, 20 << 20);
+    assert_eq!(
+        sent, received,
+        "{ia:?} -> {ib:?}: IPv6 data corrupted in transit"
+    );
+    let (sent, received) = tcp_transfer(&t.pair.b, &t.pair.a, TA6, 20 << 20);
+    assert_eq!(
+        sent, received,
+        "{ib:?} -> {ia:?}: IPv6 data corrupted in transit"
+    );
     // Counters: the sender's tx covers 100 MiB of payload plus overhead, and
     // the receiver saw at least that much.
     let tx: u64 = peer_dump_field(&t.wa, DUMP_TX).parse().expect("number");

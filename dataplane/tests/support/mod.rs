@@ -341,6 +341,8 @@ pub struct Tunnel {
 
 pub const TA: &str = "10.77.0.1";
 pub const TB: &str = "10.77.0.2";
+pub const TA6: &str = "fd77::1";
+pub const TB6: &str = "fd77::2";
 pub const PORT_A: u16 = 51820;
 pub const PORT_B: u16 = 51821;
 
@@ -359,8 +361,17 @@ impl Tunnel {
         };
         t.configure_a();
         t.configure_b();
-        for (ns, w, addr) in [(&t.pair.a, &t.wa, TA), (&t.pair.b, &t.wb, TB)] {
+        for (ns, w, addr, addr6) in [(&t.pair.a, &t.wa, TA, TA6), (&t.pair.b, &t.wb, TB, TB6)] {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &w.name]);
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                &w.name,
+                "nodad",
+            ]);
             ns.ip(&["link", "set", &w.name, "up"]);
         }
         t
@@ -378,7 +389,7 @@ impl Tunnel {
             "peer",
             &self.kb.public,
             "allowed-ips",
-            &format!("{TB}/32"),
+            &format!("{TB}/32,{TB6}/128"),
             "endpoint",
             &format!("{}:{PORT_B}", self.pair.b_addr),
         ]);
@@ -396,7 +407,7 @@ impl Tunnel {
             "peer",
             &self.ka.public,
             "allowed-ips",
-            &format!("{TA}/32"),
+            &format!("{TA}/32,{TA6}/128"),
             "endpoint",
             &format!("{}:{PORT_A}", self.pair.a_addr),
         ]);
@@ -406,7 +417,8 @@ impl Tunnel {
 /// Sends `bytes` of deterministic pseudo-random data over TCP from `from` to
 /// `to_addr` (listening in `to`); returns (sent digest, received digest).
 pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) -> (u64, u64) {
-    let listen_addr: SocketAddr = format!("{to_addr}:5201").parse().expect("addr");
+    let ip: std::net::IpAddr = to_addr.parse().expect("an address");
+    let listen_addr = SocketAddr::new(ip, 5201);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = to.run_in(move || {
         let l = TcpListener::bind(listen_addr).expect("bind");
