@@ -44,6 +44,18 @@ fn pair_works(ia: Implementation, ib: Implementation) {
         sent, received,
         "{ib:?} -> {ia:?}: IPv6 data corrupted in transit"
     );
+    // UDP datagrams, which are coalesced too (where the TUN takes USO).
+    for (from, to, addr) in [(&t.pair.a, &t.pair.b, TB), (&t.pair.b, &t.pair.a, TA6)] {
+        let (intact, changed) = udp_transfer(from, to, addr, 2000);
+        assert_eq!(
+            changed, 0,
+            "{ia:?} <-> {ib:?}: UDP datagrams changed in transit ({addr})"
+        );
+        assert!(
+            intact >= 1000,
+            "{ia:?} <-> {ib:?}: only {intact} of 2000 datagrams ({addr})"
+        );
+    }
     // Counters: the sender's tx covers 100 MiB of payload plus overhead, and
     // the receiver saw at least that much.
     let tx: u64 = peer_dump_field(&t.wa, DUMP_TX).parse().expect("number");

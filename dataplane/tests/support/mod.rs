@@ -414,6 +414,80 @@ impl Tunnel {
     }
 }
 
+/// The payload of datagram `index` in [`udp_transfer`]: its index, then
+/// bytes derived from it, so that any change shows.
+fn udp_payload(index: u32, len: usize) -> Vec<u8> {
+    let mut p = index.to_le_bytes().to_vec();
+    p.extend((0..len - 4).map(|i| (index as usize * 7 + i * 13) as u8));
+    p
+}
+
+/// Sends `count` datagrams of 1200 bytes from `from` to `to_addr` (in `to`)
+/// in bursts of 50 (so that the tunnel batches and coalesces them);
+/// returns how many arrived intact and how many arrived changed.
+pub fn udp_transfer(from: &Netns, to: &Netns, to_addr: &str, count: u32) -> (u32, u32) {
+    const LEN: usize = 1200;
+    let ip: std::net::IpAddr = to_addr.parse().expect("an address");
+    let addr = SocketAddr::new(ip, 5202);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = to.run_in(move || {
+        let s = std::net::UdpSocket::bind(addr).expect("bind");
+        // Room for every datagram: what is measured is their content.
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: a valid socket and option value.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let (mut intact, mut changed) = (0, 0);
+        let mut buf = vec![0u8; 2048];
+        while let Ok(n) = s.recv(&mut buf) {
+            let index = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+            if n == LEN && index < count && buf[..n] == udp_payload(index, LEN)[..] {
+                intact += 1;
+            } else {
+                changed += 1;
+            }
+            if intact + changed == count {
+                break;
+            }
+        }
+        (intact, changed)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server up");
+    from.run_in(move || {
+        let s = std::net::UdpSocket::bind(SocketAddr::new(
+            if ip.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            },
+            0,
+        ))
+        .expect("bind");
+        for index in 0..count {
+            // A full queue drops, as it would for any application.
+            let _ = s.send_to(&udp_payload(index, LEN), addr);
+            if index % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    })
+    .join()
+    .expect("client");
+    server.join().expect("server")
+}
+
 /// Sends `bytes` of deterministic pseudo-random data over TCP from `from` to
 /// `to_addr` (listening in `to`); returns (sent digest, received digest).
 pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: &str, bytes: usize) -> (u64, u64) {
