@@ -158,20 +158,44 @@ daemon_ticks() {
     echo $total
 }
 
+# Runs iperf3 in the client namespace and prints what the Python snippet $1
+# makes of its JSON. iperf3 sometimes fails a run (its server still busy
+# with the previous one, a control connection lost on a loaded machine): such
+# a run is reported and tried again, twice at most, so that one bad run does
+# not end the benchmark.
+iperf_run() {
+    local parse=$1 try out; shift
+    for try in 1 2 3; do
+        if out=$(ip netns exec "$NA" iperf3 -c "$DST" -t "$SECONDS_PER_RUN" -J "$@" 2>/dev/null \
+            | python3 -c "$parse"); then
+            echo "$out"
+            return
+        fi
+        echo "   iperf3 $* failed (try $try of 3)" >&2
+        sleep 1
+    done
+    echo "iperf3 $* failed three times" >&2
+    exit 1
+}
+
 # iperf3 TCP with $1 streams; prints "Mbit/s bytes" (receiver side).
 tcp_run() {
-    ip netns exec "$NA" iperf3 -c "$DST" -t "$SECONDS_PER_RUN" -P "$1" -J 2>/dev/null \
-        | python3 -c 'import json,sys; r=json.load(sys.stdin)["end"]["sum_received"]; print("%.0f %d" % (r["bits_per_second"]/1e6, r["bytes"]))'
+    iperf_run 'import json,sys
+r=json.load(sys.stdin)
+if "error" in r: sys.exit(r["error"])
+r=r["end"]["sum_received"]
+print("%.0f %d" % (r["bits_per_second"]/1e6, r["bytes"]))' -P "$1"
 }
 
 # iperf3 UDP, 1392-byte datagrams at $1 (e.g. 1G); prints "received-Mbit/s loss-%".
 udp_run() {
-    ip netns exec "$NA" iperf3 -c "$DST" -u -b "$1" -l 1392 -t "$SECONDS_PER_RUN" -J 2>/dev/null \
-        | python3 -c 'import json,sys
-e=json.load(sys.stdin)["end"]
+    iperf_run 'import json,sys
+r=json.load(sys.stdin)
+if "error" in r: sys.exit(r["error"])
+e=r["end"]
 s=e.get("sum_received") or e["sum"]
 lost=e["sum"].get("lost_percent", 0.0)
-print("%.0f %.2f" % (s["bits_per_second"]*(1-lost/100)/1e6 if "sum_received" not in e else s["bits_per_second"]/1e6, lost))'
+print("%.0f %.2f" % (s["bits_per_second"]*(1-lost/100)/1e6 if "sum_received" not in e else s["bits_per_second"]/1e6, lost))' -u -b "$1" -l 1392
 }
 
 rtt() {

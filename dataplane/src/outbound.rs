@@ -35,7 +35,7 @@ const READS_PER_STEP: usize = 64;
 /// The largest read: a virtio-net header and a 64 KiB super-packet.
 const MAX_READ: usize = VIRTIO_NET_HDR_LEN + MAX_PACKET;
 /// A worker's read buffer: reads are laid end to end, and a step reads on
-/// while a largest read still fits, so up to five super-packets or 64 small
+/// while a largest read still fits, so up to four super-packets or 64 small
 /// packets per step.
 const READ_BUFFER: usize = 4 * 65_536 + MAX_READ;
 
