@@ -22,8 +22,12 @@
 //! checksums of coalesced packets are not verified: the AEAD tag already
 //! authenticated every byte, as the kernel's WireGuard also assumes.
 
+use crate::offload::{
+    pseudo_header_sum, put_u16, set_ipv4_header_checksum, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
+    PROTO_TCP, PROTO_UDP, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+};
 use std::io;
-use tun_rs::VIRTIO_NET_HDR_LEN;
+use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 /// Buffers per batch; a full batch is written at once.
 pub const BATCH: usize = 128;
@@ -35,12 +39,6 @@ const BUF_LEN: usize = VIRTIO_NET_HDR_LEN + MAX_PACKET + 64;
 /// IPv4 (no options) or IPv6 plus TCP with the longest options.
 const MAX_HEADERS: usize = 40 + 60;
 
-const NEEDS_CSUM: u8 = 1;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
-const GSO_UDP_L4: u8 = 5;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 
@@ -256,10 +254,6 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn put16(b: &mut [u8], at: usize, v: usize) {
-    b[at..at + 2].copy_from_slice(&(v as u16).to_be_bytes());
-}
-
 /// Whether a packet can start a super-packet, and its flow if so: IPv4
 /// without options or fragmentation, or IPv6 without extension headers;
 /// TCP with only ACK set, or UDP (if the TUN takes it); some payload.
@@ -348,19 +342,16 @@ fn finish(item: &mut Item) {
 }
 
 fn write_super_packet(vnet: &mut [u8], p: &mut [u8], flow: &Flow) {
+    // Both lengths fit: a super-packet never grows past 64 KiB.
     let total = p.len();
     let l4 = flow.l4;
     let l4_len = total - l4;
-    let (src, dst) = if flow.v6 {
-        put16(p, 4, total - 40);
-        (8..24, 24..40)
+    if flow.v6 {
+        put_u16(p, 4, (total - 40) as u16);
     } else {
-        put16(p, 2, total);
-        put16(p, 10, 0);
-        let sum = !tun_rs::checksum(&p[..20], 0);
-        p[10..12].copy_from_slice(&sum.to_be_bytes());
-        (12..16, 16..20)
-    };
+        put_u16(p, 2, total as u16);
+        set_ipv4_header_checksum(p, l4);
+    }
     let (gso_type, proto, csum_offset) = match flow.transport {
         Transport::Tcp => {
             if flow.psh {
@@ -369,101 +360,29 @@ fn write_super_packet(vnet: &mut [u8], p: &mut [u8], flow: &Flow) {
             (if flow.v6 { GSO_TCPV6 } else { GSO_TCPV4 }, PROTO_TCP, 16)
         }
         Transport::Udp => {
-            put16(p, l4 + 4, l4_len);
+            put_u16(p, l4 + 4, l4_len as u16);
             (GSO_UDP_L4, PROTO_UDP, 6)
         }
     };
-    let pseudo = tun_rs::checksum_no_fold(&p[src], 0);
-    let pseudo = tun_rs::checksum_no_fold(&p[dst], pseudo) + u64::from(proto) + l4_len as u64;
-    let sum = tun_rs::checksum(&[], pseudo);
-    p[l4 + csum_offset..l4 + csum_offset + 2].copy_from_slice(&sum.to_be_bytes());
-    vnet[0] = NEEDS_CSUM;
-    vnet[1] = gso_type;
-    vnet[2..4].copy_from_slice(&(flow.hdr_len as u16).to_le_bytes());
-    vnet[4..6].copy_from_slice(&(flow.gso_size as u16).to_le_bytes());
-    vnet[6..8].copy_from_slice(&(l4 as u16).to_le_bytes());
-    vnet[8..10].copy_from_slice(&(csum_offset as u16).to_le_bytes());
+    let pseudo = pseudo_header_sum(p, flow.v6, proto, l4_len);
+    put_u16(p, l4 + csum_offset, tun_rs::checksum(&[], pseudo));
+    let hdr = VirtioNetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type,
+        hdr_len: flow.hdr_len as u16,
+        gso_size: flow.gso_size as u16,
+        csum_start: l4 as u16,
+        csum_offset: csum_offset as u16,
+    };
+    // Only fails for a buffer shorter than the header, which this is not.
+    let _ = hdr.encode(vnet);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offload::test_packets::build;
     use crate::offload::Segments;
-
-    fn sum16(data: &[u8]) -> u64 {
-        data.chunks(2)
-            .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum()
-    }
-
-    fn fold(mut s: u64) -> u16 {
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        s as u16
-    }
-
-    /// A complete packet with valid checksums: IPv4 (ID `id`) or IPv6, TCP
-    /// (timestamps option, `flags`) or UDP, from port `sport`.
-    fn build(
-        v6: bool,
-        udp: bool,
-        sport: u16,
-        id: u16,
-        seq: u32,
-        payload: usize,
-        flags: u8,
-    ) -> Vec<u8> {
-        let l4 = if v6 { 40 } else { 20 };
-        let l4_len = if udp { 8 } else { 32 };
-        let total = l4 + l4_len + payload;
-        let mut p = vec![0u8; total];
-        let proto = if udp { PROTO_UDP } else { PROTO_TCP };
-        let (src, dst) = if v6 {
-            p[0] = 0x60;
-            put16(&mut p, 4, total - 40);
-            p[6] = proto;
-            p[7] = 64;
-            p[8] = 0xfd;
-            p[23] = 1;
-            p[24] = 0xfd;
-            p[39] = 2;
-            (8..24, 24..40)
-        } else {
-            p[0] = 0x45;
-            put16(&mut p, 2, total);
-            put16(&mut p, 4, usize::from(id));
-            p[6] = 0x40;
-            p[8] = 64;
-            p[9] = proto;
-            p[12..16].copy_from_slice(&[10, 0, 0, 1]);
-            p[16..20].copy_from_slice(&[10, 0, 0, 2]);
-            let c = !fold(sum16(&p[..20]));
-            p[10..12].copy_from_slice(&c.to_be_bytes());
-            (12..16, 16..20)
-        };
-        put16(&mut p, l4, usize::from(sport));
-        put16(&mut p, l4 + 2, 5201);
-        let csum_at = if udp {
-            put16(&mut p, l4 + 4, l4_len + payload);
-            l4 + 6
-        } else {
-            p[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
-            p[l4 + 8..l4 + 12].copy_from_slice(&77u32.to_be_bytes());
-            p[l4 + 12] = 8 << 4;
-            p[l4 + 13] = flags;
-            put16(&mut p, l4 + 14, 501);
-            p[l4 + 20..l4 + 24].copy_from_slice(&[1, 1, 8, 10]);
-            l4 + 16
-        };
-        for (i, b) in p[l4 + l4_len..].iter_mut().enumerate() {
-            *b = seq.wrapping_add(i as u32).wrapping_mul(31) as u8;
-        }
-        let pseudo = sum16(&p[src]) + sum16(&p[dst]) + u64::from(proto) + (l4_len + payload) as u64;
-        let c = !fold(pseudo + sum16(&p[l4..]));
-        p[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
-        p
-    }
 
     /// `count` full segments of one TCP flow and a short last one with PSH.
     fn stream(v6: bool, count: usize, mss: usize) -> Vec<Vec<u8>> {
@@ -536,7 +455,7 @@ mod tests {
             assert_eq!(writes.len(), 1, "v6 {v6}: one write");
             assert_eq!(pushed.iter().filter(|p| **p == Pushed::Joined).count(), 40);
             let vnet = &writes[0][..VIRTIO_NET_HDR_LEN];
-            assert_eq!(vnet[0], NEEDS_CSUM);
+            assert_eq!(vnet[0], VIRTIO_NET_HDR_F_NEEDS_CSUM);
             assert_eq!(vnet[1], if v6 { GSO_TCPV6 } else { GSO_TCPV4 });
             assert_eq!(u16::from_le_bytes([vnet[4], vnet[5]]), 1368);
             assert_eq!(resplit(&writes), packets, "v6 {v6}: the packets come back");

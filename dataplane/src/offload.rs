@@ -16,19 +16,19 @@ use tun_rs::{GROTable, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LE
 
 pub use tun_rs::VIRTIO_NET_HDR_LEN as VNET_HDR_LEN;
 
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+pub(crate) const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
-const GSO_UDP_L4: u8 = 5;
-const GSO_TCPV6: u8 = 4;
+pub(crate) const GSO_TCPV4: u8 = 1;
+pub(crate) const GSO_UDP_L4: u8 = 5;
+pub(crate) const GSO_TCPV6: u8 = 4;
 /// Set with a TCP GSO type when the flow uses ECN; the segments are cut the
 /// same way (CWR only on the first).
 const GSO_ECN: u8 = 0x80;
 /// Room for the IP and transport headers a segment repeats: IPv6 with
 /// extension headers and TCP with options fit with room to spare.
 const MAX_HEADERS: usize = 256;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
+pub(crate) const PROTO_TCP: u8 = 6;
+pub(crate) const PROTO_UDP: u8 = 17;
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
@@ -181,9 +181,7 @@ impl<'a> Segments<'a> {
             put_u16(seg, 2, total as u16);
             let id = u16::from_be_bytes([seg[4], seg[5]]).wrapping_add(i as u16);
             put_u16(seg, 4, id);
-            put_u16(seg, 10, 0);
-            let sum = !tun_rs::checksum(&seg[..l4], 0);
-            put_u16(seg, 10, sum);
+            set_ipv4_header_checksum(seg, l4);
         }
         let l4_total = (total - l4) as u16;
         let csum_at = match transport {
@@ -211,14 +209,7 @@ impl<'a> Segments<'a> {
         } else {
             PROTO_UDP
         };
-        let (src, dst) = if self.v6 {
-            (8..24, 24..40)
-        } else {
-            (12..16, 16..20)
-        };
-        let pseudo = tun_rs::checksum_no_fold(&seg[src], 0);
-        let pseudo = tun_rs::checksum_no_fold(&seg[dst], pseudo);
-        let pseudo = pseudo + u64::from(proto) + u64::from(l4_total);
+        let pseudo = pseudo_header_sum(seg, self.v6, proto, usize::from(l4_total));
         let mut sum = !tun_rs::checksum(&seg[l4..], pseudo);
         if sum == 0 && transport == Transport::Udp {
             // A computed UDP checksum of 0 goes out as all ones (0 means none).
@@ -229,8 +220,27 @@ impl<'a> Segments<'a> {
     }
 }
 
-fn put_u16(b: &mut [u8], at: usize, v: u16) {
+pub(crate) fn put_u16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Recomputes the header checksum of the IPv4 header `p[..ihl]`.
+pub(crate) fn set_ipv4_header_checksum(p: &mut [u8], ihl: usize) {
+    put_u16(p, 10, 0);
+    let sum = !tun_rs::checksum(&p[..ihl], 0);
+    put_u16(p, 10, sum);
+}
+
+/// The unfolded sum of the transport pseudo-header of IP packet `p`: its
+/// addresses, protocol `proto` and transport length `len`.
+pub(crate) fn pseudo_header_sum(p: &[u8], v6: bool, proto: u8, len: usize) -> u64 {
+    let (src, dst) = if v6 {
+        (8..24, 24..40)
+    } else {
+        (12..16, 16..20)
+    };
+    let sum = tun_rs::checksum_no_fold(&p[src], 0);
+    tun_rs::checksum_no_fold(&p[dst], sum) + u64::from(proto) + len as u64
 }
 
 /// Completes a checksum the kernel left to the device: the field holds the
@@ -295,16 +305,16 @@ pub fn header(buf: &[u8]) -> io::Result<VirtioNetHdr> {
     VirtioNetHdr::decode(buf)
 }
 
-fn fold(mut sum: u32) -> u16 {
+fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     sum as u16
 }
 
-fn sum16(data: &[u8]) -> u32 {
+fn sum16(data: &[u8]) -> u64 {
     data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
         .sum()
 }
 
@@ -336,7 +346,7 @@ pub fn ipv4_tcp_packet(seq: u32, payload_len: usize, psh: bool, full_checksum: b
     for (i, b) in t[20..].iter_mut().enumerate() {
         *b = seq.wrapping_add(i as u32) as u8;
     }
-    let tcp_len = (20 + payload_len) as u32;
+    let tcp_len = (20 + payload_len) as u64;
     let pseudo = sum16(&[10, 0, 0, 1, 10, 0, 0, 2]) + 6 + tcp_len;
     let csum = if full_checksum {
         !fold(pseudo + sum16(&p[20..]))
@@ -365,8 +375,93 @@ pub fn tso_super_packet(seq: u32, payload_len: usize, mss: u16) -> Vec<u8> {
     out
 }
 
+/// Packets for the tests of this module and of [`crate::coalesce`].
+#[cfg(test)]
+pub(crate) mod test_packets {
+    use super::{fold, put_u16, sum16, PROTO_TCP, PROTO_UDP};
+
+    /// A complete packet with valid checksums: IPv4 (ID `id`) or IPv6, TCP
+    /// (timestamps option, `flags`) or UDP, from port `sport`.
+    pub(crate) fn build(
+        v6: bool,
+        udp: bool,
+        sport: u16,
+        id: u16,
+        seq: u32,
+        payload: usize,
+        flags: u8,
+    ) -> Vec<u8> {
+        let l4 = if v6 { 40 } else { 20 };
+        let l4_len = if udp { 8 } else { 32 };
+        let total = l4 + l4_len + payload;
+        let mut p = vec![0u8; total];
+        let proto = if udp { PROTO_UDP } else { PROTO_TCP };
+        let (src, dst) = if v6 {
+            p[0] = 0x60;
+            put_u16(&mut p, 4, (total - 40) as u16);
+            p[6] = proto;
+            p[7] = 64;
+            p[8] = 0xfd;
+            p[23] = 1;
+            p[24] = 0xfd;
+            p[39] = 2;
+            (8..24, 24..40)
+        } else {
+            p[0] = 0x45;
+            put_u16(&mut p, 2, total as u16);
+            put_u16(&mut p, 4, id);
+            p[6] = 0x40;
+            p[8] = 64;
+            p[9] = proto;
+            p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+            p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+            let c = !fold(sum16(&p[..20]));
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            (12..16, 16..20)
+        };
+        put_u16(&mut p, l4, sport);
+        put_u16(&mut p, l4 + 2, 5201);
+        let csum_at = if udp {
+            put_u16(&mut p, l4 + 4, (l4_len + payload) as u16);
+            l4 + 6
+        } else {
+            p[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+            p[l4 + 8..l4 + 12].copy_from_slice(&77u32.to_be_bytes());
+            p[l4 + 12] = 8 << 4;
+            p[l4 + 13] = flags;
+            put_u16(&mut p, l4 + 14, 501);
+            p[l4 + 20..l4 + 24].copy_from_slice(&[1, 1, 8, 10]);
+            l4 + 16
+        };
+        for (i, b) in p[l4 + l4_len..].iter_mut().enumerate() {
+            *b = seq.wrapping_add(i as u32).wrapping_mul(31) as u8;
+        }
+        let pseudo = sum16(&p[src]) + sum16(&p[dst]) + u64::from(proto) + (l4_len + payload) as u64;
+        let c = !fold(pseudo + sum16(&p[l4..]));
+        p[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// Whether a packet's IPv4 header and transport checksums verify.
+    pub(crate) fn checksums_ok(p: &[u8]) -> bool {
+        let v6 = p[0] >> 4 == 6;
+        let (l4, proto, src, dst) = if v6 {
+            (40, p[6], &p[8..24], &p[24..40])
+        } else {
+            if fold(sum16(&p[..20])) != 0xffff {
+                return false;
+            }
+            (20, p[9], &p[12..16], &p[16..20])
+        };
+        let len = (p.len() - l4) as u64;
+        let pseudo = sum16(src) + sum16(dst) + u64::from(proto) + len;
+        fold(pseudo + sum16(&p[l4..])) == 0xffff
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_packets::{build, checksums_ok};
     use super::*;
 
     fn tcp_payload(packet: &[u8]) -> &[u8] {
@@ -381,7 +476,7 @@ mod tests {
     }
 
     fn tcp_checksum_ok(packet: &[u8]) -> bool {
-        let tcp_len = (packet.len() - 20) as u32;
+        let tcp_len = (packet.len() - 20) as u64;
         let pseudo = sum16(&packet[12..20]) + 6 + tcp_len;
         fold(pseudo + sum16(&packet[20..])) == 0xffff
     }
@@ -414,60 +509,16 @@ mod tests {
         assert_eq!(total, payload);
     }
 
-    /// A super-packet as the kernel hands it to a TUN reader: IPv4 or IPv6,
-    /// TCP (with a 12-byte option, as timestamps make it) or UDP, the
-    /// transport checksum field holding only the pseudo-header sum.
+    /// A super-packet as the kernel hands it to a TUN reader: a virtio-net
+    /// header asking for segmentation and one packet with all the payload,
+    /// its transport checksum field holding only the pseudo-header sum.
     fn super_packet(v6: bool, udp: bool, payload: usize, gso: u16, tcp_flags: u8) -> Vec<u8> {
-        let ip_len = if v6 { 40 } else { 20 };
-        let l4_len = if udp { 8 } else { 32 };
-        let total = ip_len + l4_len + payload;
-        let mut p = vec![0u8; total];
-        let proto = if udp { 17 } else { 6 };
-        let (src, dst) = if v6 {
-            p[0] = 0x60;
-            p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-            p[6] = proto;
-            p[7] = 64;
-            p[8] = 0xfd;
-            p[23] = 1;
-            p[24] = 0xfd;
-            p[39] = 2;
-            (8..24, 24..40)
-        } else {
-            p[0] = 0x45;
-            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            p[4..6].copy_from_slice(&0xfff0u16.to_be_bytes());
-            p[6] = 0x40;
-            p[8] = 64;
-            p[9] = proto;
-            p[12..16].copy_from_slice(&[10, 0, 0, 1]);
-            p[16..20].copy_from_slice(&[10, 0, 0, 2]);
-            let c = !fold(sum16(&p[..20]));
-            p[10..12].copy_from_slice(&c.to_be_bytes());
-            (12..16, 16..20)
-        };
-        let t = ip_len;
-        p[t..t + 2].copy_from_slice(&40000u16.to_be_bytes());
-        p[t + 2..t + 4].copy_from_slice(&5201u16.to_be_bytes());
-        let csum_at = if udp {
-            p[t + 4..t + 6].copy_from_slice(&((l4_len + payload) as u16).to_be_bytes());
-            t + 6
-        } else {
-            p[t + 4..t + 8].copy_from_slice(&0xffff_fc00u32.to_be_bytes());
-            p[t + 8..t + 12].copy_from_slice(&7u32.to_be_bytes());
-            p[t + 12] = 8 << 4;
-            p[t + 13] = tcp_flags;
-            p[t + 14..t + 16].copy_from_slice(&502u16.to_be_bytes());
-            p[t + 20..t + 22].copy_from_slice(&[1, 1]);
-            p[t + 22] = 8;
-            p[t + 23] = 10;
-            t + 16
-        };
-        for (i, b) in p[t + l4_len..].iter_mut().enumerate() {
-            *b = (i * 7 + 3) as u8;
-        }
-        let pseudo = sum16(&p[src]) + sum16(&p[dst]) + u32::from(proto) + (l4_len + payload) as u32;
-        p[csum_at..csum_at + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
+        let mut p = build(v6, udp, 40000, 0xfff0, 0xffff_fc00, payload, tcp_flags);
+        let l4 = if v6 { 40 } else { 20 };
+        let proto = if udp { PROTO_UDP } else { PROTO_TCP };
+        let csum_at = l4 + if udp { 6 } else { 16 };
+        let pseudo = pseudo_header_sum(&p, v6, proto, p.len() - l4);
+        put_u16(&mut p, csum_at, fold(pseudo));
         let hdr = VirtioNetHdr {
             flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
             gso_type: match (v6, udp) {
@@ -476,31 +527,15 @@ mod tests {
                 (true, false) => GSO_TCPV6,
             },
             // What the kernel reports: the whole linear part, not the headers.
-            hdr_len: (ip_len + l4_len + 100.min(payload)) as u16,
+            hdr_len: (csum_at + 2 + 100.min(payload)) as u16,
             gso_size: gso,
-            csum_start: ip_len as u16,
-            csum_offset: (csum_at - t) as u16,
+            csum_start: l4 as u16,
+            csum_offset: (csum_at - l4) as u16,
         };
         let mut out = vec![0u8; VIRTIO_NET_HDR_LEN];
         let _ = hdr.encode(&mut out);
         out.extend(p);
         out
-    }
-
-    /// Whether a packet's IPv4 header and transport checksums verify.
-    fn checksums_ok(p: &[u8]) -> bool {
-        let v6 = p[0] >> 4 == 6;
-        let (l4, proto, src, dst) = if v6 {
-            (40, p[6], &p[8..24], &p[24..40])
-        } else {
-            if fold(sum16(&p[..20])) != 0xffff {
-                return false;
-            }
-            (20, p[9], &p[12..16], &p[16..20])
-        };
-        let len = (p.len() - l4) as u32;
-        let pseudo = sum16(src) + sum16(dst) + u32::from(proto) + len;
-        fold(pseudo + sum16(&p[l4..])) == 0xffff
     }
 
     #[test]
