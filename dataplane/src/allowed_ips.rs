@@ -330,13 +330,7 @@ mod tests {
     /// Compare against a brute-force scan over a pseudo-random table.
     #[test]
     fn matches_linear_scan() {
-        let mut seed = 0x1234_5678_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng(0x1234_5678);
         let mut t = AllowedIps::new();
         let mut entries = Vec::new();
         for i in 0..300u32 {

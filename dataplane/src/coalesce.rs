@@ -637,13 +637,7 @@ mod tests {
 
     #[test]
     fn mangled_packets_never_panic() {
-        let mut seed = 5u64;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::test_rng(5);
         let base = stream(false, 20, 700);
         for _ in 0..300 {
             let packets: Vec<Vec<u8>> = base

@@ -28,6 +28,17 @@ pub mod udp;
 mod worker;
 
 pub use allowed_ips::{AllowedIps, IpPrefix};
+
+/// A small deterministic generator (xorshift) for the tests' random inputs.
+#[cfg(test)]
+pub(crate) fn test_rng(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
 pub use config::{DeviceInfo, DeviceUpdate, PeerInfo, PeerUpdate};
 pub use device::{default_workers, Device, DeviceError, DeviceOptions, Stopper, MAX_WORKERS};
 pub use key::{PresharedKey, PrivateKey, PublicKey};

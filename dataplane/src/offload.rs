@@ -594,13 +594,7 @@ mod tests {
 
     #[test]
     fn segments_reject_malformed_reads_without_panicking() {
-        let mut seed = 11u64;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::test_rng(11);
         let good = super_packet(false, false, 3000, 1380, 0x10);
         for round in 0..20_000 {
             let mut read = if round % 2 == 0 {
@@ -631,17 +625,10 @@ mod tests {
     fn split_rejects_garbage_without_panicking() {
         let mut out = vec![vec![0u8; 2048]; 8];
         let mut sizes = vec![0usize; 8];
-        let mut seed = 7u64;
+        let mut rand = crate::test_rng(7);
         for len in [0usize, 1, 9, 10, 11, 30, 60, 200, 3000] {
             for _ in 0..50 {
-                let mut junk: Vec<u8> = (0..len)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        seed as u8
-                    })
-                    .collect();
+                let mut junk: Vec<u8> = (0..len).map(|_| rand() as u8).collect();
                 let _ = split_super_packet(&mut junk, &mut out, &mut sizes, 0);
             }
         }
