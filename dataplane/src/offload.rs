@@ -6,10 +6,14 @@
 //! written over the tail of the segment before it, which has been sealed by
 //! then. So a segment costs a header's worth of copying and its checksum, not
 //! a copy of its payload (it is copied once, into the sealing buffer).
-//! The coalescing on the way in ([`coalesce`]) runs in tun-rs (a port of
-//! wireguard-go's offload code); this module is our narrow interface to it,
-//! the one place that knows the virtio-net header layout, and the packet
-//! builders the tests and benchmarks use.
+//! On the way in, [`crate::coalesce`] rebuilds super-packets.
+//!
+//! tun-rs's copying split ([`split_super_packet`]) and coalescing
+//! ([`coalesce`]), ports of wireguard-go's offload code, are kept as the
+//! reference the tests check against and the baseline the benchmarks compare
+//! with. This module is also the one place that knows the virtio-net header
+//! layout and the header arithmetic, and has the packet builders the tests
+//! and benchmarks use.
 
 use std::io;
 use tun_rs::{GROTable, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN};
@@ -294,8 +298,9 @@ pub fn split_super_packet(
 }
 
 /// Coalesces packets (each behind `VNET_HDR_LEN` bytes of header room) of the
-/// same TCP flow in place, as the TUN write path does: the first buffer of a
-/// run grows into a super-packet with a GSO header, the rest are absorbed.
+/// same TCP flow in place, as tun-rs does (and the TUN write path did before
+/// [`crate::coalesce`]): the first buffer of a run grows into a super-packet
+/// with a GSO header, the rest are copied onto it.
 pub fn coalesce(bufs: &mut [Vec<u8>], table: &mut GROTable) -> io::Result<()> {
     table.apply_gro(bufs, VIRTIO_NET_HDR_LEN, false)
 }
