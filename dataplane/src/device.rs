@@ -1,6 +1,6 @@
 //! The device: a multi-queue TUN interface, a group of UDP sockets on one
 //! port, the peer table, one worker per queue (both directions, see
-//! [`crate::worker`]) and the timers. Configuration goes through
+//! `worker.rs`) and the timers. Configuration goes through
 //! [`Device::apply`] (the same model as the UAPI `set`) and is read back with
 //! [`Device::info`].
 
