@@ -152,12 +152,6 @@ impl<'a> Segments<'a> {
         self.count
     }
 
-    /// The first packet's bytes as read (its headers are every packet's),
-    /// e.g. to route the read by its destination before cutting it.
-    pub fn first(&self) -> &[u8] {
-        self.packet
-    }
-
     /// The next packet, ready to send. Writing it overwrites the end of the
     /// one before, so each is only valid until the next call.
     #[allow(clippy::should_implement_trait)]
