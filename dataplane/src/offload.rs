@@ -208,11 +208,7 @@ impl<'a> Segments<'a> {
             PROTO_UDP
         };
         let pseudo = pseudo_header_sum(seg, self.v6, proto, usize::from(l4_total));
-        let mut sum = !tun_rs::checksum(&seg[l4..], pseudo);
-        if sum == 0 && transport == Transport::Udp {
-            // A computed UDP checksum of 0 goes out as all ones (0 means none).
-            sum = 0xffff;
-        }
+        let sum = transport_checksum(&seg[l4..], pseudo, transport == Transport::Udp);
         put_u16(seg, csum_at, sum);
         Some(seg)
     }
@@ -248,12 +244,20 @@ fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) -> io::Resu
     if at + 2 > packet.len() {
         return Err(invalid("checksum offset beyond the packet"));
     }
-    let mut sum = !tun_rs::checksum(&packet[start..], 0);
-    if sum == 0 && offset == 6 {
-        sum = 0xffff;
-    }
+    // The UDP checksum field is 6 bytes into its header, TCP's 16.
+    let sum = transport_checksum(&packet[start..], 0, offset == 6);
     put_u16(packet, at, sum);
     Ok(())
+}
+
+/// The checksum of a transport header and payload, `initial` holding the
+/// pseudo-header's sum. A UDP checksum that comes out 0 is sent as all
+/// ones, since 0 means none.
+fn transport_checksum(data: &[u8], initial: u64, udp: bool) -> u16 {
+    match !tun_rs::checksum(data, initial) {
+        0 if udp => 0xffff,
+        sum => sum,
+    }
 }
 
 /// Splits `input` (a virtio-net header followed by a TSO super-packet) into
