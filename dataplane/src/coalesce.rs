@@ -61,6 +61,19 @@ struct Item {
     segments: usize,
 }
 
+impl Item {
+    /// Makes the `n` bytes after the virtio-net header a write of their
+    /// own, open for the rest of its flow if it can start one.
+    fn begin(&mut self, n: usize, vnet: bool, udp: bool) {
+        self.len = n;
+        self.segments = 1;
+        self.flow = vnet
+            .then(|| starts_flow(&self.buf[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n], udp))
+            .flatten();
+        self.open = self.flow.is_some();
+    }
+}
+
 /// What a super-packet needs to know to take the next packet of its flow.
 #[derive(Clone, Copy, Debug)]
 struct Flow {
@@ -161,13 +174,7 @@ impl Coalescer {
         else {
             return Pushed::Nothing;
         };
-        let n = n.min(max_len);
-        item.len = n;
-        item.segments = 1;
-        item.flow = vnet
-            .then(|| starts_flow(&item.buf[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n], udp))
-            .flatten();
-        item.open = item.flow.is_some();
+        item.begin(n.min(max_len), vnet, udp);
         self.used += 1;
         Pushed::Own
     }
@@ -213,13 +220,7 @@ impl Coalescer {
                 let (from, to) = (&before[last], &mut after[0]);
                 to.buf[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n]
                     .copy_from_slice(&from.buf[start..start + n]);
-                to.len = n;
-                to.segments = 1;
-                to.flow = starts_flow(
-                    &to.buf[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n],
-                    self.udp,
-                );
-                to.open = to.flow.is_some();
+                to.begin(n, self.vnet, self.udp);
                 self.used += 1;
                 Pushed::Copied
             }
