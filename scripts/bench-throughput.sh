@@ -22,9 +22,12 @@
 #               if installed)
 #   -b BINARY   weft-wg binary (default target/release/weft-wg)
 #   -p DIR      profile both tunnel daemons with perf during the first
-#               round's 1-stream run; writes DIR/IMPL.txt (user/kernel split
-#               and the top symbols) and DIR/IMPL.perf.data; extra perf record
-#               options in WEFT_BENCH_PERF_ARGS (e.g. "--call-graph dwarf,8192")
+#               round's 1-stream run; writes DIR/IMPL.txt (the daemons' time
+#               split into AEAD, kernel and other user space, in shares and
+#               in ns per byte moved, then the top symbols, wireguard-go's
+#               named from its Go function table) and DIR/IMPL.perf.data;
+#               extra perf record options in WEFT_BENCH_PERF_ARGS (e.g.
+#               "--call-graph dwarf,8192")
 #
 # wireguard-go 0.0.20231211 is fetched once with apt-get download from
 # bookworm-backports into $WEFT_BENCH_CACHE (default /var/cache/weft-bench)
@@ -46,7 +49,7 @@ while getopts "t:r:i:b:p:h" opt; do
         i) IMPLS=$OPTARG ;;
         b) WEFT=$OPTARG ;;
         p) PROFILE_DIR=$OPTARG ;;
-        *) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+        *) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 2 ;;
     esac
 done
 [[ $(id -u) == 0 ]] || { echo "needs root (network namespaces, TUN)" >&2; exit 1; }
@@ -108,7 +111,8 @@ KA=$(wg genkey); KB=$(wg genkey)
 PA=$(echo "$KA" | wg pubkey); PB=$(echo "$KB" | wg pubkey)
 echo "$KA" > "$keydir/a"; echo "$KB" > "$keydir/b"
 
-# start_tunnel IMPL: brings up wg interfaces in both namespaces; sets DST.
+# start_tunnel IMPL: brings up wg interfaces in both namespaces; sets DST,
+# and BIN to the daemon's binary.
 start_tunnel() {
     local impl=$1 bin env=() args=()
     case $impl in
@@ -121,6 +125,7 @@ start_tunnel() {
         *) echo "unknown implementation $impl" >&2; exit 2 ;;
     esac
     [[ -n $bin ]] || { echo "$impl is not installed" >&2; exit 1; }
+    BIN=$bin
     local i ns if side
     for side in a b; do
         ns=$NA; [[ $side == b ]] && ns=$NB
@@ -212,15 +217,16 @@ rss_kb() {
     echo $((total / 2))
 }
 
-# What perf saw of IMPL's daemons: user vs kernel time, then the top symbols.
+# What perf saw of IMPL's daemons: their time split into the AEAD, the
+# kernel and the rest of user space, per byte moved ($2 ns of the daemons'
+# CPU per byte, from /proc), then the top symbols (wireguard-go's named from
+# its Go function table: it ships stripped).
 profile_report() {
-    local data=$PROFILE_DIR/$1.perf.data
+    local data=$PROFILE_DIR/$1.perf.data go=()
+    [[ $1 == wireguard-go* ]] && go=(--go-binary "$BIN")
     echo "# $1: both tunnel daemons during the 1-stream TCP run (perf record -F 1999)"
-    echo "## user vs kernel"
-    perf report -i "$data" --stdio --sort dso --percent-limit 0.5 2>/dev/null | grep -v '^#' | grep -v '^$' \
-        | awk '{pct=$1; sub("%","",pct); if ($2 ~ /kernel/) k+=pct; else u+=pct; print} END {printf "user %.1f%%  kernel %.1f%% (of samples above 0.5%%)\n", u, k}'
-    echo "## top symbols"
-    perf report -i "$data" --stdio --sort dso,sym --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+    perf report -i "$data" --stdio --no-children -n --sort dso,sym -g none 2>/dev/null \
+        | python3 "$root/scripts/profile-split.py" "${go[@]}" --ns-per-byte "$2" --top 40
 }
 
 median() { sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else print v[int((NR+1)/2)]}'; }
@@ -256,7 +262,8 @@ for round in $(seq "$ROUNDS"); do
         t1=$(daemon_ticks)
         if [[ -n $profiler ]]; then
             wait "$profiler" || true
-            profile_report "$impl" > "$PROFILE_DIR/$impl.txt"
+            profile_report "$impl" "$(awk -v b="$bytes" -v t=$((t1 - t0)) -v hz="$HZ" 'BEGIN {printf "%.3f", (b>0 ? t/hz*1e9/b : 0)}')" \
+                > "$PROFILE_DIR/$impl.txt"
         fi
         add "$impl" tcp1 "$mbit"
         if [[ $impl != raw ]]; then

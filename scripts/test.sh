@@ -36,6 +36,8 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== tests"
 cargo test --workspace --release
+echo "== benchmark helpers"
+python3 scripts/test_profile_split.py
 
 echo "== weft-cni under real container runtimes (podman's CNI backend; containerd's CRI on the conflist weft-agent writes)"
 cargo build --release -p cni-plugin --bins
