@@ -260,16 +260,16 @@ for round in $(seq "$ROUNDS"); do
         t0=$(daemon_ticks)
         read -r mbit bytes < <(tcp_run 1)
         t1=$(daemon_ticks)
+        # The daemons' CPU against the bytes moved, both ways round: MB per
+        # CPU-second of both daemons together, and CPU ns per byte.
+        read -r eff ns_per_byte < <(awk -v b="$bytes" -v t=$((t1 - t0)) -v hz="$HZ" \
+            'BEGIN {s = t / hz; printf "%.0f %.3f\n", (s > 0 ? b / 1e6 / s : 0), (b > 0 ? s * 1e9 / b : 0)}')
         if [[ -n $profiler ]]; then
             wait "$profiler" || true
-            profile_report "$impl" "$(awk -v b="$bytes" -v t=$((t1 - t0)) -v hz="$HZ" 'BEGIN {printf "%.3f", (b>0 ? t/hz*1e9/b : 0)}')" \
-                > "$PROFILE_DIR/$impl.txt"
+            profile_report "$impl" "$ns_per_byte" > "$PROFILE_DIR/$impl.txt"
         fi
         add "$impl" tcp1 "$mbit"
-        if [[ $impl != raw ]]; then
-            # MB moved per CPU-second of both daemons together.
-            add "$impl" eff "$(awk -v b="$bytes" -v t=$((t1 - t0)) -v hz="$HZ" 'BEGIN {printf "%.0f", (t>0 ? b/1e6/(t/hz) : 0)}')"
-        fi
+        [[ $impl == raw ]] || add "$impl" eff "$eff"
         read -r mbit _ < <(tcp_run 4); add "$impl" tcp4 "$mbit"
         read -r mbit loss < <(udp_run 1G); add "$impl" udp1 "$mbit"; add "$impl" udp1l "$loss"
         read -r mbit loss < <(udp_run 2G); add "$impl" udp2 "$mbit"; add "$impl" udp2l "$loss"
