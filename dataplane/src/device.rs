@@ -12,8 +12,9 @@ use crate::reachability::Reachability;
 use crate::shared::{Shared, State};
 use crate::udp::UdpSockets;
 use crate::{outbound, timers, worker};
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::x25519;
+use gotatun::noise::index_table::IndexTable;
+use gotatun::noise::rate_limiter::RateLimiter;
+use gotatun::x25519;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
@@ -24,8 +25,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tun_rs::{DeviceBuilder, SyncDevice};
 
-/// Handshake initiations we accept per second before demanding cookies.
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Handshake messages one source address may send per second before it must
+/// prove that it owns the address with a cookie (the kernel takes 20 per
+/// second from a source; another source is never affected).
+const HANDSHAKE_RATE_LIMIT: u64 = 20;
 /// Workers (TUN queues) at most, however many cores there are: past this
 /// the peer locks, not the cores, limit a device.
 pub const MAX_WORKERS: usize = 16;
@@ -170,12 +173,12 @@ impl Device {
             fwmark: 0,
             sockets: Arc::new(sockets),
             rate_limiter: Arc::new(RateLimiter::new(&placeholder, HANDSHAKE_RATE_LIMIT)),
+            index_table: IndexTable::from_os_rng(),
             peers: HashMap::new(),
-            by_index: HashMap::new(),
             allowed_ips: AllowedIps::new(),
-            next_index: random_u32() & 0x00ff_ffff,
         };
         let shared = Arc::new(Shared::new(options.name.clone(), queues, state)?);
+        shared.refresh_tun_mtu();
         Ok(Self {
             shared,
             workers: Mutex::new(Vec::new()),
@@ -315,15 +318,15 @@ impl Device {
             st.fwmark = fwmark;
             let mut new_identity = false;
             if let Some(key) = &update.private_key {
-                new_identity = set_private_key(&mut st, key);
+                new_identity = set_private_key(&self.shared, &mut st, key);
             }
             if update.replace_peers {
                 st.peers.clear();
-                st.by_index.clear();
+                self.shared.indices.clear();
                 st.allowed_ips = AllowedIps::new();
             }
             for pu in &update.peers {
-                if let Some(peer) = apply_peer(&mut st, pu) {
+                if let Some(peer) = apply_peer(&self.shared, &mut st, pu) {
                     greet.push(peer);
                 }
             }
@@ -482,15 +485,8 @@ pub fn interface_exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
 
-fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    // A fixed start is acceptable if the OS has no randomness to give.
-    let _ = getrandom::fill(&mut b);
-    u32::from_le_bytes(b)
-}
-
 /// Sets or clears the key; true if the device now has a new identity.
-fn set_private_key(st: &mut State, key: &PrivateKey) -> bool {
+fn set_private_key(shared: &Shared, st: &mut State, key: &PrivateKey) -> bool {
     if st.private_key.as_ref() == Some(key) || (key.is_zero() && st.private_key.is_none()) {
         return false;
     }
@@ -503,29 +499,30 @@ fn set_private_key(st: &mut State, key: &PrivateKey) -> bool {
         // A peer with our own public key makes no sense; wg drops it too.
         let own = PublicKey(public.to_bytes());
         if let Some(p) = st.peers.remove(&own) {
-            remove_peer_routes(st, &p);
+            remove_peer_routes(shared, st, &p);
         }
         st.rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
         st.private_key = Some(key.clone());
         st.identity = Some(StaticIdentity { secret, public });
     }
     for peer in st.peers.values() {
-        peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter);
+        shared.indices.forget(peer);
+        peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter, &st.index_table);
     }
     st.identity.is_some()
 }
 
-fn remove_peer_routes(st: &mut State, peer: &Arc<Peer>) {
-    st.by_index.remove(&peer.index);
+fn remove_peer_routes(shared: &Shared, st: &mut State, peer: &Arc<Peer>) {
+    shared.indices.forget(peer);
     st.allowed_ips.retain(|p| !Arc::ptr_eq(p, peer));
 }
 
 /// Applies one peer's changes; returns the peer if it should be greeted now
 /// (new, moved to another endpoint, or given a new persistent keepalive).
-fn apply_peer(st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
+fn apply_peer(shared: &Shared, st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
     if pu.remove {
         if let Some(p) = st.peers.remove(&pu.public_key) {
-            remove_peer_routes(st, &p);
+            remove_peer_routes(shared, st, &p);
         }
         return None;
     }
@@ -537,16 +534,10 @@ fn apply_peer(st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
         Some(p) => p.clone(),
         None if pu.update_only => return None,
         None => {
-            let mut index = st.next_index;
-            while st.by_index.contains_key(&index) {
-                index = (index + 1) & 0x00ff_ffff;
-            }
-            st.next_index = (index + 1) & 0x00ff_ffff;
-            let peer = Arc::new(Peer::new(pu.public_key, index));
+            let peer = Arc::new(Peer::new(pu.public_key));
             peer.tunnel.lock().preshared_key = pu.preshared_key;
-            peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter);
+            peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter, &st.index_table);
             st.peers.insert(pu.public_key, peer.clone());
-            st.by_index.insert(index, peer.clone());
             greet = true;
             peer
         }
@@ -554,8 +545,7 @@ fn apply_peer(st: &mut State, pu: &PeerUpdate) -> Option<Arc<Peer>> {
     if let Some(psk) = pu.preshared_key {
         let changed = peer.tunnel.lock().preshared_key != Some(psk);
         if changed {
-            peer.tunnel.lock().preshared_key = Some(psk);
-            peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter);
+            peer.set_preshared_key(psk);
         }
     }
     if let Some(ep) = pu.endpoint {

@@ -7,7 +7,7 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use boringtun::x25519;
+use gotatun::x25519;
 use std::fmt;
 
 /// Why a key string was rejected.

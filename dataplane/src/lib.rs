@@ -1,7 +1,8 @@
 //! Weft's userspace WireGuard device.
 //!
-//! The protocol (handshakes, sessions, replay protection, timers) is boringtun's
-//! sans-IO `noise::Tunn`; everything around it is here: cryptokey routing
+//! The protocol (handshakes, sessions, replay protection, timers) is gotatun's
+//! sans-IO `noise::Tunn` (see docs/security.md for why); everything around it
+//! is here: cryptokey routing
 //! ([`allowed_ips`]), batched and offloaded TUN and UDP I/O on one worker per
 //! TUN queue (`worker`, `outbound`, `inbound`, [`udp`]), timers, and the UAPI
 //! socket ([`uapi`]) that lets the stock `wg` tool configure a [`Device`].
@@ -15,6 +16,7 @@ pub mod control;
 pub mod device;
 pub mod handoff;
 mod inbound;
+mod index;
 pub mod key;
 pub mod offload;
 pub mod outbound;
@@ -25,6 +27,7 @@ pub mod signals;
 mod timers;
 pub mod uapi;
 pub mod udp;
+pub mod wire;
 mod worker;
 
 pub use allowed_ips::{AllowedIps, IpPrefix};

@@ -16,19 +16,18 @@ use crate::offload::Segments;
 use crate::peer::Peer;
 use crate::shared::Shared;
 use crate::udp::{UdpSocket, MAX_GSO_BYTES};
-use boringtun::noise::{Tunn, TunnResult};
+use crate::wire::{self, PacketBuffers};
+use gotatun::packet::{Packet, WgKind};
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
-/// WireGuard's per-message overhead: header (16) + AEAD tag (16).
-pub const DATA_OVERHEAD: usize = 32;
+pub use crate::wire::DATA_OVERHEAD;
 /// The largest IP packet a TUN segment can hold.
 const MAX_PACKET: usize = 65_535;
-/// Room for a handshake message (148 bytes), which boringtun may write instead
-/// of a data message.
+/// Room past the largest datagram at the end of a batch.
 const MIN_ROOM: usize = 256;
 /// TUN reads per step at most, so that the inbound side gets its turn.
 const READS_PER_STEP: usize = 64;
@@ -127,6 +126,7 @@ pub(crate) struct Outbound {
     /// Where each read of this step lies in `reads`.
     spans: Vec<Range<usize>>,
     batch: GsoBatch,
+    buffers: PacketBuffers,
 }
 
 impl Outbound {
@@ -135,6 +135,7 @@ impl Outbound {
             reads: vec![0u8; READ_BUFFER],
             spans: Vec::with_capacity(READS_PER_STEP),
             batch: GsoBatch::new(1),
+            buffers: PacketBuffers::new(),
         }
     }
 
@@ -168,6 +169,7 @@ impl Outbound {
                 &self.spans,
                 tun.tcp_gso(),
                 &mut self.batch,
+                &self.buffers,
             );
         }
         if reads == 0 {
@@ -192,6 +194,7 @@ fn encrypt_and_send(
     spans: &[Range<usize>],
     vnet_header: bool,
     batch: &mut GsoBatch,
+    buffers: &PacketBuffers,
 ) {
     let st = shared.state.read();
     batch.set_max_segments(udp.max_gso_segments());
@@ -204,7 +207,7 @@ fn encrypt_and_send(
     })
     .collect();
     for (peer, run) in runs {
-        encrypt_run(shared, udp, peer, batch, |emit| {
+        encrypt_run(shared, udp, peer, batch, buffers, |emit| {
             for span in &spans[run] {
                 match Segments::new(&mut reads[span.clone()], vnet_header) {
                     Ok(mut segments) => {
@@ -233,7 +236,7 @@ pub fn peer_runs<'t, 'p, T>(
     count: usize,
     packet: impl Fn(usize) -> &'p [u8],
 ) -> impl Iterator<Item = (&'t Arc<T>, Range<usize>)> {
-    let route = move |i: usize| Tunn::dst_address(packet(i)).and_then(|ip| table.lookup(ip));
+    let route = move |i: usize| destination(packet(i)).and_then(|ip| table.lookup(ip));
     let mut i = 0;
     std::iter::from_fn(move || {
         while i < count {
@@ -251,53 +254,62 @@ pub fn peer_runs<'t, 'p, T>(
     })
 }
 
+/// The destination of an IP packet, if it is long enough to have one.
+pub fn destination(packet: &[u8]) -> Option<std::net::IpAddr> {
+    match packet.first()? >> 4 {
+        4 => Some(<[u8; 4]>::try_from(packet.get(16..20)?).ok()?.into()),
+        6 => Some(<[u8; 16]>::try_from(packet.get(24..40)?).ok()?.into()),
+        _ => None,
+    }
+}
+
 /// Encrypts packets for one peer and sends them in as few GSO sends as
 /// possible. `packets` hands each packet to the function it is given; a
-/// packet may be cut out of a larger read only when its turn comes.
+/// packet may be cut out of a larger read only when its turn comes. Each is
+/// padded to a multiple of 16 bytes (capped at the TUN's MTU) as it is
+/// copied into the buffer the core seals it in, so the wire shows sizes in
+/// steps of 16, not the exact size of what was sent.
 pub(crate) fn encrypt_run(
     shared: &Shared,
     udp: &UdpSocket,
-    peer: &Peer,
+    peer: &Arc<Peer>,
     batch: &mut GsoBatch,
+    buffers: &PacketBuffers,
     packets: impl FnOnce(&mut dyn FnMut(&[u8])),
 ) {
     let Some(endpoint) = peer.endpoint() else {
         // Nowhere to send: wg drops too, rather than queueing without end.
         return;
     };
+    let mtu = shared.tun_mtu();
     let mut tunnel = peer.tunnel.lock();
     let Some(tunn) = tunnel.tunn.as_mut() else {
         return;
     };
     packets(&mut |packet: &[u8]| {
-        if !batch.fits(packet.len() + DATA_OVERHEAD) {
-            flush(shared, udp, peer, endpoint, batch);
-        }
-        match tunn.encapsulate(packet, batch.room()) {
-            TunnResult::WriteToNetwork(msg) if msg.first() == Some(&4) => {
-                let n = msg.len();
-                batch.commit(n);
+        let padded = wire::padded_len(packet.len(), mtu);
+        match tunn.handle_outgoing_packet(buffers.padded(packet, padded), None) {
+            Some(WgKind::Data(message)) => {
+                let bytes: &[u8] = &Packet::from(message);
+                if !batch.fits(bytes.len()) {
+                    flush(shared, udp, peer, endpoint, batch);
+                }
+                batch.room()[..bytes.len()].copy_from_slice(bytes);
+                batch.commit(bytes.len());
             }
-            TunnResult::WriteToNetwork(msg) => {
-                // A handshake initiation: the packet was queued until the
-                // session exists. Send the initiation on its own.
-                let n = msg.len();
-                send(shared, udp, peer, endpoint, msg, n);
-            }
+            // A handshake initiation: the packet was queued until the
+            // session exists. Send the initiation on its own.
+            Some(other) => send_message(shared, udp, peer, endpoint, &Packet::from(other)),
             // Queued behind a handshake in progress. If our initiation has
             // gone unanswered for a second (the peer may not have known us
             // yet), ask again now rather than after the 5 s retry timer,
             // since traffic is waiting; then 2, 4, 5 s.
-            TunnResult::Done if peer.reachability.retry_due(shared.now_ms()) => {
-                if let TunnResult::WriteToNetwork(msg) =
-                    tunn.format_handshake_initiation(batch.room(), true)
-                {
-                    let n = msg.len();
-                    send(shared, udp, peer, endpoint, msg, n);
+            None if peer.reachability.retry_due(shared.now_ms()) => {
+                if let Some(init) = tunn.format_handshake_initiation(true) {
+                    send_message(shared, udp, peer, endpoint, &Packet::from(init));
                 }
             }
-            TunnResult::Err(e) => tracing::trace!("encapsulate: {e:?}"),
-            _ => {}
+            None => {}
         }
     });
     drop(tunnel);
@@ -333,6 +345,20 @@ fn send(
     }
 }
 
+/// Sends one message the core made (a handshake message, a keepalive, a
+/// packet that waited for the session). A handshake message carries the
+/// receiver index the peer will use for us: the device learns it here.
+pub(crate) fn send_message(
+    shared: &Shared,
+    udp: &UdpSocket,
+    peer: &Arc<Peer>,
+    endpoint: SocketAddr,
+    message: &[u8],
+) {
+    shared.indices.learn(peer, message);
+    send(shared, udp, peer, endpoint, message, message.len());
+}
+
 /// Sends a keepalive (an empty data message) now, starting a handshake if
 /// there is no session yet.
 pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
@@ -340,14 +366,18 @@ pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
         return;
     };
     let sockets = shared.state.read().sockets.clone();
-    let mut buf = [0u8; MIN_ROOM];
     let mut tunnel = peer.tunnel.lock();
     let Some(tunn) = tunnel.tunn.as_mut() else {
         return;
     };
-    if let TunnResult::WriteToNetwork(msg) = tunn.encapsulate(&[], &mut buf) {
-        let n = msg.len();
-        send(shared, sockets.sender(0), peer, endpoint, msg, n);
+    if let Some(message) = tunn.handle_outgoing_packet(Packet::default(), None) {
+        send_message(
+            shared,
+            sockets.sender(0),
+            peer,
+            endpoint,
+            &Packet::from(message),
+        );
     }
 }
 

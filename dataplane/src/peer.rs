@@ -1,5 +1,6 @@
-//! One remote peer: its protocol state (a boringtun `Tunn`) and what we keep
-//! around it (endpoint, counters, persistent keepalive).
+//! One remote peer: its protocol state (a gotatun `Tunn`) and what we keep
+//! around it (endpoint, counters, persistent keepalive, the receiver indices
+//! its handshakes were given).
 //!
 //! The `Tunn` sits behind its own mutex so that the outbound and inbound
 //! workers contend only when they touch the same peer; counters and the
@@ -7,10 +8,12 @@
 
 use crate::key::{PresharedKey, PublicKey};
 use crate::reachability::{PeerReachability, Reachability};
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::Tunn;
-use boringtun::x25519;
+use gotatun::noise::index_table::IndexTable;
+use gotatun::noise::rate_limiter::RateLimiter;
+use gotatun::noise::Tunn;
+use gotatun::x25519;
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,8 +27,9 @@ pub(crate) struct Tunnel {
 
 pub(crate) struct Peer {
     pub(crate) public_key: PublicKey,
-    /// Our 24-bit receiver index for this peer (boringtun adds 8 session bits).
-    pub(crate) index: u32,
+    /// The receiver indices of this peer's latest handshakes, oldest first
+    /// (see [`crate::index`]).
+    pub(crate) indices: Mutex<VecDeque<u32>>,
     pub(crate) tunnel: Mutex<Tunnel>,
     pub(crate) endpoint: Mutex<Option<SocketAddr>>,
     /// Seconds; 0 = off. Kept here rather than in `Tunn` so changing it never
@@ -46,10 +50,10 @@ pub(crate) struct StaticIdentity {
 }
 
 impl Peer {
-    pub(crate) fn new(public_key: PublicKey, index: u32) -> Self {
+    pub(crate) fn new(public_key: PublicKey) -> Self {
         Self {
             public_key,
-            index,
+            indices: Mutex::new(VecDeque::new()),
             tunnel: Mutex::new(Tunnel {
                 tunn: None,
                 preshared_key: None,
@@ -68,6 +72,7 @@ impl Peer {
         &self,
         identity: Option<&StaticIdentity>,
         rate_limiter: &Arc<RateLimiter>,
+        index_table: &IndexTable,
     ) {
         let mut t = self.tunnel.lock();
         t.tunn = identity.map(|id| {
@@ -76,10 +81,20 @@ impl Peer {
                 self.public_key.to_x25519(),
                 t.preshared_key.filter(|k| !k.is_zero()).map(|k| k.0),
                 None,
-                self.index,
-                Some(rate_limiter.clone()),
+                index_table.clone(),
+                rate_limiter.clone(),
             )
         });
+    }
+
+    /// Sets the preshared key for the next handshakes; the session in use
+    /// goes on until it is rekeyed, as in the kernel.
+    pub(crate) fn set_preshared_key(&self, psk: PresharedKey) {
+        let mut t = self.tunnel.lock();
+        t.preshared_key = Some(psk);
+        if let Some(tunn) = t.tunn.as_mut() {
+            tunn.set_preshared_key(Some(psk).filter(|k| !k.is_zero()).map(|k| k.0));
+        }
     }
 
     pub(crate) fn endpoint(&self) -> Option<SocketAddr> {

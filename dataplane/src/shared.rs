@@ -4,15 +4,17 @@
 //! timers) reach everything through it, never through the device.
 
 use crate::allowed_ips::AllowedIps;
+use crate::index::PeerIndex;
 use crate::key::{PrivateKey, PublicKey};
 use crate::peer::{Peer, StaticIdentity};
 use crate::udp::UdpSockets;
-use boringtun::noise::rate_limiter::RateLimiter;
+use gotatun::noise::index_table::IndexTable;
+use gotatun::noise::rate_limiter::RateLimiter;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tun_rs::SyncDevice;
@@ -26,10 +28,10 @@ pub(crate) struct State {
     pub(crate) fwmark: u32,
     pub(crate) sockets: Arc<UdpSockets>,
     pub(crate) rate_limiter: Arc<RateLimiter>,
+    /// Where every peer's handshakes draw their random receiver indices.
+    pub(crate) index_table: IndexTable,
     pub(crate) peers: HashMap<PublicKey, Arc<Peer>>,
-    pub(crate) by_index: HashMap<u32, Arc<Peer>>,
     pub(crate) allowed_ips: AllowedIps<Arc<Peer>>,
-    pub(crate) next_index: u32,
 }
 
 /// An eventfd used as a level-triggered flag that workers poll alongside their
@@ -72,6 +74,11 @@ pub(crate) struct Shared {
     /// One TUN queue per worker; the kernel spreads flows over them.
     pub(crate) queues: Vec<SyncDevice>,
     pub(crate) state: RwLock<State>,
+    /// Receiver index -> peer, learnt from the handshakes we send; its own
+    /// lock, since workers learn while they hold `state` for reading.
+    pub(crate) indices: PeerIndex,
+    /// The TUN's MTU, which caps the padding of data messages.
+    tun_mtu: AtomicU16,
     stopping: AtomicBool,
     /// Set while the workers are asked to stop for a while (a handoff).
     pausing: AtomicBool,
@@ -95,6 +102,8 @@ impl Shared {
             name,
             queues,
             state: RwLock::new(state),
+            indices: PeerIndex::default(),
+            tun_mtu: AtomicU16::new(0),
             stopping: AtomicBool::new(false),
             pausing: AtomicBool::new(false),
             stop_fd: EventFd::new()?,
@@ -104,6 +113,18 @@ impl Shared {
             stop_reason: Mutex::new(None),
             stopped: Condvar::new(),
         })
+    }
+
+    /// The TUN's MTU as last read (0 before the first read: no cap).
+    pub(crate) fn tun_mtu(&self) -> u16 {
+        self.tun_mtu.load(Ordering::Relaxed)
+    }
+
+    /// Reads the TUN's MTU again (it may be changed under us with `ip link`).
+    pub(crate) fn refresh_tun_mtu(&self) {
+        if let Some(mtu) = self.queues.first().and_then(|q| q.mtu().ok()) {
+            self.tun_mtu.store(mtu, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn now_ms(&self) -> u64 {

@@ -1,12 +1,13 @@
-//! The timer worker: drives boringtun's protocol timers (handshake retries,
-//! rekeying, session expiry, passive keepalives), sends persistent keepalives,
-//! and refills the handshake rate limiter.
+//! The timer worker: drives the core's protocol timers (handshake retries,
+//! rekeying, session expiry, passive keepalives; the core also refills the
+//! handshake rate limiter there), sends persistent keepalives, and follows
+//! the TUN's MTU.
 
-use crate::outbound::send_keepalive;
+use crate::outbound::{send_keepalive, send_message};
 use crate::peer::Peer;
 use crate::reachability::UNREACHABLE_AFTER_MS;
 use crate::shared::Shared;
-use boringtun::noise::TunnResult;
+use gotatun::packet::Packet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +17,7 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 
 pub(crate) fn run(shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 256];
-    let mut last_reset = Instant::now();
+    let mut last_mtu_read = Instant::now();
     while !shared.is_stopping() {
         let mut pfd = libc::pollfd {
             fd: shared.stop_fd.raw(),
@@ -29,18 +29,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
         if shared.is_stopping() {
             return;
         }
-        let (peers, sockets, limiter): (Vec<Arc<Peer>>, _, _) = {
+        let (peers, sockets): (Vec<Arc<Peer>>, _) = {
             let st = shared.state.read();
-            (
-                st.peers.values().cloned().collect(),
-                st.sockets.clone(),
-                st.rate_limiter.clone(),
-            )
+            (st.peers.values().cloned().collect(), st.sockets.clone())
         };
         let udp = sockets.sender(0);
-        if last_reset.elapsed() >= Duration::from_secs(1) {
-            limiter.reset_count();
-            last_reset = Instant::now();
+        if last_mtu_read.elapsed() >= Duration::from_secs(1) {
+            shared.refresh_tun_mtu();
+            last_mtu_read = Instant::now();
         }
         let now_ms = shared.now_ms();
         for peer in peers {
@@ -63,21 +59,18 @@ pub(crate) fn run(shared: Arc<Shared>) {
                     // Our data goes out and nothing comes back: the peer may
                     // have lost the session (a restart, a replaced config).
                     tracing::debug!(peer = %peer.public_key, "silent session; new handshake");
-                    tunn.format_handshake_initiation(&mut buf, true)
+                    Ok(tunn.format_handshake_initiation(true).map(Into::into))
                 } else {
-                    tunn.update_timers(&mut buf)
+                    tunn.update_timers()
                 };
                 match result {
-                    TunnResult::WriteToNetwork(msg) => {
+                    Ok(Some(message)) => {
                         if let Some(ep) = endpoint {
-                            let n = msg.len();
-                            if udp.send(ep, &buf[..n], n).is_ok() {
-                                peer.sent(&buf[..n], n, now_ms.max(1));
-                            }
+                            send_message(&shared, udp, &peer, ep, &Packet::from(message));
                         }
                     }
-                    TunnResult::Err(e) => tracing::trace!(peer = %peer.public_key, "timers: {e:?}"),
-                    _ => {}
+                    Err(e) => tracing::trace!(peer = %peer.public_key, "timers: {e:?}"),
+                    Ok(None) => {}
                 }
             }
             let keepalive = u64::from(peer.keepalive.load(Ordering::Relaxed)) * 1000;
