@@ -8,11 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${1:?usage: cni-cri-agent-conflist.sh SHARED_CNI_RUNTIME_DIR}
-cargo build -q --release -p cni-plugin -p agent --bins
+# WEFT_PROFILE: the cargo profile to build and use (scripts/test.sh passes its own).
+profile=${WEFT_PROFILE:-release}
+cargo build -q --profile "$profile" -p cni-plugin -p agent --bins
 work=$(mktemp -d /tmp/weft-cri-agent.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # The e2e script's pods live in 10.42.0.0/24.
-target/release/weftctl cni-config --pod-cidr 10.42.0.0/24 > "$work/agent.conflist"
+"target/$profile/weftctl" cni-config --pod-cidr 10.42.0.0/24 > "$work/agent.conflist"
 python3 - "$shared/cni-cri-e2e.sh" "$work/agent.conflist" "$work/e2e.sh" <<'PY'
 import sys
 script, conflist, out = sys.argv[1:]
@@ -32,4 +34,4 @@ open(out, "w").write(text[:start] + swap + text[end:])
 PY
 echo "conflist written by weft-agent (weftctl cni-config):"
 cat "$work/agent.conflist"
-bash "$work/e2e.sh" "$PWD/target/release/weft-cni"
+bash "$work/e2e.sh" "$PWD/target/$profile/weft-cni"

@@ -30,23 +30,33 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
-echo "== rustfmt"
+# One profile for lint, tests and the binaries the runtime e2e uses, so that
+# nothing is built twice (see [profile.ci] in Cargo.toml).
+profile=ci
+phase_start=$SECONDS
+phase() {
+    echo "== $1 (previous phase: $((SECONDS - phase_start)) s)"
+    phase_start=$SECONDS
+}
+phase rustfmt
 cargo fmt --all -- --check
-echo "== clippy"
-cargo clippy --workspace --all-targets --release -- -D warnings
-echo "== tests"
-cargo test --workspace --release
-echo "== benchmark helpers"
+phase clippy
+cargo clippy --workspace --all-targets --profile $profile -- -D warnings
+phase tests
+cargo test --workspace --profile $profile
+phase "benchmark helpers"
 python3 scripts/test_profile_split.py
 
 echo "== weft-cni under real container runtimes (podman's CNI backend; containerd's CRI on the conflist weft-agent writes)"
-cargo build --release -p cni-plugin --bins
+phase "runtime e2e"
+cargo build --profile $profile -p cni-plugin -p agent --bins
 # The runtime drivers (cni-podman-e2e.sh, cni-cri-e2e.sh) are kept outside
 # this repository, in shared/cni-runtime/ beside the checkout.
 runtimes=$(cd "$(dirname "$0")/../.." && pwd)/shared/cni-runtime
 if [[ $(id -u) == 0 && -d $runtimes ]]; then
-    bash "$runtimes/cni-podman-e2e.sh" "$PWD/target/release/weft-cni"
-    bash scripts/cni-cri-agent-conflist.sh "$runtimes"
+    bash "$runtimes/cni-podman-e2e.sh" "$PWD/target/$profile/weft-cni"
+    WEFT_PROFILE=$profile bash scripts/cni-cri-agent-conflist.sh "$runtimes"
 else
     echo "SKIPPED: needs root and the runtime drivers in $runtimes"
 fi
+echo "== done (last phase: $((SECONDS - phase_start)) s, total: $SECONDS s)"

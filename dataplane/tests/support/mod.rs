@@ -147,6 +147,8 @@ pub struct Pair {
     pub b: Netns,
     pub a_addr: Ipv4Addr,
     pub b_addr: Ipv4Addr,
+    /// b's end of the veth pair.
+    pub b_dev: String,
 }
 
 impl Pair {
@@ -170,6 +172,7 @@ impl Pair {
             b,
             a_addr,
             b_addr,
+            b_dev: vb,
         }
     }
 }
@@ -254,6 +257,11 @@ impl WgInterface {
             // value must not remove a successor's socket of the same name.
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.name));
         }
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// True while the daemon runs.
@@ -574,3 +582,29 @@ pub const DUMP_LATEST_HANDSHAKE: usize = 4;
 pub const DUMP_RX: usize = 5;
 pub const DUMP_TX: usize = 6;
 pub const DUMP_KEEPALIVE: usize = 7;
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Sets a socket's receive buffer past the system limit (root).
+pub fn big_receive_buffer(s: &impl AsRawFd, bytes: libc::c_int) {
+    // SAFETY: a valid socket and option value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
