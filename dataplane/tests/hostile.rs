@@ -3,7 +3,9 @@
 //! working, and the counters must count only what was authentic.
 //!
 //! The attacker is a real WireGuard peer (boringtun's `Tunn`, driven by hand in
-//! a namespace) so that replays and tampering start from genuine messages.
+//! a namespace) so that replays and tampering start from genuine messages;
+//! the last test attacks a running TCP flow with replays of its own
+//! datagrams, captured by a relay on the path.
 
 mod support;
 
@@ -267,4 +269,221 @@ fn unknown_peer_gets_no_answer() {
     assert!(!answered, "a answered a handshake from an unknown key");
     let dump = t.wa.wg(&["show", &t.wa.name, "dump"]);
     assert_eq!(dump.lines().count(), 2, "no peer was added: {dump}");
+}
+
+/// Bytes a TCP flow from b to a moved in each second of `secs`.
+fn timed_tcp_flow(t: &Tunnel, secs: u64) -> std::thread::JoinHandle<Vec<u64>> {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = format!("{TA}:5301").parse().expect("addr");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = t.pair.a.run_in(move || {
+        let l = std::net::TcpListener::bind(addr).expect("bind");
+        ready_tx.send(()).expect("ready");
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let start = Instant::now();
+        let mut per_second = vec![0u64; secs as usize];
+        let mut buf = vec![0u8; 1 << 16];
+        while start.elapsed() < Duration::from_secs(secs) {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let at = start.elapsed().as_secs() as usize;
+                    if let Some(slot) = per_second.get_mut(at) {
+                        *slot += n as u64;
+                    }
+                }
+                Err(_) => continue,
+            }
+        }
+        per_second
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("up");
+    t.pair.b.run_in(move || {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.set_write_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let chunk = vec![0x5au8; 1 << 16];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            let _ = s.write(&chunk);
+        }
+    });
+    server
+}
+
+/// What the attacker sends, round by round, until `stop` or `limit`.
+fn attack(
+    to: SocketAddr,
+    captured: Vec<Vec<u8>>,
+    inits: Vec<Vec<u8>>,
+    limit: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> [usize; 5] {
+    use std::sync::atomic::Ordering;
+    let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    let mut rng = Rng(0xbad_5eed);
+    // random, replayed, truncated, handshake floods, oversized
+    let mut sent = [0usize; 5];
+    let start = Instant::now();
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < limit {
+        for _ in 0..10 {
+            let len = (rng.next() % 1600) as usize;
+            let mut d = rng.bytes(len);
+            if len >= 4 && rng.next() % 2 == 0 {
+                d[0] = 1 + (rng.next() % 4) as u8;
+                d[1..4].fill(0);
+            }
+            sent[0] += usize::from(s.send_to(&d, to).is_ok());
+        }
+        for _ in 0..10 {
+            let d = &captured[i % captured.len()];
+            i += 1;
+            sent[1] += usize::from(s.send_to(d, to).is_ok());
+            let cut = (rng.next() as usize) % d.len().max(1);
+            sent[2] += usize::from(s.send_to(&d[..cut], to).is_ok());
+        }
+        for m in inits.iter().skip(i % 4).take(5) {
+            sent[3] += usize::from(s.send_to(m, to).is_ok());
+        }
+        // A GRO-sized data message for a live receiver index, and one
+        // longer than any UDP payload a GRO batch would carry whole.
+        let mut big = captured[i % captured.len()].clone();
+        big.resize(60_000, 0xa5);
+        sent[4] += usize::from(s.send_to(&big, to).is_ok());
+        let mut huge = rng.bytes(65_000);
+        huge[..4].copy_from_slice(&[4, 0, 0, 0]);
+        sent[4] += usize::from(s.send_to(&huge, to).is_ok());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    sent
+}
+
+/// A TCP flow through weft-wg while an attacker on the underlay sends it
+/// junk, replays of the flow's own datagrams, truncated copies, handshake
+/// floods and oversized datagrams: the flow goes on, the peer stays where
+/// it is, the daemon's CPU for the attack alone is bounded.
+#[test]
+fn a_tcp_flow_survives_a_hostile_network() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    if !can_run() {
+        return;
+    }
+    let (t, relay) =
+        support::relay::relayed(Implementation::Weft, Implementation::WireguardGo, None);
+    let to = SocketAddr::from((t.pair.a_addr, PORT_A));
+    let pid = t.wa.pid().expect("weft-wg runs");
+    let a_public = dataplane::PublicKey::from_base64(&t.ka.public).expect("a's key");
+    let stranger = PrivateKey::generate().expect("key");
+    let mut tunn = Tunn::new(
+        x25519::StaticSecret::from(stranger.0),
+        x25519::PublicKey::from(a_public.0),
+        None,
+        None,
+        11,
+        None,
+    );
+    let inits: Vec<Vec<u8>> = (0..16)
+        .map(|_| {
+            let mut buf = [0u8; 256];
+            match tunn.format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(m) => m.to_vec(),
+                other => panic!("no initiation: {other:?}"),
+            }
+        })
+        .collect();
+
+    const SECS: u64 = 9;
+    let flow = timed_tcp_flow(&t, SECS);
+    std::thread::sleep(Duration::from_secs(3));
+    let captured: Vec<Vec<u8>> = relay
+        .captured_to_a
+        .lock()
+        .expect("capture")
+        .iter()
+        .filter(|d| d.first() == Some(&4) && d.len() > 32)
+        .cloned()
+        .collect();
+    assert!(
+        captured.len() > 100,
+        "captured {} data messages",
+        captured.len()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (c, i, s) = (captured.clone(), inits.clone(), stop.clone());
+    let attacker = t
+        .pair
+        .b
+        .run_in(move || attack(to, c, i, Duration::from_secs(5), s));
+    let per_second = flow.join().expect("flow");
+    stop.store(true, Ordering::SeqCst);
+    let during_flow = attacker.join().expect("attacker");
+
+    // The attack alone, for the daemon's CPU.
+    let cpu_before = cpu_time(pid);
+    let wall = Instant::now();
+    let (c, i) = (captured, inits);
+    let alone = t
+        .pair
+        .b
+        .run_in(move || {
+            attack(
+                to,
+                c,
+                i,
+                Duration::from_secs(3),
+                Arc::new(AtomicBool::new(false)),
+            )
+        })
+        .join()
+        .expect("attacker");
+    let share = (cpu_time(pid) - cpu_before).as_secs_f64() / wall.elapsed().as_secs_f64();
+
+    let mbit = |bytes: u64| bytes as f64 * 8.0 / 1e6;
+    let before = per_second[1..3].iter().sum::<u64>() / 2;
+    let during = &per_second[4..8];
+    let during_mean = during.iter().sum::<u64>() / during.len() as u64;
+    let total: usize = during_flow.iter().sum();
+    eprintln!(
+        "attacker sent {total} datagrams during the flow (random {}, replayed {}, truncated {}, handshake initiations {}, oversized {}) and {} more alone; flow {:.0} Mbit/s before, {:.0} Mbit/s during (per second: {:?}); weft-wg used {:.1} % of a core against the attack alone",
+        during_flow[0],
+        during_flow[1],
+        during_flow[2],
+        during_flow[3],
+        during_flow[4],
+        alone.iter().sum::<usize>(),
+        mbit(before),
+        mbit(during_mean),
+        during.iter().map(|&b| mbit(b).round() as u64).collect::<Vec<_>>(),
+        share * 100.0
+    );
+    assert!(total > 20_000, "the attack was too small to prove anything");
+    assert!(
+        during.iter().all(|&b| b > 0),
+        "the flow stalled during the attack: {per_second:?}"
+    );
+    // The attacker shares the two cores with the flow, so the flow slows;
+    // what must not happen is a stall.
+    assert!(
+        during_mean * 20 >= before,
+        "the flow fell below a twentieth: {per_second:?}"
+    );
+    assert!(share < 0.5, "weft-wg used {:.0} % of a core", share * 100.0);
+
+    // Afterwards: the daemon runs, the peer is still at the relay (no
+    // replay or forgery moved it), and the tunnel works.
+    let endpoint = peer_dump_field(&t.wa, DUMP_ENDPOINT);
+    assert_eq!(
+        endpoint,
+        relay.face_a.to_string(),
+        "the peer's endpoint moved"
+    );
+    assert!(t.pair.a.ping_within(TB, Duration::from_secs(5)));
+    let dump = t.wa.wg(&["show", &t.wa.name, "dump"]);
+    assert_eq!(dump.lines().count(), 2, "one peer and nothing else: {dump}");
+    relay.finish();
 }

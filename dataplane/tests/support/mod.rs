@@ -2,6 +2,8 @@
 //! clean-up that runs even when a test fails (Drop).
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
