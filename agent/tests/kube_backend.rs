@@ -686,3 +686,94 @@ fn events_wait_for_the_api_and_every_problem_gets_its_own() {
     run_for(&mut a, 1, Duration::from_millis(300));
     assert_eq!(notes(&api).len(), 3);
 }
+
+/// One person's typo in a node's `force-endpoint` keeps the node (and its
+/// location) in the mesh at its announced endpoint, with an Event naming the
+/// annotation; a Peer claiming this cluster's leaders' WireGuard IPs gets
+/// those prefixes dropped and an Event naming the owner.
+#[test]
+fn a_typo_or_a_claim_never_takes_a_node_out_of_the_mesh() {
+    let api = FakeApi::new();
+    let t = now();
+    let mut gcp = announced("gcp-1", "10.42.0.0/24", "gcp", t);
+    gcp["metadata"]["annotations"]["kilo.squat.ai/force-endpoint"] = json!("not an endpoint");
+    api.put("nodes", gcp);
+    api.put("nodes", announced("aws-1", "10.42.1.0/24", "aws", t));
+    let key = PrivateKey::generate().unwrap().public_key().to_base64();
+    api.put(
+        "peers",
+        peer(
+            "cluster-b",
+            json!({"allowedIPs": ["10.4.0.1/32", "10.4.0.2/32", "10.52.0.0/16"], "publicKey": key}),
+        ),
+    );
+    let rt = runtime();
+    // aws-1's view: gcp-1 is in the mesh at its announced endpoint.
+    let mut aws = backend(&api, &rt, "aws-1");
+    let l = observe_until(&mut aws, "lists", |l| {
+        l.snapshot.nodes.len() == 2 && !l.snapshot.peers.is_empty()
+    });
+    assert!(l.rejected.is_empty(), "{:?}", l.rejected);
+    let gcp = l
+        .snapshot
+        .nodes
+        .iter()
+        .find(|n| n.name == "gcp-1")
+        .expect("gcp-1 kept");
+    assert_eq!(
+        gcp.endpoint.as_ref().map(|e| e.to_string()).as_deref(),
+        Some("203.0.113.99:51820")
+    );
+    let topology = Topology::new(&l.snapshot, &l.options, t).expect("topology");
+    assert_eq!(topology.segments.len(), 2, "both locations: {topology:?}");
+    let peer_ips: Vec<String> = topology.peers[0]
+        .allowed_ips
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(peer_ips, ["10.52.0.0/16"]);
+
+    // gcp-1's agent reports its own node's problem; the name-wise first
+    // node's agent (aws-1) reports the Peer's.
+    let events = |api: &FakeApi| -> Vec<Value> {
+        api.received()
+            .into_iter()
+            .filter(|r| {
+                r.path
+                    .starts_with("/apis/events.k8s.io/v1/namespaces/default/events")
+            })
+            .map(|r| r.body)
+            .collect()
+    };
+    let problems: Vec<_> = l.warnings.iter().chain(&topology.claims).cloned().collect();
+    aws.report_problems(&problems);
+    let mut own = backend(&api, &rt, "gcp-1");
+    observe_until(&mut own, "lists", |l| l.snapshot.nodes.len() == 2);
+    own.report_problems(&problems);
+    let ev = events(&api);
+    let notes: Vec<(String, String)> = ev
+        .iter()
+        .map(|e| {
+            (
+                e["regarding"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                e["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        notes.iter().any(|(on, note)| on == "gcp-1"
+            && note.contains("kilo.squat.ai/force-endpoint")
+            && note.contains("using the announced endpoint")),
+        "{notes:?}"
+    );
+    for leader in ["aws-1", "gcp-1"] {
+        assert!(
+            notes.iter().any(|(on, note)| on == "cluster-b"
+                && note.contains(&format!("the WireGuard IP of node {leader}"))),
+            "{notes:?}"
+        );
+    }
+}

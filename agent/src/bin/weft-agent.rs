@@ -120,9 +120,10 @@ enum TunnelLaunch {
 }
 
 /// Without WEFT_LOG: our own lines at info. kube's client logs every failed
-/// request and boringtun every retransmitted handshake; the agent says once
-/// what matters instead (the API away and back, a peer unreachable and back).
-const DEFAULT_LOG_FILTER: &str = "info,kube_client=off,kube_runtime=error,boringtun=off";
+/// request and the protocol core every handshake it sends or drops; the
+/// agent says once what matters instead (the API away and back, a peer
+/// unreachable and back).
+const DEFAULT_LOG_FILTER: &str = "info,kube_client=off,kube_runtime=error,gotatun=off";
 
 /// Announces this node through the backend: what it discovered about its
 /// own addresses, its key, and what it runs.
@@ -312,24 +313,33 @@ impl Agent {
                 return;
             }
         };
+        let clock = self.backend.liveness(now());
+        let topology = Topology::new(&loaded.snapshot, &loaded.options, clock);
+        // What was left out or ignored, including prefixes that Peers or
+        // annotations claimed from nodes: logged and reported (Events) once
+        // each time the set changes.
+        let claims = topology
+            .as_ref()
+            .map(|t| t.claims.as_slice())
+            .unwrap_or_default();
         let problems: Vec<RecordError> = loaded
             .rejected
             .iter()
             .chain(&loaded.warnings)
+            .chain(claims)
             .cloned()
             .collect();
         if problems != p.problems {
             for r in &loaded.rejected {
                 tracing::warn!(kind = r.kind, name = %r.name, field = %r.field, "left out: {r}");
             }
-            for w in &loaded.warnings {
+            for w in loaded.warnings.iter().chain(claims) {
                 tracing::warn!(kind = w.kind, name = %w.name, field = %w.field, "ignored a value: {w}");
             }
             self.backend.report_problems(&problems);
             p.problems = problems;
         }
-        let clock = self.backend.liveness(now());
-        let topology = match Topology::new(&loaded.snapshot, &loaded.options, clock) {
+        let topology = match topology {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!("{e}; keeping the current state");

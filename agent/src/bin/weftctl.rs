@@ -183,6 +183,9 @@ fn run(cli: Cli) -> Result<String, String> {
     }
     let topology =
         Topology::new(&loaded.snapshot, &loaded.options, now()).map_err(|e| e.to_string())?;
+    for c in &topology.claims {
+        eprintln!("weftctl: ignored a value: {c}");
+    }
     for e in &topology.excluded {
         eprintln!("weftctl: left out {} {}: {}", e.kind, e.name, e.reason);
     }

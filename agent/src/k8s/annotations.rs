@@ -4,7 +4,7 @@
 
 use super::node::NodeView;
 use crate::backend::SelfReport;
-use crate::mesh::{RawNode, RecordError};
+use crate::mesh::{Endpoint, RawNode, RecordError};
 use dataplane::PublicKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -160,9 +160,11 @@ pub fn check_in_value(node: &impl NodeView, now: u64) -> u64 {
 ///   topology label; else the empty location;
 /// - `leader` counts by presence ("false" too);
 /// - a forced endpoint or internal IP replaces the detected one; a forced
-///   internal IP of "" or "-" means none;
+///   internal IP of "" or "-" means none; a forced value that does not parse
+///   is reported and the announced one is used, as Kilo does, so one typo
+///   never takes a node (and with a leader, its location) out of the mesh;
 /// - an unparsable keepalive counts as 0 (reported);
-/// - allowed-location-ips entries without a prefix length are dropped
+/// - allowed-location-ips entries that are not a CIDR are dropped
 ///   (reported, where Kilo drops them silently);
 /// - a node without a valid `last-seen` is treated as stale.
 ///
@@ -188,13 +190,29 @@ pub fn raw_node(node: &impl NodeView, topology_label: &str) -> (RawNode, Vec<Rec
         .or_else(|| labels.get(topology_label))
         .cloned()
         .unwrap_or_default();
-    let endpoint = ann
-        .get(FORCE_ENDPOINT)
-        .or_else(|| ann.get(ENDPOINT))
-        .cloned();
+    let endpoint = match ann.get(FORCE_ENDPOINT).filter(|v| !v.trim().is_empty()) {
+        Some(v) => match v.trim().parse::<Endpoint>() {
+            Ok(_) => Some(v.trim().to_string()),
+            Err(e) => {
+                warn(
+                    FORCE_ENDPOINT,
+                    format!("{e}; using the announced endpoint ({ENDPOINT})"),
+                );
+                ann.get(ENDPOINT).cloned()
+            }
+        },
+        None => ann.get(ENDPOINT).cloned(),
+    };
     let internal_ip = match ann.get(FORCE_INTERNAL_IP) {
         Some(v) if v.is_empty() || v == "-" => Some("-".to_string()),
-        Some(v) => Some(v.clone()),
+        Some(v) if v.trim().parse::<ipnet::IpNet>().is_ok() => Some(v.trim().to_string()),
+        Some(v) => {
+            warn(
+                FORCE_INTERNAL_IP,
+                format!("{v:?} is not a CIDR; using the detected internal IP ({INTERNAL_IP})"),
+            );
+            ann.get(INTERNAL_IP).cloned()
+        }
         None => ann.get(INTERNAL_IP).cloned(),
     };
     let persistent_keepalive = ann.get(PERSISTENT_KEEPALIVE).map(|v| {
@@ -219,13 +237,18 @@ pub fn raw_node(node: &impl NodeView, topology_label: &str) -> (RawNode, Vec<Rec
         })
         .unwrap_or_default()
     {
-        if ip.contains('/') {
-            allowed_location_ips.push(ip.to_string());
-        } else {
+        if !ip.contains('/') {
             warn(
                 ALLOWED_LOCATION_IPS,
                 format!("{ip:?} has no prefix length; ignored"),
             );
+        } else if ip.parse::<ipnet::IpNet>().is_err() {
+            warn(
+                ALLOWED_LOCATION_IPS,
+                format!("{ip:?} is not a CIDR; ignored"),
+            );
+        } else {
+            allowed_location_ips.push(ip.to_string());
         }
     }
     let last_seen = match ann.get(LAST_SEEN).map(|v| v.trim().parse::<u64>()) {
@@ -359,6 +382,81 @@ mod tests {
         assert_eq!(
             node.not_ready(&crate::mesh::Liveness::at(1_795_000_030)),
             None
+        );
+    }
+
+    /// Every annotation a person writes, with a bad value: the node stays in
+    /// the mesh, the value falls back as in Kilo, and the warning (an Event
+    /// on the node) names the annotation.
+    #[test]
+    fn a_bad_value_in_any_user_annotation_never_drops_the_node() {
+        let base = || {
+            json!({
+                "kilo.squat.ai/key": KEY_B64,
+                "kilo.squat.ai/endpoint": "3.120.0.1:51820",
+                "kilo.squat.ai/internal-ip": "10.0.0.5/24",
+                "kilo.squat.ai/last-seen": "1700000000",
+            })
+        };
+        type Check = fn(&RawNode);
+        let cases: &[(&str, &str, Check)] = &[
+            (FORCE_ENDPOINT, "not an endpoint", |r| {
+                assert_eq!(r.endpoint.as_deref(), Some("3.120.0.1:51820"))
+            }),
+            (FORCE_ENDPOINT, "1.2.3.4", |r| {
+                assert_eq!(r.endpoint.as_deref(), Some("3.120.0.1:51820"))
+            }),
+            (FORCE_ENDPOINT, "host:99999", |r| {
+                assert_eq!(r.endpoint.as_deref(), Some("3.120.0.1:51820"))
+            }),
+            (FORCE_INTERNAL_IP, "10.0.0.300/24", |r| {
+                assert_eq!(r.internal_ip.as_deref(), Some("10.0.0.5/24"))
+            }),
+            (FORCE_INTERNAL_IP, "10.0.0.9", |r| {
+                assert_eq!(r.internal_ip.as_deref(), Some("10.0.0.5/24"))
+            }),
+            (PERSISTENT_KEEPALIVE, "soon", |r| {
+                assert_eq!(r.persistent_keepalive.as_deref(), Some("0"))
+            }),
+            (PERSISTENT_KEEPALIVE, "70000", |r| {
+                assert_eq!(r.persistent_keepalive.as_deref(), Some("0"))
+            }),
+            (
+                ALLOWED_LOCATION_IPS,
+                "10.9.0.0/33, printer, 10.8.0.0/24",
+                |r| assert_eq!(r.allowed_location_ips, ["10.8.0.0/24"]),
+            ),
+            (DISCOVERED_ENDPOINTS, "{oops", |r| {
+                assert!(r.discovered_endpoints.is_empty())
+            }),
+        ];
+        for (annotation, value, check) in cases {
+            let mut ann = base();
+            ann[*annotation] = json!(value);
+            let (raw, warnings) = raw_node(
+                &node_json(ann, json!({}), json!({"podCIDR": "10.42.2.0/24"})),
+                DEFAULT_TOPOLOGY_LABEL,
+            );
+            check(&raw);
+            assert!(
+                warnings.iter().any(|w| w.field == *annotation),
+                "{annotation}={value:?}: no warning names it: {warnings:?}"
+            );
+            let node = raw
+                .parse()
+                .unwrap_or_else(|e| panic!("{annotation}={value:?} dropped the node: {e}"));
+            assert!(node.endpoint.is_some(), "{annotation}={value:?}");
+        }
+        // The forced endpoint's message says what was wrong and what is used.
+        let mut ann = base();
+        ann[FORCE_ENDPOINT] = json!("not an endpoint");
+        let (_, warnings) = raw_node(
+            &node_json(ann, json!({}), json!({})),
+            DEFAULT_TOPOLOGY_LABEL,
+        );
+        assert_eq!(
+            warnings[0].to_string(),
+            "node worker-1: kilo.squat.ai/force-endpoint: \"not an endpoint\" is not HOST:PORT; using the announced endpoint (kilo.squat.ai/endpoint)"
         );
     }
 

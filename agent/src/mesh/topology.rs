@@ -5,7 +5,7 @@
 //! Weft differs it says so in `DEVIATIONS` (see `docs`-style comments below).
 
 use super::liveness::Liveness;
-use super::model::{Endpoint, Granularity, MeshOptions, Node, Peer, Snapshot};
+use super::model::{Endpoint, Granularity, MeshOptions, Node, Peer, RecordError, Snapshot};
 use dataplane::PublicKey;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -71,6 +71,10 @@ pub struct Topology {
     /// NAT endpoints learned by the nodes, merged.
     pub discovered: BTreeMap<PublicKey, SocketAddr>,
     pub excluded: Vec<Excluded>,
+    /// Prefixes a Peer or a node's `allowed-location-ips` claimed inside
+    /// what a node owns (its pod CIDRs, internal IP, WireGuard IP): dropped,
+    /// the owner keeps them. For Events on the claimant.
+    pub claims: Vec<RecordError>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -187,8 +191,11 @@ impl Topology {
                 location_ips,
             });
         }
-        let peers = deduplicate_peer_ips(&snapshot.peers, &mut excluded);
-        filter_location_ips(&mut segments, &peers, &mut excluded);
+        let owned = owned_prefixes(&segments);
+        let mut claims = Vec::new();
+        let peers = drop_peer_claims(&snapshot.peers, &owned, &mut claims, &mut excluded);
+        let peers = deduplicate_peer_ips(&peers, &mut excluded);
+        filter_location_ips(&mut segments, &peers, &owned, &mut claims, &mut excluded);
         let discovered = merge_discovered(&segments);
         Ok(Self {
             options: options.clone(),
@@ -196,6 +203,7 @@ impl Topology {
             peers,
             discovered,
             excluded,
+            claims,
         })
     }
 
@@ -216,6 +224,73 @@ impl Topology {
             && !(self.options.granularity == Granularity::Cross
                 && self.segments[a].location == self.segments[b].location)
     }
+}
+
+/// Every prefix a node owns in the mesh, with words naming its owner.
+fn owned_prefixes(segments: &[Segment]) -> Vec<(IpNet, String)> {
+    let mut owned = Vec::new();
+    for s in segments {
+        for n in &s.nodes {
+            for c in &n.pod_cidrs {
+                owned.push((*c, format!("a pod CIDR of node {}", n.name)));
+            }
+            if let Some(ip) = n.internal_ip {
+                owned.push((
+                    host_net(ip.addr()),
+                    format!("the internal IP of node {}", n.name),
+                ));
+            }
+        }
+        owned.push((
+            host_net(s.wireguard_ip.addr()),
+            format!("the WireGuard IP of node {}", s.leader().name),
+        ));
+    }
+    owned
+}
+
+/// The node that owns `c` (a prefix of its, or one inside it), if any. A
+/// broader prefix (a peer's default route) takes nothing: the node's longer
+/// prefix wins every lookup.
+fn owner_of<'a>(c: &IpNet, owned: &'a [(IpNet, String)]) -> Option<&'a (IpNet, String)> {
+    owned.iter().find(|(a, _)| a.contains(c))
+}
+
+/// A Peer may not claim what a node owns (Kilo accepts it, and the prefix
+/// then moves between the node's peer and the Peer at every resync): the
+/// claim is dropped and reported; a Peer left with nothing is excluded.
+fn drop_peer_claims(
+    peers: &[Peer],
+    owned: &[(IpNet, String)],
+    claims: &mut Vec<RecordError>,
+    excluded: &mut Vec<Excluded>,
+) -> Vec<Peer> {
+    let mut out = Vec::new();
+    for p in peers {
+        let mut p = p.clone();
+        p.allowed_ips.retain(|c| match owner_of(c, owned) {
+            Some((a, owner)) => {
+                claims.push(RecordError {
+                    kind: "peer",
+                    name: p.name.clone(),
+                    field: "allowedIPs".into(),
+                    reason: format!("{c} lies in {a}, {owner}, which keeps it; ignored"),
+                });
+                false
+            }
+            None => true,
+        });
+        if p.allowed_ips.is_empty() {
+            excluded.push(Excluded {
+                kind: "peer",
+                name: p.name.clone(),
+                reason: "all its allowed IPs belong to nodes".into(),
+            });
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Two peers claiming one prefix: the peer whose name sorts first keeps it
@@ -249,7 +324,15 @@ fn deduplicate_peer_ips(peers: &[Peer], excluded: &mut Vec<Excluded>) -> Vec<Pee
 
 /// Kilo's filter: a location IP is dropped if it overlaps another segment's
 /// location IPs, lies inside any segment's allowed IPs, or overlaps any peer's.
-fn filter_location_ips(segments: &mut [Segment], peers: &[Peer], excluded: &mut Vec<Excluded>) {
+/// One that lies inside what a node owns is also reported on the nodes that
+/// carry the annotation, naming the owner.
+fn filter_location_ips(
+    segments: &mut [Segment],
+    peers: &[Peer],
+    owned: &[(IpNet, String)],
+    claims: &mut Vec<RecordError>,
+    excluded: &mut Vec<Excluded>,
+) {
     let all_location: Vec<(usize, IpNet)> = segments
         .iter()
         .enumerate()
@@ -267,6 +350,20 @@ fn filter_location_ips(segments: &mut [Segment], peers: &[Peer], excluded: &mut 
                     .iter()
                     .flat_map(|p| &p.allowed_ips)
                     .any(|a| overlaps(c, a));
+            if let Some((a, owner)) = owner_of(c, owned) {
+                for n in seg
+                    .nodes
+                    .iter()
+                    .filter(|n| n.allowed_location_ips.contains(c))
+                {
+                    claims.push(RecordError {
+                        kind: "node",
+                        name: n.name.clone(),
+                        field: "kilo.squat.ai/allowed-location-ips".into(),
+                        reason: format!("{c} lies in {a}, {owner}, which keeps it; ignored"),
+                    });
+                }
+            }
             if clash {
                 excluded.push(Excluded {
                     kind: "allowed-location-ip",
@@ -500,6 +597,81 @@ mod tests {
             ]
         );
         assert_eq!(t.excluded[0].name, "zeta");
+    }
+
+    #[test]
+    fn peers_and_location_ips_cannot_take_what_a_node_owns() {
+        let mut b = node(
+            "b",
+            "y",
+            "2.2.2.2:1",
+            Some("10.1.0.1/24"),
+            "10.42.1.0/24",
+            false,
+        );
+        // A node's annotation claiming another node's internal IP, and one
+        // claiming a LAN of its own.
+        b.allowed_location_ips = vec![
+            "10.0.0.1/32".parse().unwrap(),
+            "192.168.7.0/24".parse().unwrap(),
+        ];
+        let s = snapshot(
+            vec![
+                node(
+                    "a",
+                    "x",
+                    "1.1.1.1:1",
+                    Some("10.0.0.1/24"),
+                    "10.42.0.0/24",
+                    false,
+                ),
+                b,
+            ],
+            vec![
+                // Another cluster's leaders, joined with the talk's
+                // commands but on the same WireGuard subnet: 10.4.0.1 and
+                // 10.4.0.2 are this cluster's leaders.
+                peer("cluster-b", &["10.4.0.1/32", "10.4.0.2/32", "10.52.0.0/16"]),
+                // Part of a node's pod CIDR, and a broader prefix (taken:
+                // the node's own longer prefix still wins every lookup).
+                peer("laptop", &["10.42.0.128/25", "10.0.0.0/8"]),
+                peer("thief", &["10.42.1.0/24"]),
+            ],
+        );
+        let t = Topology::new(&s, &MeshOptions::default(), 0).unwrap();
+        let ips = |name: &str| -> Vec<String> {
+            t.peers
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.allowed_ips.iter().map(|c| c.to_string()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(ips("cluster-b"), vec!["10.52.0.0/16"]);
+        assert_eq!(ips("laptop"), vec!["10.0.0.0/8"]);
+        assert!(ips("thief").is_empty());
+        assert!(t.excluded.iter().any(|e| e.name == "thief"));
+        // The owners keep their prefixes.
+        assert!(t.segments[0]
+            .allowed_ips
+            .contains(&"10.4.0.1/32".parse().unwrap()));
+        assert!(t.segments[1]
+            .allowed_ips
+            .contains(&"10.42.1.0/24".parse().unwrap()));
+        assert_eq!(
+            t.segments[1].location_ips,
+            vec!["192.168.7.0/24".parse().unwrap()]
+        );
+        let claims: Vec<String> = t.claims.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            claims,
+            vec![
+                "peer cluster-b: allowedIPs: 10.4.0.1/32 lies in 10.4.0.1/32, the WireGuard IP of node a, which keeps it; ignored",
+                "peer cluster-b: allowedIPs: 10.4.0.2/32 lies in 10.4.0.2/32, the WireGuard IP of node b, which keeps it; ignored",
+                "peer laptop: allowedIPs: 10.42.0.128/25 lies in 10.42.0.0/24, a pod CIDR of node a, which keeps it; ignored",
+                "peer thief: allowedIPs: 10.42.1.0/24 lies in 10.42.1.0/24, a pod CIDR of node b, which keeps it; ignored",
+                "node b: kilo.squat.ai/allowed-location-ips: 10.0.0.1/32 lies in 10.0.0.1/32, the internal IP of node a, which keeps it; ignored",
+            ]
+        );
     }
 
     #[test]

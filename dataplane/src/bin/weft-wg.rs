@@ -166,10 +166,10 @@ fn parse_command_line(
 }
 
 fn init_logging() {
-    // boringtun logs every retransmitted handshake; our own lines say once
-    // when a peer stops and starts answering instead.
+    // The protocol core logs every handshake it sends or drops; our own
+    // lines say once when a peer stops and starts answering instead.
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,gotatun=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
