@@ -46,6 +46,16 @@ phase tests
 cargo test --workspace --profile $profile
 phase "benchmark helpers"
 python3 scripts/test_profile_split.py
+# Every parser that reads outside input, coverage-guided, for a bounded time
+# (WEFT_FUZZ_SECONDS per target, 20 by default; 0 skips, and says so).
+phase fuzz
+fuzz_seconds=${WEFT_FUZZ_SECONDS:-20}
+if [[ $fuzz_seconds == 0 ]]; then
+    [[ ${CI:-} == true ]] && { echo "CI runs the fuzz targets: WEFT_FUZZ_SECONDS=0 is not allowed here" >&2; exit 1; }
+    echo "SKIPPED: fuzzing (WEFT_FUZZ_SECONDS=0)"
+else
+    scripts/fuzz.sh "$fuzz_seconds"
+fi
 
 echo "== weft-cni under real container runtimes (podman's CNI backend; containerd's CRI on the conflist weft-agent writes)"
 phase "runtime e2e"

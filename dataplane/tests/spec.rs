@@ -9,7 +9,9 @@
 //! - the cookie a responder under load hands out is bound to the source IP
 //!   *and port* (paper 5.4.7);
 //! - a flood of initiations from one address costs bounded CPU and does not
-//!   stop a peer at another address from completing its handshake.
+//!   stop a peer at another address from completing its handshake;
+//! - every handshake gets a fresh random receiver index (paper 5.4.2), so
+//!   the next one cannot be guessed from the last.
 //!
 //! The path's misbehaviour comes from a userspace relay between the two
 //! hosts (this kernel has no netem): both peers' endpoints point at it.
@@ -394,4 +396,52 @@ fn a_handshake_flood_from_one_address_spares_the_cpu_and_other_peers() {
         t.pair.a.ping_within(TB, Duration::from_secs(5)),
         "the tunnel still works"
     );
+}
+
+#[test]
+fn every_handshake_gets_a_random_receiver_index() {
+    if !can_run() {
+        return;
+    }
+    let (t, relay) = relayed(Implementation::Weft, Implementation::WireguardGo, None);
+    let face_b = relay.face_b.to_string();
+    // b forgets the session and starts again, four times: weft-wg answers
+    // each initiation with a response that carries a new index of its own.
+    for _ in 0..4 {
+        t.wb.wg(&["set", &t.wb.name, "peer", &t.ka.public, "remove"]);
+        t.wb.wg(&[
+            "set",
+            &t.wb.name,
+            "peer",
+            &t.ka.public,
+            "allowed-ips",
+            &format!("{TA}/32,{TA6}/128"),
+            "endpoint",
+            &face_b,
+        ]);
+        assert!(
+            t.pair.b.ping_within(TA, Duration::from_secs(10)),
+            "no new session"
+        );
+    }
+    let captured = relay.captured_to_b.lock().expect("capture").clone();
+    relay.finish();
+    let indices: Vec<u32> = captured
+        .iter()
+        .filter(|d| matches!(d.first(), Some(1) | Some(2)) && d.len() >= 8)
+        .map(|d| u32::from_le_bytes(d[4..8].try_into().expect("4 bytes")))
+        .collect();
+    eprintln!("weft-wg's sender indices: {indices:08x?}");
+    assert!(
+        indices.len() >= 5,
+        "saw {} handshake messages",
+        indices.len()
+    );
+    for (i, a) in indices.iter().enumerate() {
+        for b in &indices[i + 1..] {
+            // A counter (a fixed base and a low byte that counts up)
+            // shares the upper 24 bits; random indices do not.
+            assert_ne!(a >> 8, b >> 8, "{a:08x} and {b:08x}: {indices:08x?}");
+        }
+    }
 }

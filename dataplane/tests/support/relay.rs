@@ -31,6 +31,8 @@ pub struct Relay {
     threads: Vec<JoinHandle<Vec<usize>>>,
     /// The first datagrams on their way to a, kept for replaying.
     pub captured_to_a: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The first datagrams on their way to b.
+    pub captured_to_b: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Relay {
@@ -56,12 +58,13 @@ impl Relay {
             .expect("relay sockets");
         let (a, b) = rx.recv().expect("sockets");
         let captured_to_a = Arc::new(Mutex::new(Vec::new()));
+        let captured_to_b = Arc::new(Mutex::new(Vec::new()));
         let (a2, b2) = (a.try_clone().expect("clone"), b.try_clone().expect("clone"));
         let (stop_b, stop_a) = (stop.clone(), stop.clone());
-        let capture = captured_to_a.clone();
+        let (capture_a, capture_b) = (captured_to_a.clone(), captured_to_b.clone());
         let threads = vec![
-            std::thread::spawn(move || forward(a2, b2, real_b, hold, None, stop_b)),
-            std::thread::spawn(move || forward(b, a, real_a, None, Some(capture), stop_a)),
+            std::thread::spawn(move || forward(a2, b2, real_b, hold, Some(capture_b), stop_b)),
+            std::thread::spawn(move || forward(b, a, real_a, None, Some(capture_a), stop_a)),
         ];
         Self {
             face_a,
@@ -69,6 +72,7 @@ impl Relay {
             stop,
             threads,
             captured_to_a,
+            captured_to_b,
         }
     }
 
