@@ -11,7 +11,9 @@
 //! - a flood of initiations from one address costs bounded CPU and does not
 //!   stop a peer at another address from completing its handshake;
 //! - every handshake gets a fresh random receiver index (paper 5.4.2), so
-//!   the next one cannot be guessed from the last.
+//!   the next one cannot be guessed from the last;
+//! - the endpoint follows only authenticated messages (paper 6.5): a cookie
+//!   reply, which anyone who saw our initiation can make, does not move it.
 //!
 //! The path's misbehaviour comes from a userspace relay between the two
 //! hosts (this kernel has no netem): both peers' endpoints point at it.
@@ -444,4 +446,76 @@ fn every_handshake_gets_a_random_receiver_index() {
             assert_ne!(a >> 8, b >> 8, "{a:08x} and {b:08x}: {indices:08x?}");
         }
     }
+}
+
+/// A valid cookie reply to `init` (an initiation `a` sent to `b_public`), as
+/// anyone who saw the initiation on the path can make one: the key is
+/// derived from b's public key alone, the associated data is the
+/// initiation's mac1 (paper 5.4.7).
+fn forged_cookie_reply(init: &[u8], b_public: &[u8; 32]) -> Vec<u8> {
+    use blake2::{Blake2s256, Digest};
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+    let key = Blake2s256::new()
+        .chain_update(b"cookie--")
+        .chain_update(b_public)
+        .finalize();
+    let mac1 = &init[116..132];
+    let nonce = [7u8; 24];
+    let sealed = XChaCha20Poly1305::new(&key)
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &[0x42u8; 16],
+                aad: mac1,
+            },
+        )
+        .expect("seal");
+    let mut m = vec![3u8, 0, 0, 0];
+    m.extend_from_slice(&init[4..8]);
+    m.extend_from_slice(&nonce);
+    m.extend_from_slice(&sealed);
+    assert_eq!(m.len(), 64);
+    m
+}
+
+#[test]
+fn a_cookie_reply_does_not_move_the_endpoint() {
+    if !can_run() {
+        return;
+    }
+    let (t, relay) = relayed(Implementation::Weft, Implementation::WireguardGo, None);
+    let init = relay
+        .captured_to_b
+        .lock()
+        .expect("capture")
+        .iter()
+        .find(|d| d.first() == Some(&1) && d.len() == 148)
+        .cloned()
+        .expect("weft-wg's initiation");
+    let b_public = dataplane::PublicKey::from_base64(&t.kb.public).expect("b's key");
+    let forged = forged_cookie_reply(&init, &b_public.0);
+    let to = SocketAddr::from((t.pair.a_addr, PORT_A));
+    let before = peer_dump_field(&t.wa, DUMP_ENDPOINT);
+    let from = t
+        .pair
+        .b
+        .run_in(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            for _ in 0..3 {
+                s.send_to(&forged, to).expect("send");
+            }
+            s.local_addr().expect("address")
+        })
+        .join()
+        .expect("attacker");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = peer_dump_field(&t.wa, DUMP_ENDPOINT);
+    eprintln!(
+        "endpoint before {before}, after a cookie reply from port {}: {after}",
+        from.port()
+    );
+    assert_eq!(after, before, "a cookie reply moved the peer");
+    assert!(t.pair.a.ping_within(TB, Duration::from_secs(5)));
+    relay.finish();
 }
