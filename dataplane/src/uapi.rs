@@ -335,13 +335,34 @@ pub fn serve_connection(
 pub struct UapiListener {
     listener: UnixListener,
     path: PathBuf,
-    /// The socket file's inode, to tell ours from a successor's.
-    inode: u64,
+    /// The socket file's identity, to tell ours from a successor's.
+    identity: Option<FileIdentity>,
+    /// Set once a successor has taken over: the file is its to keep or
+    /// replace, and we never remove it (a check and then a removal would
+    /// race with the successor binding its own socket in between).
+    leave_file: std::sync::atomic::AtomicBool,
 }
 
-fn inode(path: &Path) -> Option<u64> {
+/// A file's inode and change time. The inode alone is not enough: a
+/// successor that removes our socket and binds its own at the same path
+/// often gets the inode number just freed, and we would then remove its
+/// socket on our way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+fn identity(path: &Path) -> Option<FileIdentity> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+    std::fs::symlink_metadata(path).ok().map(|m| FileIdentity {
+        dev: m.dev(),
+        ino: m.ino(),
+        ctime: m.ctime(),
+        ctime_nsec: m.ctime_nsec(),
+    })
 }
 
 impl UapiListener {
@@ -382,11 +403,12 @@ impl UapiListener {
         unsafe { libc::umask(old) };
         let listener = bound?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let inode = inode(path).unwrap_or(0);
+        let identity = identity(path);
         Ok(Self {
             listener,
             path: path.to_path_buf(),
-            inode,
+            identity,
+            leave_file: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -446,13 +468,13 @@ impl UapiListener {
 
     /// Whether the socket file at our path is still ours.
     fn still_ours(&self) -> bool {
-        inode(&self.path) == Some(self.inode)
+        self.identity.is_some() && identity(&self.path) == self.identity
     }
 }
 
 impl Drop for UapiListener {
     fn drop(&mut self) {
-        if self.still_ours() {
+        if !self.leave_file.load(std::sync::atomic::Ordering::SeqCst) && self.still_ours() {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -467,6 +489,14 @@ pub struct ServingSocket {
 impl ServingSocket {
     pub fn path(&self) -> &Path {
         self.listener.path()
+    }
+
+    /// Leaves the socket file in place when this is dropped: a successor
+    /// took the device over and binds (or has bound) its own there.
+    pub fn leave_file(&self) {
+        self.listener
+            .leave_file
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -680,6 +710,28 @@ mod tests {
         assert!(UapiListener::bind_in(&dir, "wtest0").is_err());
         let path = l.path().to_path_buf();
         drop(l);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn a_listener_told_to_leave_its_file_does_not_remove_it() {
+        let dir = std::env::temp_dir().join(format!("weft-uapi-leave-{}", std::process::id()));
+        let path = dir.join("wtest1.sock");
+        let handler: std::sync::Arc<dyn UapiHandler> =
+            std::sync::Arc::new(Recorder(std::sync::Mutex::new(Vec::new())));
+        let old = UapiListener::bind_path(&path, false)
+            .unwrap()
+            .spawn(handler.clone(), Access::ReadWrite)
+            .unwrap();
+        // Handed over: whatever the successor does with the path, the old
+        // listener leaves it alone, here even while the file is still its own.
+        old.leave_file();
+        drop(old);
+        assert!(path.exists(), "the file was removed after a handoff");
+        // A successor replaces it, and removes it on its own exit.
+        let new = UapiListener::bind_path(&path, true).unwrap();
+        drop(new);
         assert!(!path.exists());
         let _ = std::fs::remove_dir(&dir);
     }

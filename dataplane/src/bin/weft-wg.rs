@@ -392,11 +392,17 @@ fn main() -> ExitCode {
 
     let reason = host.device.wait();
     tracing::info!("shutting down: {reason}");
-    // Closing the sockets first tells `wg` the interface is gone (a
-    // successor's socket files are left alone); dropping the device closes
-    // the TUN queue, which deletes the interface unless a successor holds it.
-    drop(served);
+    // Closing the sockets first tells `wg` the interface is gone; after a
+    // handoff the socket files are the successor's and stay. Dropping the
+    // device closes the TUN queue, which deletes the interface unless a
+    // successor holds it.
     let handed_off = host.handed_off.load(Ordering::SeqCst);
+    if handed_off {
+        for s in &served {
+            s.leave_file();
+        }
+    }
+    drop(served);
     drop(host);
     if handed_off {
         tracing::info!("the successor runs the interface now");
