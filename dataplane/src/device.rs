@@ -173,6 +173,7 @@ impl Device {
             fwmark: 0,
             sockets: Arc::new(sockets),
             rate_limiter: Arc::new(RateLimiter::new(&placeholder, HANDSHAKE_RATE_LIMIT)),
+            strict_limiter: Arc::new(RateLimiter::new(&placeholder, 0)),
             index_table: IndexTable::from_os_rng(),
             peers: HashMap::new(),
             allowed_ips: AllowedIps::new(),
@@ -502,6 +503,7 @@ fn set_private_key(shared: &Shared, st: &mut State, key: &PrivateKey) -> bool {
             remove_peer_routes(shared, st, &p);
         }
         st.rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        st.strict_limiter = Arc::new(RateLimiter::new(&public, 0));
         st.private_key = Some(key.clone());
         st.identity = Some(StaticIdentity { secret, public });
     }

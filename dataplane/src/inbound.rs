@@ -147,12 +147,17 @@ fn handle_datagram(
             }
         }
         MessageType::HandshakeInit | MessageType::HandshakeResponse => {
-            // mac1 first (and, for a source over its rate, the cookie), so
-            // that nothing costlier runs for a message not meant for us.
-            let message = match st
-                .rate_limiter
-                .verify_packet(from, buffers.packet(datagram))
-            {
+            // mac1 first (and the cookie, for a source over its rate or for
+            // every source while the device is under load), then the
+            // source's and the device's budget, so that nothing costlier
+            // runs for a message not meant for us or past its rate.
+            let now = shared.now_ms();
+            let limiter = if shared.handshakes.under_load(now) {
+                &st.strict_limiter
+            } else {
+                &st.rate_limiter
+            };
+            let message = match limiter.verify_packet(from, buffers.packet(datagram)) {
                 Ok(message) => message,
                 Err(TunnResult::WriteToNetwork(cookie)) => {
                     let cookie = Packet::from(cookie);
@@ -161,6 +166,9 @@ fn handle_datagram(
                 }
                 Err(_) => return,
             };
+            if !shared.handshakes.admit(from.ip(), now) {
+                return;
+            }
             let peer = match &message {
                 // Costs a DH: only after the checks above.
                 WgKind::HandshakeInit(init) => st.identity.as_ref().and_then(|id| {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod device;
 pub mod handoff;
+pub mod handshake_budget;
 mod inbound;
 mod index;
 pub mod key;

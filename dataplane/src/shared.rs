@@ -4,6 +4,7 @@
 //! timers) reach everything through it, never through the device.
 
 use crate::allowed_ips::AllowedIps;
+use crate::handshake_budget::HandshakeBudget;
 use crate::index::PeerIndex;
 use crate::key::{PrivateKey, PublicKey};
 use crate::peer::{Peer, StaticIdentity};
@@ -27,7 +28,11 @@ pub(crate) struct State {
     pub(crate) listen_port: u16,
     pub(crate) fwmark: u32,
     pub(crate) sockets: Arc<UdpSockets>,
+    /// mac1, and cookies for a source past its rate.
     pub(crate) rate_limiter: Arc<RateLimiter>,
+    /// The same checks with a cookie asked of every source: used while the
+    /// device is under load (see [`crate::handshake_budget`]).
+    pub(crate) strict_limiter: Arc<RateLimiter>,
     /// Where every peer's handshakes draw their random receiver indices.
     pub(crate) index_table: IndexTable,
     pub(crate) peers: HashMap<PublicKey, Arc<Peer>>,
@@ -79,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) indices: PeerIndex,
     /// The TUN's MTU, which caps the padding of data messages.
     tun_mtu: AtomicU16,
+    /// Handshakes that may cost a Diffie-Hellman, per source and in all.
+    pub(crate) handshakes: HandshakeBudget,
     stopping: AtomicBool,
     /// Set while the workers are asked to stop for a while (a handoff).
     pausing: AtomicBool,
@@ -104,6 +111,7 @@ impl Shared {
             state: RwLock::new(state),
             indices: PeerIndex::default(),
             tun_mtu: AtomicU16::new(0),
+            handshakes: HandshakeBudget::default(),
             stopping: AtomicBool::new(false),
             pausing: AtomicBool::new(false),
             stop_fd: EventFd::new()?,

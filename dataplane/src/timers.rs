@@ -1,7 +1,6 @@
 //! The timer worker: drives the core's protocol timers (handshake retries,
-//! rekeying, session expiry, passive keepalives; the core also refills the
-//! handshake rate limiter there), sends persistent keepalives, and follows
-//! the TUN's MTU.
+//! rekeying, session expiry, passive keepalives), resets the handshake rate
+//! limiters' counts, sends persistent keepalives, and follows the TUN's MTU.
 
 use crate::outbound::{send_keepalive, send_message};
 use crate::peer::Peer;
@@ -31,6 +30,10 @@ pub(crate) fn run(shared: Arc<Shared>) {
         }
         let (peers, sockets): (Vec<Arc<Peer>>, _) = {
             let st = shared.state.read();
+            // Each limiter forgets its per-source counts once a second (the
+            // peers' timers do it too, but a device without peers has none).
+            st.rate_limiter.try_reset_count();
+            st.strict_limiter.try_reset_count();
             (st.peers.values().cloned().collect(), st.sockets.clone())
         };
         let udp = sockets.sender(0);

@@ -9,7 +9,8 @@
 //! - the cookie a responder under load hands out is bound to the source IP
 //!   *and port* (paper 5.4.7);
 //! - a flood of initiations from one address costs bounded CPU and does not
-//!   stop a peer at another address from completing its handshake;
+//!   stop a peer at another address from completing its handshake, and
+//!   neither does a flood from thousands of spoofed addresses;
 //! - every handshake gets a fresh random receiver index (paper 5.4.2), so
 //!   the next one cannot be guessed from the last;
 //! - the endpoint follows only authenticated messages (paper 6.5): a cookie
@@ -518,4 +519,242 @@ fn a_cookie_reply_does_not_move_the_endpoint() {
     assert_eq!(after, before, "a cookie reply moved the peer");
     assert!(t.pair.a.ping_within(TB, Duration::from_secs(5)));
     relay.finish();
+}
+
+/// An IPv4/UDP datagram from `src:40000` to `dst:port`, for a raw socket
+/// (the kernel fills in the IP checksum; a UDP checksum of 0 means none).
+fn spoofed_udp(src: [u8; 4], dst: std::net::Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&port.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+#[test]
+fn a_handshake_flood_from_spoofed_addresses_spares_the_cpu_and_other_peers() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if !can_run() {
+        return;
+    }
+    let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
+    let octets = t.pair.b_addr.octets();
+    let legit_addr = std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], 3);
+    t.pair.b.ip(&[
+        "addr",
+        "add",
+        &format!("{legit_addr}/24"),
+        "dev",
+        &t.pair.b_dev,
+    ]);
+    // a routes the spoofed range back towards b (where the answers die) and
+    // does not check sources against its routes.
+    t.pair.a.ip(&[
+        "route",
+        "add",
+        "10.200.0.0/16",
+        "via",
+        &t.pair.b_addr.to_string(),
+    ]);
+    for conf in ["all", "default"] {
+        t.pair.a.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{conf}.rp_filter=0"),
+        ]);
+    }
+    let legit_key = PrivateKey::generate().expect("key");
+    t.wa.wg(&[
+        "set",
+        &t.wa.name,
+        "peer",
+        &legit_key.public_key().to_base64(),
+        "allowed-ips",
+        "10.77.0.9/32",
+    ]);
+    let to: SocketAddr = SocketAddr::from((t.pair.a_addr, PORT_A));
+    let a_addr = t.pair.a_addr;
+    let pid = t.wa.pid().expect("weft-wg runs");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let a_public = t.ka.public.clone();
+    let flood_stop = stop.clone();
+    let flooder = t.pair.b.run_in(move || {
+        // Initiations with a valid mac1 from a key a does not know, each
+        // from another address of 10.200.0.0/16.
+        let key = PrivateKey::generate().expect("key");
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let mut i = Initiator::new(&key, &a_public, s, to);
+        let messages: Vec<Vec<u8>> = (0..64).map(|_| i.initiation()).collect();
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(raw >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let raw = unsafe { OwnedFd::from_raw_fd(raw) };
+        let dst = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a_addr.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let (mut sent, start) = (0u32, Instant::now());
+        while !flood_stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(30) {
+            for _ in 0..50 {
+                let src = 0x0ac8_0000u32 + (sent % 16_384);
+                let d = spoofed_udp(
+                    src.to_be_bytes(),
+                    a_addr,
+                    PORT_A,
+                    &messages[sent as usize % 64],
+                );
+                // SAFETY: a valid buffer and address for sendto(2).
+                unsafe {
+                    libc::sendto(
+                        std::os::fd::AsRawFd::as_raw_fd(&raw),
+                        d.as_ptr().cast(),
+                        d.len(),
+                        0,
+                        (&dst as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                };
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (sent, start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu_before = cpu_time(pid);
+    let wall = Instant::now();
+    let legit_public = t.ka.public.clone();
+    let (took, legit_cookies) = t
+        .pair
+        .b
+        .run_in(move || {
+            let s = UdpSocket::bind(SocketAddr::from((legit_addr, 0))).expect("bind");
+            let mut i = Initiator::new(&legit_key, &legit_public, s, to);
+            let start = Instant::now();
+            let mut cookies = 0;
+            let mut buf = [0u8; 256];
+            let mut out = [0u8; 256];
+            while start.elapsed() < Duration::from_secs(6) {
+                let m = i.initiation();
+                i.send(&m);
+                let sent = Instant::now();
+                while sent.elapsed() < Duration::from_secs(1) {
+                    let Ok(n) = i.socket.recv(&mut buf) else {
+                        continue;
+                    };
+                    if buf[0] == MSG_RESPONSE {
+                        return (Some(start.elapsed()), cookies);
+                    }
+                    if buf[0] == MSG_COOKIE {
+                        cookies += 1;
+                        let _ = i.tunn.decapsulate(None, &buf[..n], &mut out);
+                        break;
+                    }
+                }
+            }
+            (None, cookies)
+        })
+        .join()
+        .expect("legit peer");
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(wall.elapsed()));
+    let cpu = cpu_time(pid) - cpu_before;
+    let elapsed = wall.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let (sent, flood_time) = flooder.join().expect("flooder");
+    let rate = f64::from(sent) / flood_time.as_secs_f64();
+    let share = cpu.as_secs_f64() / elapsed.as_secs_f64();
+    eprintln!(
+        "spoofed flood: {sent} initiations from 16,384 addresses in {:.1} s ({rate:.0}/s); weft-wg used {:.0} ms of CPU in {:.1} s ({:.1} % of a core); second peer's handshake: {took:?} after {legit_cookies} cookie replies",
+        flood_time.as_secs_f64(),
+        cpu.as_secs_f64() * 1000.0,
+        elapsed.as_secs_f64(),
+        share * 100.0
+    );
+    assert!(rate > 2000.0, "the flood was too slow to prove anything");
+    assert!(
+        took.is_some_and(|d| d < Duration::from_secs(6)),
+        "the second peer could not complete a handshake within a cookie round trip"
+    );
+    assert!(share < 0.3, "weft-wg used {:.0} % of a core", share * 100.0);
+    assert!(
+        t.pair.a.ping_within(TB, Duration::from_secs(5)),
+        "the tunnel still works"
+    );
+}
+
+#[test]
+fn a_source_that_answers_its_cookie_is_still_held_to_its_rate() {
+    if !can_run() {
+        return;
+    }
+    let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
+    let key = PrivateKey::generate().expect("key");
+    // A configured peer, so that every admitted initiation is answered.
+    t.wa.wg(&[
+        "set",
+        &t.wa.name,
+        "peer",
+        &key.public_key().to_base64(),
+        "allowed-ips",
+        "10.77.0.8/32",
+    ]);
+    let to: SocketAddr = SocketAddr::from((t.pair.a_addr, PORT_A));
+    let a_public = t.ka.public.clone();
+    let (responses, cookies, elapsed) = t
+        .pair
+        .b
+        .run_in(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            let mut i = Initiator::new(&key, &a_public, s, to);
+            // Past the rate: a cookie comes back and is taken in.
+            for _ in 0..60 {
+                let m = i.initiation();
+                i.send(&m);
+            }
+            let first = i.answers(Duration::from_millis(300));
+            assert!(count(&first, MSG_COOKIE) > 0, "no cookie: {first:?}");
+            // 200 initiations with that cookie over about a second.
+            let start = Instant::now();
+            for n in 0..200 {
+                let m = i.initiation();
+                i.send(&m);
+                if n % 10 == 9 {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            let elapsed = start.elapsed();
+            let answers = i.answers(Duration::from_millis(500));
+            (
+                count(&answers, MSG_RESPONSE),
+                count(&answers, MSG_COOKIE),
+                elapsed,
+            )
+        })
+        .join()
+        .expect("initiator");
+    eprintln!(
+        "200 initiations with a valid cookie in {:.1} s: {responses} answered, {cookies} cookie replies",
+        elapsed.as_secs_f64()
+    );
+    // The kernel's rate: 5 at once, then 20 a second.
+    let allowed = 5 + (elapsed.as_secs_f64() * 20.0).ceil() as usize + 5;
+    assert!(responses >= 1, "the source was shut out");
+    assert!(
+        responses <= allowed,
+        "{responses} handshakes answered for one source in {:.1} s (at most {allowed})",
+        elapsed.as_secs_f64()
+    );
 }
