@@ -63,6 +63,18 @@ fn observe_until(backend: &mut KubeBackend, what: &str, done: impl Fn(&Loaded) -
     }
 }
 
+/// The bodies of the Events the API server received.
+fn events(api: &FakeApi) -> Vec<Value> {
+    api.received()
+        .into_iter()
+        .filter(|r| {
+            r.path
+                .starts_with("/apis/events.k8s.io/v1/namespaces/default/events")
+        })
+        .map(|r| r.body)
+        .collect()
+}
+
 fn with_region(mut node: Value, region: &str) -> Value {
     node["metadata"]["labels"][REGION] = json!(region);
     node
@@ -369,16 +381,6 @@ fn bad_records_become_events_on_the_object() {
     let problems: Vec<_> = l.rejected.iter().chain(&l.warnings).cloned().collect();
     assert_eq!(problems.len(), 2, "{problems:?}");
     b.report_problems(&problems);
-    let events = |api: &FakeApi| -> Vec<Value> {
-        api.received()
-            .into_iter()
-            .filter(|r| {
-                r.path
-                    .starts_with("/apis/events.k8s.io/v1/namespaces/default/events")
-            })
-            .map(|r| r.body)
-            .collect()
-    };
     assert!(events(&api).is_empty(), "{:?}", events(&api));
 
     let mut a = backend(&api, &rt, "a");
@@ -735,16 +737,6 @@ fn a_typo_or_a_claim_never_takes_a_node_out_of_the_mesh() {
 
     // gcp-1's agent reports its own node's problem; the name-wise first
     // node's agent (aws-1) reports the Peer's.
-    let events = |api: &FakeApi| -> Vec<Value> {
-        api.received()
-            .into_iter()
-            .filter(|r| {
-                r.path
-                    .starts_with("/apis/events.k8s.io/v1/namespaces/default/events")
-            })
-            .map(|r| r.body)
-            .collect()
-    };
     let problems: Vec<_> = l.warnings.iter().chain(&topology.claims).cloned().collect();
     aws.report_problems(&problems);
     let mut own = backend(&api, &rt, "gcp-1");

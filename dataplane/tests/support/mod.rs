@@ -443,17 +443,7 @@ pub fn udp_transfer(from: &Netns, to: &Netns, to_addr: &str, count: u32) -> (u32
     let server = to.run_in(move || {
         let s = std::net::UdpSocket::bind(addr).expect("bind");
         // Room for every datagram: what is measured is their content.
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: a valid socket and option value.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        big_receive_buffer(&s, 8 << 20);
         s.set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
         ready_tx.send(()).expect("ready");
