@@ -67,8 +67,8 @@ impl Node {
             .arg("--control-socket")
             .arg(self.control())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(self.log())
+            .stderr(self.log());
         if clean_up {
             c.arg("--clean-up");
         }
@@ -98,6 +98,15 @@ impl Node {
     /// The tunnel process's control socket.
     fn control(&self) -> PathBuf {
         self.dir.join("weft0.ctl")
+    }
+
+    /// The agent's output (both streams), appended to one file.
+    fn log(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("log file")
     }
 }
 
@@ -215,6 +224,33 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         "{metrics}"
     );
     assert!(fetch("/healthz").ends_with("ok\n"));
+    // The private key shows nowhere: not in /metrics, the health answers or
+    // the agent's log, in either encoding; the key file and the sockets that
+    // can reconfigure the tunnel are root's alone.
+    let key = dataplane::PrivateKey::from_base64(
+        std::fs::read_to_string(node.dir.join("key"))
+            .expect("key")
+            .trim(),
+    )
+    .expect("a key");
+    let shown = [
+        metrics.clone(),
+        fetch("/healthz"),
+        fetch("/readyz"),
+        std::fs::read_to_string(node.dir.join("agent.log")).expect("log"),
+    ]
+    .concat();
+    assert!(shown.contains("weft"), "nothing was read");
+    for secret in [key.to_base64(), key.to_hex()] {
+        assert!(!shown.contains(&secret), "the private key was shown");
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for path in [node.dir.join("key"), node.control()] {
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        }
+    }
 
     // A plain stop leaves the tunnel running (in its own process), the
     // rules and the CNI configuration: a restart is no outage.
