@@ -12,6 +12,7 @@ use dataplane::outbound::GsoBatch;
 use dataplane::wire::{self, PacketBuffers};
 use gotatun::noise::TunnResult as GTunnResult;
 use gotatun::packet::{Packet, WgKind};
+use std::time::{Duration, Instant};
 use weft_benches::{connected_gotatun_pair, connected_pair, packet};
 
 const SIZES: [usize; 2] = [128, 1420];
@@ -57,59 +58,77 @@ fn seal(c: &mut Criterion) {
 }
 
 fn open(c: &mut Criterion) {
+    // Every iteration opens a message it has not opened before (a replay
+    // would be refused early and measure nothing): messages are sealed in
+    // chunks outside the timed part, then opened in order.
+    const CHUNK: u64 = 20_000;
     let mut g = c.benchmark_group("core_open");
     for size in SIZES {
         let p = packet(size);
         g.throughput(Throughput::Bytes(size as u64));
-        // Enough sealed messages for every iteration (each counter opens once).
-        const N: usize = 200_000;
         let (mut a, mut b) = connected_pair();
         let mut buf = vec![0u8; 4096];
-        let sealed: Vec<Vec<u8>> = (0..N)
-            .map(|_| match a.encapsulate(&p, &mut buf) {
-                boringtun::noise::TunnResult::WriteToNetwork(m) => m.to_vec(),
-                _ => panic!("no data message"),
-            })
-            .collect();
         let mut out = vec![0u8; 4096];
-        let mut i = 0;
         g.bench_function(format!("boringtun/{size}"), |bench| {
-            bench.iter(|| {
-                let m = &sealed[i % N];
-                i += 1;
-                match b.decapsulate(None, m, &mut out) {
-                    boringtun::noise::TunnResult::WriteToTunnelV4(pkt, _) => pkt.len(),
-                    _ => 0,
+            bench.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(CHUNK);
+                    left -= n;
+                    let sealed: Vec<Vec<u8>> = (0..n)
+                        .map(|_| match a.encapsulate(&p, &mut buf) {
+                            boringtun::noise::TunnResult::WriteToNetwork(m) => m.to_vec(),
+                            _ => panic!("no data message"),
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    for m in &sealed {
+                        match b.decapsulate(None, m, &mut out) {
+                            boringtun::noise::TunnResult::WriteToTunnelV4(pkt, _) => {
+                                assert_eq!(pkt.len(), p.len())
+                            }
+                            other => panic!("not opened: {other:?}"),
+                        }
+                    }
+                    timed += start.elapsed();
                 }
+                timed
             })
         });
         let (mut a, mut b) = connected_gotatun_pair();
         let buffers = PacketBuffers::new();
-        let sealed: Vec<Vec<u8>> = (0..N)
-            .map(|_| {
-                let padded = wire::padded_len(p.len(), MTU);
-                match a.handle_outgoing_packet(buffers.padded(&p, padded), None) {
-                    Some(WgKind::Data(m)) => Packet::<[u8]>::from(m).to_vec(),
-                    _ => panic!("no data message"),
-                }
-            })
-            .collect();
-        let mut i = 0;
         g.bench_function(format!("gotatun/{size}"), |bench| {
-            bench.iter(|| {
-                let m = &sealed[i % N];
-                i += 1;
-                let Ok(message) = buffers.packet(m).try_into_wg() else {
-                    return 0;
-                };
-                match b.handle_incoming_packet(message) {
-                    GTunnResult::WriteToTunnel(plain) => {
-                        let n = wire::inner_packet(&plain).map_or(0, |inner| inner.len);
-                        out[..n].copy_from_slice(&plain[..n]);
-                        n
+            bench.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(CHUNK);
+                    left -= n;
+                    let sealed: Vec<Vec<u8>> = (0..n)
+                        .map(|_| {
+                            let padded = wire::padded_len(p.len(), MTU);
+                            match a.handle_outgoing_packet(buffers.padded(&p, padded), None) {
+                                Some(WgKind::Data(m)) => Packet::<[u8]>::from(m).to_vec(),
+                                _ => panic!("no data message"),
+                            }
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    for m in &sealed {
+                        let message = buffers.packet(m).try_into_wg().expect("a message");
+                        match b.handle_incoming_packet(message) {
+                            GTunnResult::WriteToTunnel(plain) => {
+                                let n = wire::inner_packet(&plain).map_or(0, |inner| inner.len);
+                                assert_eq!(n, p.len());
+                                out[..n].copy_from_slice(&plain[..n]);
+                            }
+                            other => panic!("not opened: {other:?}"),
+                        }
                     }
-                    _ => 0,
+                    timed += start.elapsed();
                 }
+                timed
             })
         });
     }
