@@ -5,8 +5,8 @@
 //! The interface is multi-queue, so the successor joins it with queues of its
 //! own while the old process still runs; the routes and addresses on it stay
 //! where they are. The UDP sockets are passed over the control socket
-//! (SCM_RIGHTS), so the port never closes. Sessions cannot move (boringtun's
-//! keys are not exported), so the successor greets every peer at once:
+//! (SCM_RIGHTS), so the port never closes. Sessions cannot move (the protocol
+//! core does not export its keys), so the successor greets every peer at once:
 //! traffic resumes after one handshake.
 //!
 //! ```text

@@ -43,7 +43,7 @@ pub(crate) struct Peer {
     pub(crate) reachability: PeerReachability,
 }
 
-/// Our static identity, as boringtun wants it.
+/// Our static identity, as the protocol core wants it.
 pub(crate) struct StaticIdentity {
     pub(crate) secret: x25519::StaticSecret,
     pub(crate) public: x25519::PublicKey,
