@@ -225,14 +225,29 @@ pub(crate) fn set_ipv4_header_checksum(p: &mut [u8], ihl: usize) {
     put_u16(p, 10, sum);
 }
 
-/// The unfolded sum of the transport pseudo-header of IP packet `p`: its
-/// addresses, protocol `proto` and transport length `len`.
-pub(crate) fn pseudo_header_sum(p: &[u8], v6: bool, proto: u8, len: usize) -> u64 {
-    let (src, dst) = if v6 {
+/// Where an IP header holds its source and destination addresses.
+pub(crate) fn address_ranges(v6: bool) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    if v6 {
         (8..24, 24..40)
     } else {
         (12..16, 16..20)
-    };
+    }
+}
+
+/// The address at `range` (one of [`address_ranges`]) of IP packet `p`, if
+/// the packet is long enough to hold it.
+pub(crate) fn address_at(p: &[u8], range: std::ops::Range<usize>) -> Option<std::net::IpAddr> {
+    let bytes = p.get(range)?;
+    Some(match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        _ => <[u8; 16]>::try_from(bytes).ok()?.into(),
+    })
+}
+
+/// The unfolded sum of the transport pseudo-header of IP packet `p`: its
+/// addresses, protocol `proto` and transport length `len`.
+pub(crate) fn pseudo_header_sum(p: &[u8], v6: bool, proto: u8, len: usize) -> u64 {
+    let (src, dst) = address_ranges(v6);
     let sum = tun_rs::checksum_no_fold(&p[src], 0);
     tun_rs::checksum_no_fold(&p[dst], sum) + u64::from(proto) + len as u64
 }
@@ -381,7 +396,7 @@ pub fn tso_super_packet(seq: u32, payload_len: usize, mss: u16) -> Vec<u8> {
 /// Packets for the tests of this module and of [`crate::coalesce`].
 #[cfg(test)]
 pub(crate) mod test_packets {
-    use super::{fold, put_u16, sum16, PROTO_TCP, PROTO_UDP};
+    use super::{address_ranges, fold, put_u16, sum16, PROTO_TCP, PROTO_UDP};
 
     /// A complete packet with valid checksums: IPv4 (ID `id`) or IPv6, TCP
     /// (timestamps option, `flags`) or UDP, from port `sport`.
@@ -399,7 +414,7 @@ pub(crate) mod test_packets {
         let total = l4 + l4_len + payload;
         let mut p = vec![0u8; total];
         let proto = if udp { PROTO_UDP } else { PROTO_TCP };
-        let (src, dst) = if v6 {
+        if v6 {
             p[0] = 0x60;
             put_u16(&mut p, 4, (total - 40) as u16);
             p[6] = proto;
@@ -408,7 +423,6 @@ pub(crate) mod test_packets {
             p[23] = 1;
             p[24] = 0xfd;
             p[39] = 2;
-            (8..24, 24..40)
         } else {
             p[0] = 0x45;
             put_u16(&mut p, 2, total as u16);
@@ -420,8 +434,8 @@ pub(crate) mod test_packets {
             p[16..20].copy_from_slice(&[10, 0, 0, 2]);
             let c = !fold(sum16(&p[..20]));
             p[10..12].copy_from_slice(&c.to_be_bytes());
-            (12..16, 16..20)
-        };
+        }
+        let (src, dst) = address_ranges(v6);
         put_u16(&mut p, l4, sport);
         put_u16(&mut p, l4 + 2, 5201);
         let csum_at = if udp {
@@ -448,16 +462,17 @@ pub(crate) mod test_packets {
     /// Whether a packet's IPv4 header and transport checksums verify.
     pub(crate) fn checksums_ok(p: &[u8]) -> bool {
         let v6 = p[0] >> 4 == 6;
-        let (l4, proto, src, dst) = if v6 {
-            (40, p[6], &p[8..24], &p[24..40])
+        let (l4, proto) = if v6 {
+            (40, p[6])
         } else {
             if fold(sum16(&p[..20])) != 0xffff {
                 return false;
             }
-            (20, p[9], &p[12..16], &p[16..20])
+            (20, p[9])
         };
+        let (src, dst) = address_ranges(v6);
         let len = (p.len() - l4) as u64;
-        let pseudo = sum16(src) + sum16(dst) + u64::from(proto) + len;
+        let pseudo = sum16(&p[src]) + sum16(&p[dst]) + u64::from(proto) + len;
         fold(pseudo + sum16(&p[l4..])) == 0xffff
     }
 }

@@ -236,7 +236,7 @@ pub fn peer_runs<'t, 'p, T>(
     count: usize,
     packet: impl Fn(usize) -> &'p [u8],
 ) -> impl Iterator<Item = (&'t Arc<T>, Range<usize>)> {
-    let route = move |i: usize| destination(packet(i)).and_then(|ip| table.lookup(ip));
+    let route = move |i: usize| wire::destination(packet(i)).and_then(|ip| table.lookup(ip));
     let mut i = 0;
     std::iter::from_fn(move || {
         while i < count {
@@ -252,15 +252,6 @@ pub fn peer_runs<'t, 'p, T>(
         }
         None
     })
-}
-
-/// The destination of an IP packet, if it is long enough to have one.
-pub fn destination(packet: &[u8]) -> Option<std::net::IpAddr> {
-    match packet.first()? >> 4 {
-        4 => Some(<[u8; 4]>::try_from(packet.get(16..20)?).ok()?.into()),
-        6 => Some(<[u8; 16]>::try_from(packet.get(24..40)?).ok()?.into()),
-        _ => None,
-    }
 }
 
 /// Encrypts packets for one peer and sends them in as few GSO sends as

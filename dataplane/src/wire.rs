@@ -4,10 +4,11 @@
 //! how much padding a payload gets, and the buffers the core's messages live
 //! in.
 
+use crate::offload::{address_at, address_ranges};
 use crate::shared::Shared;
 use gotatun::packet::{Packet, PacketBufPool};
 use gotatun::tun::MtuWatcher;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 /// The four message types (WireGuard paper, 5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +74,8 @@ pub fn inner_packet(plain: &[u8]) -> Option<InnerPacket> {
             if header < 20 || len < header || len > plain.len() {
                 return None;
             }
-            let src: [u8; 4] = plain.get(12..16)?.try_into().ok()?;
             Some(InnerPacket {
-                source: IpAddr::V4(Ipv4Addr::from(src)),
+                source: address_at(plain, address_ranges(false).0)?,
                 len,
             })
         }
@@ -84,12 +84,21 @@ pub fn inner_packet(plain: &[u8]) -> Option<InnerPacket> {
             if len > plain.len() {
                 return None;
             }
-            let src: [u8; 16] = plain.get(8..24)?.try_into().ok()?;
             Some(InnerPacket {
-                source: IpAddr::V6(Ipv6Addr::from(src)),
+                source: address_at(plain, address_ranges(true).0)?,
                 len,
             })
         }
+        _ => None,
+    }
+}
+
+/// The destination of an IP packet (what cryptokey routing looks up), if it
+/// is long enough to have one.
+pub fn destination(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 => address_at(packet, address_ranges(false).1),
+        6 => address_at(packet, address_ranges(true).1),
         _ => None,
     }
 }
@@ -160,6 +169,7 @@ pub(crate) fn mtu_watcher(shared: &Shared) -> MtuWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn message_types_need_zero_reserved_bytes_and_their_exact_length() {
