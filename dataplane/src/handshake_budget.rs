@@ -36,6 +36,8 @@ pub const MAX_SOURCES: usize = 16_384;
 
 /// Tokens are kept in thousandths, so that refills are exact integers.
 const MILLI: u64 = 1000;
+/// A full bucket, in thousandths.
+const FULL: u64 = PER_SOURCE_BURST * MILLI;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
@@ -100,16 +102,15 @@ impl HandshakeBudget {
             inner.sweep(now_ms);
         }
         let key = Source::from(source);
-        let full = PER_SOURCE_BURST * MILLI;
         if !inner.sources.contains_key(&key) && inner.sources.len() >= MAX_SOURCES {
             return false;
         }
         let bucket = inner.sources.entry(key).or_insert(Bucket {
-            tokens: full,
+            tokens: FULL,
             at_ms: now_ms,
         });
         let elapsed = now_ms.saturating_sub(bucket.at_ms);
-        bucket.tokens = (bucket.tokens + elapsed * PER_SOURCE_PER_SECOND).min(full);
+        bucket.tokens = (bucket.tokens + elapsed * PER_SOURCE_PER_SECOND).min(FULL);
         bucket.at_ms = now_ms;
         if bucket.tokens < MILLI {
             return false;
@@ -140,9 +141,8 @@ impl Inner {
     /// Forgets sources whose buckets are full again: they cost nothing to
     /// recreate.
     fn sweep(&mut self, now_ms: u64) {
-        let full = PER_SOURCE_BURST * MILLI;
         self.sources.retain(|_, b| {
-            b.tokens + now_ms.saturating_sub(b.at_ms) * PER_SOURCE_PER_SECOND < full
+            b.tokens + now_ms.saturating_sub(b.at_ms) * PER_SOURCE_PER_SECOND < FULL
         });
         self.last_sweep_ms = now_ms;
     }

@@ -121,6 +121,11 @@ impl Inbound {
     }
 }
 
+/// The peer a data message or cookie reply is for, by its receiver index.
+fn addressed_peer(shared: &Shared, datagram: &[u8]) -> Option<Arc<Peer>> {
+    wire::receiver_index(datagram).and_then(|i| shared.indices.get(i))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn handle_datagram(
     shared: &Shared,
@@ -137,8 +142,7 @@ fn handle_datagram(
     };
     match kind {
         MessageType::Data => {
-            let Some(peer) = wire::receiver_index(datagram).and_then(|i| shared.indices.get(i))
-            else {
+            let Some(peer) = addressed_peer(shared, datagram) else {
                 return;
             };
             receive_data(st, &peer, from, datagram, coalescer, buffers);
@@ -183,8 +187,7 @@ fn handle_datagram(
             }
         }
         MessageType::CookieReply => {
-            let Some(peer) = wire::receiver_index(datagram).and_then(|i| shared.indices.get(i))
-            else {
+            let Some(peer) = addressed_peer(shared, datagram) else {
                 return;
             };
             let Ok(message) = buffers.packet(datagram).try_into_wg() else {
@@ -211,11 +214,11 @@ fn receive_data(
     coalescer: &mut Coalescer,
     buffers: &PacketBuffers,
 ) {
-    let Ok(WgKind::Data(message)) = buffers.packet(datagram).try_into_wg() else {
+    let Ok(message @ WgKind::Data(_)) = buffers.packet(datagram).try_into_wg() else {
         return;
     };
     let result = match peer.tunnel.lock().tunn.as_mut() {
-        Some(tunn) => tunn.handle_incoming_packet(WgKind::Data(message)),
+        Some(tunn) => tunn.handle_incoming_packet(message),
         None => return,
     };
     let plain = match result {

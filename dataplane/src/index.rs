@@ -13,6 +13,7 @@
 //! older index can no longer open anything and is forgotten.
 
 use crate::peer::Peer;
+use crate::wire::{self, MessageType};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,15 +22,12 @@ use std::sync::Arc;
 /// for initiations retried before an answer came).
 pub(crate) const KEPT_PER_PEER: usize = 16;
 
-/// The message types that carry our sender index.
-const MSG_HANDSHAKE_INIT: u8 = 1;
-const MSG_HANDSHAKE_RESP: u8 = 2;
-
-/// The sender index of a handshake message we are about to send.
+/// The sender index of a handshake message we are about to send (the same
+/// field a data message uses for its receiver).
 pub(crate) fn sender_index(message: &[u8]) -> Option<u32> {
-    match message.first()? {
-        &MSG_HANDSHAKE_INIT | &MSG_HANDSHAKE_RESP => {
-            Some(u32::from_le_bytes(message.get(4..8)?.try_into().ok()?))
+    match wire::message_type(message)? {
+        MessageType::HandshakeInit | MessageType::HandshakeResponse => {
+            wire::receiver_index(message)
         }
         _ => None,
     }
@@ -96,11 +94,16 @@ mod tests {
     use super::*;
     use crate::key::PublicKey;
 
-    fn init_with_index(index: u32) -> Vec<u8> {
-        let mut m = vec![0u8; 148];
-        m[0] = MSG_HANDSHAKE_INIT;
+    /// A message of type `kind` and its length, carrying `index`.
+    fn message(kind: u8, len: usize, index: u32) -> Vec<u8> {
+        let mut m = vec![0u8; len];
+        m[0] = kind;
         m[4..8].copy_from_slice(&index.to_le_bytes());
         m
+    }
+
+    fn init_with_index(index: u32) -> Vec<u8> {
+        message(1, wire::HANDSHAKE_INIT_LEN, index)
     }
 
     #[test]
@@ -109,11 +112,9 @@ mod tests {
             sender_index(&init_with_index(0xdead_beef)),
             Some(0xdead_beef)
         );
-        let mut resp = init_with_index(7);
-        resp[0] = MSG_HANDSHAKE_RESP;
+        let resp = message(2, wire::HANDSHAKE_RESPONSE_LEN, 7);
         assert_eq!(sender_index(&resp), Some(7));
-        let mut data = init_with_index(7);
-        data[0] = 4;
+        let data = message(4, 64, 7);
         assert_eq!(sender_index(&data), None);
         assert_eq!(sender_index(&[1, 0, 0]), None, "too short");
         assert_eq!(sender_index(&[]), None);

@@ -43,6 +43,12 @@ pub(crate) struct Peer {
     pub(crate) reachability: PeerReachability,
 }
 
+/// A preshared key as the core takes it: all zeros (`wg`'s way of saying
+/// none) is none.
+fn psk_bytes(psk: Option<PresharedKey>) -> Option<[u8; 32]> {
+    psk.filter(|k| !k.is_zero()).map(|k| k.0)
+}
+
 /// Our static identity, as the protocol core wants it.
 pub(crate) struct StaticIdentity {
     pub(crate) secret: x25519::StaticSecret,
@@ -79,7 +85,7 @@ impl Peer {
             Tunn::new(
                 id.secret.clone(),
                 self.public_key.to_x25519(),
-                t.preshared_key.filter(|k| !k.is_zero()).map(|k| k.0),
+                psk_bytes(t.preshared_key),
                 None,
                 index_table.clone(),
                 rate_limiter.clone(),
@@ -93,7 +99,7 @@ impl Peer {
         let mut t = self.tunnel.lock();
         t.preshared_key = Some(psk);
         if let Some(tunn) = t.tunn.as_mut() {
-            tunn.set_preshared_key(Some(psk).filter(|k| !k.is_zero()).map(|k| k.0));
+            tunn.set_preshared_key(psk_bytes(Some(psk)));
         }
     }
 
