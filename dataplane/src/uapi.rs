@@ -335,34 +335,17 @@ pub fn serve_connection(
 pub struct UapiListener {
     listener: UnixListener,
     path: PathBuf,
-    /// The socket file's identity, to tell ours from a successor's.
-    identity: Option<FileIdentity>,
+    /// The socket file's inode, to tell ours from a successor's.
+    inode: u64,
     /// Set once a successor has taken over: the file is its to keep or
     /// replace, and we never remove it (a check and then a removal would
     /// race with the successor binding its own socket in between).
     leave_file: std::sync::atomic::AtomicBool,
 }
 
-/// A file's inode and change time. The inode alone is not enough: a
-/// successor that removes our socket and binds its own at the same path
-/// often gets the inode number just freed, and we would then remove its
-/// socket on our way out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    ctime: i64,
-    ctime_nsec: i64,
-}
-
-fn identity(path: &Path) -> Option<FileIdentity> {
+fn inode(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).ok().map(|m| FileIdentity {
-        dev: m.dev(),
-        ino: m.ino(),
-        ctime: m.ctime(),
-        ctime_nsec: m.ctime_nsec(),
-    })
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
 }
 
 impl UapiListener {
@@ -403,11 +386,11 @@ impl UapiListener {
         unsafe { libc::umask(old) };
         let listener = bound?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let identity = identity(path);
+        let inode = inode(path).unwrap_or(0);
         Ok(Self {
             listener,
             path: path.to_path_buf(),
-            identity,
+            inode,
             leave_file: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -468,7 +451,7 @@ impl UapiListener {
 
     /// Whether the socket file at our path is still ours.
     fn still_ours(&self) -> bool {
-        self.identity.is_some() && identity(&self.path) == self.identity
+        inode(&self.path) == Some(self.inode)
     }
 }
 
