@@ -57,11 +57,31 @@ fn seal(c: &mut Criterion) {
     g.finish();
 }
 
-fn open(c: &mut Criterion) {
-    // Every iteration opens a message it has not opened before (a replay
-    // would be refused early and measure nothing): messages are sealed in
-    // chunks outside the timed part, then opened in order.
+/// Times `open` over `iters` messages that `seal` makes outside the timed
+/// part, in chunks, each opened once and in order: a replay would be
+/// refused early and measure nothing.
+fn time_fresh_opens(
+    iters: u64,
+    mut seal: impl FnMut() -> Vec<u8>,
+    mut open: impl FnMut(&[u8]),
+) -> Duration {
     const CHUNK: u64 = 20_000;
+    let mut timed = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        left -= n;
+        let sealed: Vec<Vec<u8>> = (0..n).map(|_| seal()).collect();
+        let start = Instant::now();
+        for m in &sealed {
+            open(m);
+        }
+        timed += start.elapsed();
+    }
+    timed
+}
+
+fn open(c: &mut Criterion) {
     let mut g = c.benchmark_group("core_open");
     for size in SIZES {
         let p = packet(size);
@@ -71,51 +91,35 @@ fn open(c: &mut Criterion) {
         let mut out = vec![0u8; 4096];
         g.bench_function(format!("boringtun/{size}"), |bench| {
             bench.iter_custom(|iters| {
-                let mut timed = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(CHUNK);
-                    left -= n;
-                    let sealed: Vec<Vec<u8>> = (0..n)
-                        .map(|_| match a.encapsulate(&p, &mut buf) {
-                            boringtun::noise::TunnResult::WriteToNetwork(m) => m.to_vec(),
-                            _ => panic!("no data message"),
-                        })
-                        .collect();
-                    let start = Instant::now();
-                    for m in &sealed {
-                        match b.decapsulate(None, m, &mut out) {
-                            boringtun::noise::TunnResult::WriteToTunnelV4(pkt, _) => {
-                                assert_eq!(pkt.len(), p.len())
-                            }
-                            other => panic!("not opened: {other:?}"),
+                time_fresh_opens(
+                    iters,
+                    || match a.encapsulate(&p, &mut buf) {
+                        boringtun::noise::TunnResult::WriteToNetwork(m) => m.to_vec(),
+                        _ => panic!("no data message"),
+                    },
+                    |m| match b.decapsulate(None, m, &mut out) {
+                        boringtun::noise::TunnResult::WriteToTunnelV4(pkt, _) => {
+                            assert_eq!(pkt.len(), p.len())
                         }
-                    }
-                    timed += start.elapsed();
-                }
-                timed
+                        other => panic!("not opened: {other:?}"),
+                    },
+                )
             })
         });
         let (mut a, mut b) = connected_gotatun_pair();
         let buffers = PacketBuffers::new();
         g.bench_function(format!("gotatun/{size}"), |bench| {
             bench.iter_custom(|iters| {
-                let mut timed = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(CHUNK);
-                    left -= n;
-                    let sealed: Vec<Vec<u8>> = (0..n)
-                        .map(|_| {
-                            let padded = wire::padded_len(p.len(), MTU);
-                            match a.handle_outgoing_packet(buffers.padded(&p, padded), None) {
-                                Some(WgKind::Data(m)) => Packet::<[u8]>::from(m).to_vec(),
-                                _ => panic!("no data message"),
-                            }
-                        })
-                        .collect();
-                    let start = Instant::now();
-                    for m in &sealed {
+                time_fresh_opens(
+                    iters,
+                    || {
+                        let padded = wire::padded_len(p.len(), MTU);
+                        match a.handle_outgoing_packet(buffers.padded(&p, padded), None) {
+                            Some(WgKind::Data(m)) => Packet::<[u8]>::from(m).to_vec(),
+                            _ => panic!("no data message"),
+                        }
+                    },
+                    |m| {
                         let message = buffers.packet(m).try_into_wg().expect("a message");
                         match b.handle_incoming_packet(message) {
                             GTunnResult::WriteToTunnel(plain) => {
@@ -125,10 +129,8 @@ fn open(c: &mut Criterion) {
                             }
                             other => panic!("not opened: {other:?}"),
                         }
-                    }
-                    timed += start.elapsed();
-                }
-                timed
+                    },
+                )
             })
         });
     }

@@ -195,6 +195,25 @@ impl Initiator {
         let _ = self.socket.send_to(message, self.to);
     }
 
+    /// Sends `n` fresh initiations back to back.
+    fn send_initiations(&mut self, n: usize) {
+        for _ in 0..n {
+            let m = self.initiation();
+            self.send(&m);
+        }
+    }
+
+    /// Goes past the per-source rate until a answers with a cookie for
+    /// this socket, and takes it in: later initiations carry mac2.
+    fn take_cookie(&mut self) {
+        self.send_initiations(60);
+        let answers = self.answers(Duration::from_millis(500));
+        assert!(
+            count(&answers, MSG_COOKIE) > 0,
+            "no cookie past the rate: {answers:?}"
+        );
+    }
+
     /// The types of the messages that arrive within `wait`; cookie replies
     /// are taken in, so later initiations carry mac2.
     fn answers(&mut self, wait: Duration) -> Vec<u8> {
@@ -234,21 +253,9 @@ fn a_cookie_is_bound_to_the_source_port() {
             let x = UdpSocket::bind("0.0.0.0:0").expect("bind");
             let y = UdpSocket::bind("0.0.0.0:0").expect("bind");
             let mut i = Initiator::new(&key, &a_public, x, to);
-            // Past the per-source rate: a answers with a cookie for port x.
-            for _ in 0..60 {
-                let m = i.initiation();
-                i.send(&m);
-            }
-            let first = i.answers(Duration::from_millis(500));
-            assert!(
-                count(&first, MSG_COOKIE) > 0,
-                "no cookie under load: {first:?}"
-            );
+            i.take_cookie();
             // With that cookie, from port x: accepted, however many.
-            for _ in 0..80 {
-                let m = i.initiation();
-                i.send(&m);
-            }
+            i.send_initiations(80);
             let from_x = i.answers(Duration::from_millis(500));
             // The same cookie from port y of the same address: refused,
             // a cookie for y comes back instead (beyond the rate).
@@ -689,13 +696,7 @@ fn a_source_that_answers_its_cookie_is_still_held_to_its_rate() {
         .run_in(move || {
             let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
             let mut i = Initiator::new(&key, &a_public, s, to);
-            // Past the rate: a cookie comes back and is taken in.
-            for _ in 0..60 {
-                let m = i.initiation();
-                i.send(&m);
-            }
-            let first = i.answers(Duration::from_millis(300));
-            assert!(count(&first, MSG_COOKIE) > 0, "no cookie: {first:?}");
+            i.take_cookie();
             // 200 initiations with that cookie over about a second.
             let start = Instant::now();
             for n in 0..200 {
