@@ -139,18 +139,29 @@ pub fn parse_get<'a>(
     };
     let mut host = HostInfo::default();
     let mut handshake: Option<(u64, u32)> = None;
+    // A time the clock cannot hold (seconds past the end of SystemTime, or
+    // nanoseconds of a second or more) is a malformed reply, not a panic.
     let finish = |peer: Option<&mut PeerInfo>, hs: &mut Option<(u64, u32)>| {
         if let (Some(p), Some((s, n))) = (peer, hs.take()) {
             if s != 0 || n != 0 {
-                p.last_handshake = Some(UNIX_EPOCH + Duration::new(s, n));
+                let at = (n < 1_000_000_000)
+                    .then(|| UNIX_EPOCH.checked_add(Duration::new(s, n)))
+                    .flatten()
+                    .ok_or_else(|| {
+                        ControlError::Malformed(format!(
+                            "last handshake at {s} s and {n} ns is not a time"
+                        ))
+                    })?;
+                p.last_handshake = Some(at);
             }
         }
+        Ok::<(), ControlError>(())
     };
     for line in lines {
         let (key, value) = line.split_once('=').ok_or_else(|| malformed(line))?;
         let num = |v: &str| v.parse::<u64>().map_err(|_| malformed(line));
         if key == "public_key" {
-            finish(info.peers.last_mut(), &mut handshake);
+            finish(info.peers.last_mut(), &mut handshake)?;
             info.peers.push(PeerInfo {
                 public_key: PublicKey::from_hex(value).map_err(|_| malformed(line))?,
                 preshared_key: None,
@@ -205,7 +216,7 @@ pub fn parse_get<'a>(
             _ => return Err(malformed(line)),
         }
     }
-    finish(info.peers.last_mut(), &mut handshake);
+    finish(info.peers.last_mut(), &mut handshake)?;
     Ok((info, host))
 }
 
@@ -415,6 +426,14 @@ mod tests {
             "allowed_ip=10.0.0.0/24",
             "nonsense",
             "weft_pid=-1",
+            // Found by the uapi fuzz target: these panicked (a time past
+            // what SystemTime holds, nanoseconds of a whole second).
+            "public_key=b85996fecc9c7f1fc6d2572a76eda11d59bcd20be8e543b15ce4bd85a8e75a33\n\
+             last_handshake_time_sec=15554523751108313087",
+            "public_key=b85996fecc9c7f1fc6d2572a76eda11d59bcd20be8e543b15ce4bd85a8e75a33\n\
+             last_handshake_time_sec=18446744073709551615\nlast_handshake_time_nsec=999999999",
+            "public_key=b85996fecc9c7f1fc6d2572a76eda11d59bcd20be8e543b15ce4bd85a8e75a33\n\
+             last_handshake_time_sec=1\nlast_handshake_time_nsec=1000000000",
         ] {
             assert!(parse_get(bad.lines()).is_err(), "{bad}");
         }
