@@ -2,12 +2,13 @@
 //! comes from and, for the Kubernetes backend, the mesh-wide options (which
 //! a mesh file carries itself).
 
-use crate::backend::{Backend, FileBackend};
-use crate::k8s::annotations::DEFAULT_TOPOLOGY_LABEL;
-use crate::k8s::backend::{KubeBackend, KubeSettings};
+use crate::backend::k8s::annotations::DEFAULT_TOPOLOGY_LABEL;
+use crate::backend::k8s::{KubeBackend, KubeSettings};
+use crate::backend::{Backend, FileBackend, Waker};
 use crate::mesh::{Encapsulate, Granularity, MeshOptions};
 use ipnet::IpNet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -58,6 +59,20 @@ pub struct BackendArgs {
     /// Kubernetes backend: MTU of the tunnel and of the pods' interfaces.
     #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u16).range(1280..))]
     pub mtu: u16,
+    /// Kubernetes backend: seconds between this node's check-ins
+    /// (kilo.squat.ai/last-seen). Kilo's 30 is what Kilo nodes expect;
+    /// labs and tests shorten it.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub check_in_period: u64,
+    /// Kubernetes backend: seconds without a check-in after which a node is
+    /// left out of the mesh. Must be the same on every node of a cluster
+    /// (Kilo's is 60) and at least twice the check-in period.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..))]
+    pub stale_after: u64,
+    /// Kubernetes backend: seconds the API may stay unreachable before
+    /// /readyz fails (the mesh stays applied either way).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub unready_after: u64,
 }
 
 fn parse_granularity(s: &str) -> Result<Granularity, String> {
@@ -81,14 +96,20 @@ impl BackendArgs {
 
     /// Opens the chosen backend; `node_name` is the node the Kubernetes
     /// backend writes its own annotations to.
-    pub fn open(&self, node_name: &str) -> Result<Box<dyn Backend>, String> {
+    pub fn open(&self, node_name: &str, waker: Waker) -> Result<Box<dyn Backend>, String> {
         Ok(match self.backend {
             BackendKind::File => Box::new(FileBackend::new(self.mesh.clone())),
             BackendKind::Kubernetes => Box::new(
                 KubeBackend::connect(
                     self.kubeconfig.as_deref(),
                     self.api_server.as_deref().filter(|s| !s.is_empty()),
-                    KubeSettings::new(node_name, self.mesh_options(), &self.topology_label),
+                    KubeSettings::new(node_name, self.mesh_options(), &self.topology_label)
+                        .with_timing(
+                            Duration::from_secs(self.check_in_period),
+                            Duration::from_secs(self.stale_after),
+                            Duration::from_secs(self.unready_after),
+                        )?,
+                    waker,
                 )
                 .map_err(|e| e.to_string())?,
             ),

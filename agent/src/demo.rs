@@ -17,7 +17,7 @@
 //! namespaces the demo creates (the addresses are documentation and private
 //! ranges), and everything is removed on the way out.
 
-use crate::file_backend::MeshFile;
+use crate::backend::file::MeshFile;
 use crate::mesh::{Encapsulate, Topology};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -160,7 +160,28 @@ pub enum MeshSource {
     File,
     /// A Kubernetes API server holding the demo's Nodes (the tests run one
     /// in the demo's internet namespace); the agents announce themselves.
-    Kubernetes { kubeconfig: PathBuf },
+    Kubernetes { kubeconfig: PathBuf, clocks: Clocks },
+}
+
+/// The agents' liveness clocks under the Kubernetes backend, in seconds
+/// (`--check-in-period`, `--stale-after`, `--unready-after`). The default
+/// is Kilo's; a lab shortens them so that an API outage longer than the
+/// staleness limit takes seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Clocks {
+    pub check_in_period: u64,
+    pub stale_after: u64,
+    pub unready_after: u64,
+}
+
+impl Default for Clocks {
+    fn default() -> Self {
+        Self {
+            check_in_period: 30,
+            stale_after: 60,
+            unready_after: 60,
+        }
+    }
 }
 
 /// A running demo; everything is removed on drop.
@@ -381,10 +402,13 @@ impl Demo {
             .arg(dir.join("run"));
         match &self.source {
             MeshSource::File => cmd.arg("--mesh").arg(self.mesh_path()),
-            MeshSource::Kubernetes { kubeconfig } => cmd
+            MeshSource::Kubernetes { kubeconfig, clocks } => cmd
                 .args(["--backend", "kubernetes", "--kubeconfig"])
                 .arg(kubeconfig)
-                .args(["--encapsulate", &self.encapsulate.to_string()]),
+                .args(["--encapsulate", &self.encapsulate.to_string()])
+                .args(["--check-in-period", &clocks.check_in_period.to_string()])
+                .args(["--stale-after", &clocks.stale_after.to_string()])
+                .args(["--unready-after", &clocks.unready_after.to_string()]),
         };
         let child = cmd
             .arg("--state-dir")

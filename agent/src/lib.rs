@@ -2,12 +2,11 @@
 
 pub mod backend;
 pub mod cli;
+pub mod controller;
 pub mod demo;
 pub mod discover;
-pub mod file_backend;
 pub mod forwarding;
 pub mod http;
-pub mod k8s;
 pub mod mesh;
 pub mod metrics;
 pub mod probe;

@@ -27,6 +27,22 @@ pub struct PeerStat {
     pub reachable: Option<bool>,
 }
 
+impl PeerStat {
+    /// One peer as the tunnel reported it, with its handshake's age at `now`.
+    pub fn from_tunnel(peer: &dataplane::PeerInfo, now: std::time::SystemTime) -> Self {
+        Self {
+            public_key: peer.public_key.to_base64(),
+            rx_bytes: peer.rx_bytes,
+            tx_bytes: peer.tx_bytes,
+            handshake_age: peer
+                .last_handshake
+                .and_then(|t| now.duration_since(t).ok())
+                .map(|d| d.as_secs_f64()),
+            reachable: peer.reachable,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Stage {
     stage: String,

@@ -419,6 +419,15 @@ impl SegmentWatch {
         }
     }
 
+    /// A watch that does not probe (and so reports nothing): for a node
+    /// that is not to judge its segment, and for tests.
+    pub fn without_probes() -> Self {
+        Self {
+            prober: None,
+            judge: Judge::default(),
+        }
+    }
+
     /// Watches the candidates `me` should watch in `topology`.
     pub fn follow(&mut self, topology: &crate::mesh::Topology, me: &str) {
         let list = topology

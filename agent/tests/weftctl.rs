@@ -178,8 +178,8 @@ fn reads_a_cluster_through_the_kubernetes_api() {
         "10.43.0.0/16",
     ]);
     let v: serde_yaml::Value = serde_yaml::from_str(&peer).expect("YAML");
-    let p: weft_agent::k8s::peer::Peer = serde_yaml::from_value(v).expect("a Kilo Peer");
-    let raw = weft_agent::k8s::peer::raw_peer(&p).expect("valid for the other cluster");
+    let p: weft_agent::backend::k8s::peer::Peer = serde_yaml::from_value(v).expect("a Kilo Peer");
+    let raw = weft_agent::backend::k8s::peer::raw_peer(&p).expect("valid for the other cluster");
     assert_eq!(raw.public_key, keys[0]);
     assert!(
         raw.allowed_ips.contains(&"10.42.0.0/24".to_string()),

@@ -152,7 +152,7 @@ fn api_nodes(n: u32) -> Vec<k8s_openapi::api::core::v1::Node> {
 }
 
 fn kube(c: &mut Criterion) {
-    use weft_agent::k8s::annotations::{owned_patch, raw_node};
+    use weft_agent::backend::k8s::annotations::{owned_patch, raw_node};
     let nodes = api_nodes(1000);
     c.bench_function("kube/read-1000-nodes", |b| {
         b.iter(|| {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_agent::file_backend::MeshFile;
+use weft_agent::backend::file::MeshFile;
 use weft_agent::mesh::Topology;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use std::io::Write;
 use std::process::ExitCode;
+use weft_agent::backend::Loaded;
 use weft_agent::cli::BackendArgs;
-use weft_agent::file_backend::Loaded;
 use weft_agent::mesh::Topology;
 use weft_agent::render::{self, Format, RenderError};
 
@@ -236,7 +236,7 @@ fn run(cli: Cli) -> Result<String, String> {
 /// Reads the mesh once; the Kubernetes API gets 15 s to answer its lists.
 fn load(args: &BackendArgs) -> Result<Loaded, String> {
     // weftctl only reads: no node of its own to announce.
-    let mut backend = args.open("")?;
+    let mut backend = args.open("", weft_agent::backend::Waker::new().0)?;
     let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while !backend.ready() {
         if std::time::Instant::now() >= end {

@@ -79,6 +79,11 @@ pub struct DesiredState {
     pub encapsulation: bool,
     /// The node's private address (the encapsulation's underlay source).
     pub private_ip: Option<IpNet>,
+    /// The node's pod CIDRs: the CNI configuration's ranges, and the
+    /// families forwarding must be on for.
+    pub pod_cidrs: Vec<IpNet>,
+    /// The mesh's MTU, which pods' interfaces take.
+    pub mtu: u16,
 }
 
 fn host(ip: IpAddr) -> IpNet {
@@ -265,6 +270,8 @@ impl Topology {
             masquerade: Masquerade { sources, mesh },
             encapsulation,
             private_ip: private,
+            pod_cidrs: me.pod_cidrs.clone(),
+            mtu: self.options.mtu,
         })
     }
 }

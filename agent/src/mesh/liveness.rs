@@ -21,12 +21,35 @@ pub const GRACE_AFTER_OUTAGE: u64 = 30;
 /// [`OutageLog::liveness`]).
 const KEPT_OUTAGES: usize = 16;
 
+/// The time limits of liveness, in seconds. Every node of a cluster must
+/// use the same ones (Kilo's are the defaults); labs and tests shorten them
+/// so an outage longer than the staleness limit takes seconds, not minutes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A node silent for this long is left out.
+    pub stale_after: u64,
+    /// After the API returns, pre-outage data cannot make a node stale for
+    /// this long: one check-in period, the time every node needs to check
+    /// in again.
+    pub grace_after_outage: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            stale_after: Node::STALE_AFTER,
+            grace_after_outage: GRACE_AFTER_OUTAGE,
+        }
+    }
+}
+
 /// A clock for node ages: the time now, and the spans (unix seconds,
 /// `[start, end)`) during which check-ins could not be observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Liveness {
     now: u64,
     unobserved: Vec<(u64, u64)>,
+    stale_after: u64,
 }
 
 impl From<u64> for Liveness {
@@ -41,7 +64,19 @@ impl Liveness {
         Self {
             now,
             unobserved: Vec::new(),
+            stale_after: Node::STALE_AFTER,
         }
+    }
+
+    /// The same clock with another staleness limit (seconds).
+    pub fn with_stale_after(mut self, seconds: u64) -> Self {
+        self.stale_after = seconds;
+        self
+    }
+
+    /// Seconds of silence after which a node is stale.
+    pub fn stale_after(&self) -> u64 {
+        self.stale_after
     }
 
     /// `unobserved` may overlap and be in any order; parts in the future
@@ -64,6 +99,7 @@ impl Liveness {
         Self {
             now,
             unobserved: merged,
+            stale_after: Node::STALE_AFTER,
         }
     }
 
@@ -85,7 +121,7 @@ impl Liveness {
 
     /// Whether a node that last checked in at `last_seen` is stale.
     pub fn is_stale(&self, last_seen: u64) -> bool {
-        self.age(last_seen) >= Node::STALE_AFTER
+        self.age(last_seen) >= self.stale_after
     }
 }
 
@@ -120,18 +156,24 @@ impl OutageLog {
 
     /// The clock at `now`: the current outage until now, and every past
     /// outage extended by the grace. An outage whose grace ended more than
-    /// [`Node::STALE_AFTER`] ago no longer changes any verdict (a node
+    /// the staleness limit ago no longer changes any verdict (a node
     /// silent since before it is older than that anyway), which is why a
     /// bounded history is enough.
     pub fn liveness(&self, now: u64) -> Liveness {
+        self.liveness_under(now, Limits::default())
+    }
+
+    /// [`OutageLog::liveness`] under other limits.
+    pub fn liveness_under(&self, now: u64, limits: Limits) -> Liveness {
         let current = self.down_since.map(|s| (s, now));
         Liveness::with_unobserved(
             now,
             self.past
                 .iter()
-                .map(|&(s, e)| (s, e + GRACE_AFTER_OUTAGE))
+                .map(|&(s, e)| (s, e + limits.grace_after_outage))
                 .chain(current),
         )
+        .with_stale_after(limits.stale_after)
     }
 }
 
@@ -209,5 +251,23 @@ mod tests {
             log.back(i * 10 + 5);
         }
         assert_eq!(log.past.len(), KEPT_OUTAGES);
+    }
+
+    #[test]
+    fn shorter_limits_shorten_staleness_and_the_grace() {
+        let limits = Limits {
+            stale_after: 8,
+            grace_after_outage: 3,
+        };
+        let mut log = OutageLog::default();
+        assert!(!log.liveness_under(107, limits).is_stale(100));
+        assert!(log.liveness_under(108, limits).is_stale(100));
+        // A 20 s outage, longer than the limit, drops no one; the grace
+        // after it is the short check-in period.
+        log.lost(110);
+        log.back(130);
+        assert!(!log.liveness_under(130, limits).is_stale(105));
+        assert_eq!(log.liveness_under(140, limits).age(105), 5 + 7);
+        assert!(log.liveness_under(140, limits).is_stale(105));
     }
 }

@@ -9,7 +9,7 @@ pub mod model;
 pub mod topology;
 
 pub use desired::{DesiredState, PeerConfig, Route, RouteDevice, WireGuardConfig};
-pub use liveness::{Liveness, OutageLog};
+pub use liveness::{Limits, Liveness, OutageLog};
 pub use model::{
     Encapsulate, Endpoint, Granularity, MeshOptions, Node, Peer, RawNode, RawPeer, RecordError,
     Snapshot,

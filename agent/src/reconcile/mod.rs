@@ -130,12 +130,13 @@ impl Reconciler {
         &self.settings.tunnel.interface
     }
 
-    /// Whether the CNI configuration for `pod_cidrs` is in place (`wanted`:
-    /// the agent writes one), for /readyz.
-    pub fn cni_status(&self, pod_cidrs: &[ipnet::IpNet], wanted: bool) -> Result<(), String> {
-        let Some(dir) = self.settings.cni_dir.as_ref().filter(|_| wanted) else {
+    /// Whether the CNI configuration for `desired`'s pod CIDRs is in
+    /// place (when this agent writes one), for /readyz.
+    pub fn cni_status(&self, desired: &DesiredState) -> Result<(), String> {
+        let Some(dir) = self.settings.cni_dir.as_ref() else {
             return Ok(());
         };
+        let pod_cidrs = &desired.pod_cidrs;
         if pod_cidrs.is_empty() {
             return Err(
                 "this node has no pod CIDR yet (spec.podCIDR): pods cannot start until the \
@@ -154,51 +155,13 @@ impl Reconciler {
         }
     }
 
-    /// Per-peer counters of the tunnel as read at the last pass, for metrics.
-    pub fn peer_stats(&self) -> Vec<crate::metrics::PeerStat> {
-        let Some(info) = self.tunnel.last_info() else {
-            return Vec::new();
-        };
-        let now = std::time::SystemTime::now();
-        info.peers
-            .iter()
-            .map(|p| crate::metrics::PeerStat {
-                public_key: p.public_key.to_base64(),
-                rx_bytes: p.rx_bytes,
-                tx_bytes: p.tx_bytes,
-                handshake_age: p
-                    .last_handshake
-                    .and_then(|t| now.duration_since(t).ok())
-                    .map(|d| d.as_secs_f64()),
-                reachable: p.reachable,
-            })
-            .collect()
-    }
-
-    /// The endpoints the tunnel learned for `roaming` keys (nodes and peers
-    /// behind NAT, which announce a keepalive): where their handshakes came
-    /// from. Others read them from this node's `discovered-endpoints`.
-    pub fn learned_endpoints(
-        &self,
-        roaming: &BTreeSet<PublicKey>,
-    ) -> BTreeMap<PublicKey, SocketAddr> {
-        let Some(info) = self.tunnel.last_info() else {
-            return Default::default();
-        };
-        info.peers
-            .iter()
-            .filter(|p| roaming.contains(&p.public_key) && p.last_handshake.is_some())
-            .filter_map(|p| Some((p.public_key, p.endpoint?)))
-            .collect()
+    /// The tunnel's peers as it reported them after the last pass.
+    pub fn tunnel_peers(&self) -> &[dataplane::PeerInfo] {
+        self.tunnel.last_info().map_or(&[], |i| i.peers.as_slice())
     }
 
     /// One pass: WireGuard, address, routes, netfilter, CNI.
-    pub fn apply(
-        &mut self,
-        desired: &DesiredState,
-        pod_cidrs: &[ipnet::IpNet],
-        mtu: u16,
-    ) -> Result<Changes, ReconcileError> {
+    pub fn apply(&mut self, desired: &DesiredState) -> Result<Changes, ReconcileError> {
         let mut changes = Changes::default();
         let wg_index = match &desired.wireguard {
             Some(wg) => {
@@ -296,7 +259,7 @@ impl Reconciler {
                     );
                 }
             }
-            let text = cni::conflist_named(name, pod_cidrs, mtu);
+            let text = cni::conflist_named(name, &desired.pod_cidrs, desired.mtu);
             changes.cni_written = cni::write_if_changed(dir, &text).map_err(ReconcileError::Cni)?;
         }
         Ok(changes)

@@ -9,7 +9,8 @@
 //! the API while it is away ([`ApiHealth::wait_back`]) cuts every wait short
 //! once it answers again.
 
-use crate::mesh::{Liveness, OutageLog};
+use crate::mesh::{Limits, Liveness, OutageLog};
+use kube::runtime::watcher;
 use std::fmt::Display;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -205,8 +206,8 @@ impl ApiHealth {
     }
 
     /// The clock node ages are judged by (see [`OutageLog`]).
-    pub fn liveness(&self, now: u64) -> Liveness {
-        self.state().outages.liveness(now)
+    pub fn liveness(&self, now: u64, limits: Limits) -> Liveness {
+        self.state().outages.liveness_under(now, limits)
     }
 
     /// Resolves when the API is next seen back.
@@ -220,12 +221,47 @@ impl ApiHealth {
         notified.await;
     }
 
+    /// Resolves at the API's next return (not at once when it is up). A
+    /// return between two calls is not lost: [`ApiHealth::take_came_back`]
+    /// still reports it.
+    pub async fn next_return(&self) {
+        self.back.notified().await;
+    }
+
     /// Waits `delay`, or less if the API comes back first.
     pub async fn wait(&self, delay: Duration) {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = self.wait_back() => {}
         }
+    }
+}
+
+/// Whether an error means the API could not be reached (as opposed to an
+/// answer, such as "forbidden", which proves it is there).
+pub fn unreachable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => false,
+        _ => true,
+    }
+}
+
+/// The API's answer inside a watch error, if there was one.
+pub fn watch_answer(e: &watcher::Error) -> Option<&kube::Error> {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => Some(e),
+        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => None,
+    }
+}
+
+pub fn watch_unreachable(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(s) => s.code >= 500 || s.code == 429,
+        watcher::Error::NoResourceVersion => false,
+        _ => watch_answer(e).is_some_and(unreachable),
     }
 }
 
@@ -266,7 +302,7 @@ mod tests {
         assert!(h.is_down());
         // While away, no time counts against a node fresh before it.
         let now = unix_now();
-        assert_eq!(h.liveness(now + 100).age(now), 0);
+        assert_eq!(h.liveness(now + 100, Limits::default()).age(now), 0);
         h.succeeded();
         assert!(!h.is_down());
         assert!(h.take_came_back());
