@@ -2,7 +2,9 @@
 # The test command: installs the system packages the tests use (Debian), then
 # runs formatting and lint checks and the whole test suite, including the
 # root-only tests against real wireguard-go, wg and wg-quick in network
-# namespaces (they report SKIPPED when not run as root).
+# namespaces. Those are marked #[ignore = "needs root: ..."]: as root this
+# script includes them; without root cargo lists them as ignored and this
+# script says how many; under CI (CI=true) running without root is an error.
 #
 #   sudo scripts/test.sh
 set -euo pipefail
@@ -43,7 +45,28 @@ cargo fmt --all -- --check
 phase clippy
 cargo clippy --workspace --all-targets --profile $profile -- -D warnings
 phase tests
-cargo test --workspace --profile $profile
+if [[ $(id -u) == 0 ]]; then
+    root_only=(-- --include-ignored)
+elif [[ ${CI:-} == true ]]; then
+    echo "CI runs the root-only tests: run this script as root" >&2
+    exit 1
+else
+    root_only=()
+fi
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace --profile $profile "${root_only[@]}" 2>&1 | tee "$test_log"
+# One line for the whole suite, summed over every test binary's summary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^(passed|failed|ignored);?$/) { k = $i; sub(";", "", k); n[k] += $(i - 1) } }
+     END { printf "== tests: %d passed, %d failed, %d ignored\n", n["passed"], n["failed"], n["ignored"] }' "$test_log"
+ignored=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^ignored;?$/) s += $(i - 1) } END { print s + 0 }' "$test_log")
+if (( ignored > 0 )); then
+    if [[ $(id -u) == 0 ]]; then
+        echo "$ignored tests were ignored although this run includes them" >&2
+        exit 1
+    fi
+    echo "NOT RUN: $ignored root-only tests (network namespaces, TUN); run as root to include them"
+fi
 phase "benchmark helpers"
 python3 scripts/test_profile_split.py
 # Every parser that reads outside input, coverage-guided, for a bounded time

@@ -26,10 +26,9 @@ fn paths() -> DemoPaths {
 /// Both scenarios share the demo's fixed namespace names, so they run in
 /// sequence within one test.
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn demo_scenarios() {
-    if !common::running_as_root() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     demo_mesh_end_to_end_and_agent_restart();
     demo_mesh_with_vxlan_inside_a_location();
     demo_mesh_through_the_kubernetes_backend();

@@ -11,7 +11,7 @@ mod common;
 use common::ip;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 
@@ -212,19 +212,15 @@ impl Drop for Scene {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < end, "within {timeout:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, timeout: Duration, ok: impl FnMut() -> bool) {
+    let done = testkit::wait_until(timeout, Duration::from_millis(100), ok);
+    assert!(done, "within {timeout:?}: {what}");
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn forwarding_off_is_reported_and_the_init_step_fixes_it() {
-    if !common::running_as_root() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let mut s = Scene::new();
     s.write_mesh();
     let forward = |s: &Scene| {

@@ -13,21 +13,18 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
-fn can_run() -> bool {
-    if !common::running_as_root() {
-        return false;
-    }
-    if !Path::new(REFERENCE_PLUGINS).join("bridge").exists() {
-        panic!(
-            "the reference CNI plugins are missing: apt-get install containernetworking-plugins"
-        );
-    }
-    true
+/// Fails the test unless the reference CNI plugins (Kilo's bridge and
+/// host-local) are installed.
+fn require_reference_plugins() {
+    assert!(
+        Path::new(REFERENCE_PLUGINS).join("bridge").exists(),
+        "the reference CNI plugins are missing: apt-get install containernetworking-plugins"
+    );
 }
 
 /// Kilo's conflist as its manifests write it (its bridge and host-local
@@ -152,10 +149,10 @@ impl Drop for Node {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn a_node_moved_from_kilo_keeps_its_pods_addresses() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
+    require_reference_plugins();
     let weft_cni = common::sibling_binary("weft-cni", "cni-plugin");
     let mut node = Node::new();
     let pod_cidr = "10.42.7.0/24";
@@ -208,11 +205,10 @@ fn a_node_moved_from_kilo_keeps_its_pods_addresses() {
             .expect("agent"),
     );
     let ours = d("net.d/10-weft.conflist");
-    let end = Instant::now() + Duration::from_secs(15);
-    while !ours.exists() {
-        assert!(Instant::now() < end, "the agent wrote no conflist");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let written = testkit::wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        ours.exists()
+    });
+    assert!(written, "the agent wrote no conflist");
     let weft: Value =
         serde_json::from_str(&std::fs::read_to_string(&ours).expect("read")).expect("JSON");
     assert_eq!(

@@ -194,17 +194,16 @@ impl World {
     /// wrote; its address.
     fn add_pod(&mut self, c: &Cluster) -> String {
         let conflist_path = self.node_dir(c).join("cni/10-weft.conflist");
-        let end = Instant::now() + Duration::from_secs(20);
-        while !conflist_path.exists() {
-            let log =
-                std::fs::read_to_string(self.node_dir(c).join("agent.log")).unwrap_or_default();
-            assert!(
-                Instant::now() < end,
-                "{}'s agent did not apply:\n{log}",
-                c.node
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let applied =
+            testkit::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+                conflist_path.exists()
+            });
+        assert!(
+            applied,
+            "{}'s agent did not apply:\n{}",
+            c.node,
+            std::fs::read_to_string(self.node_dir(c).join("agent.log")).unwrap_or_default()
+        );
         let conflist: Value =
             serde_json::from_str(&std::fs::read_to_string(&conflist_path).expect("read"))
                 .expect("JSON");
@@ -285,10 +284,9 @@ impl Drop for World {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn two_clusters_joined_by_peers_reach_each_others_pods() {
-    if !common::running_as_root() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let mut w = World::new();
     let (api_a, _server_a, kube_a) = w.api(&A);
     let (api_b, _server_b, kube_b) = w.api(&B);
@@ -308,16 +306,15 @@ fn two_clusters_joined_by_peers_reach_each_others_pods() {
     api_b.put("peers", peer_a);
     api_a.put("peers", peer_b);
 
-    let end = Instant::now() + Duration::from_secs(20);
-    while !(w.ping(&A, &pod_b) && w.ping(&B, &pod_a)) {
-        assert!(
-            Instant::now() < end,
-            "the clusters' pods do not reach each other:\n{}\n{}",
-            std::fs::read_to_string(w.node_dir(&A).join("agent.log")).unwrap_or_default(),
-            std::fs::read_to_string(w.node_dir(&B).join("agent.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let reached = testkit::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        w.ping(&A, &pod_b) && w.ping(&B, &pod_a)
+    });
+    assert!(
+        reached,
+        "the clusters' pods do not reach each other:\n{}\n{}",
+        std::fs::read_to_string(w.node_dir(&A).join("agent.log")).unwrap_or_default(),
+        std::fs::read_to_string(w.node_dir(&B).join("agent.log")).unwrap_or_default()
+    );
     eprintln!(
         "pod {pod_a} (cluster a) and pod {pod_b} (cluster b) reach each other {:?} after the Peers were applied",
         started.elapsed()

@@ -6,49 +6,29 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_weft-cni");
 const REFERENCE_DIR: &str = "/usr/lib/cni";
 
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for network namespaces");
-        return false;
-    }
-    true
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100_000,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A network namespace, deleted on drop.
-struct Ns(String);
+/// A network namespace (testkit's, deleted on drop) whose commands' whole
+/// output the tests look at.
+struct Ns(testkit::Netns);
 
 impl Ns {
     fn new() -> Self {
-        let name = unique("wc");
-        let ok = Command::new("ip").args(["netns", "add", &name]).status();
-        assert!(ok.is_ok_and(|s| s.success()), "ip netns add {name}");
-        let ns = Self(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
+        Self(testkit::Netns::with_prefix("wc"))
+    }
+    fn name(&self) -> &str {
+        &self.0.name
     }
     fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{}", self.0))
+        self.0.path()
     }
     fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
+        let (program, rest) = args.split_first().expect("a command");
+        self.0
+            .command(program)
+            .args(rest)
             .stdin(Stdio::null())
             .output()
             .expect("ip netns exec")
@@ -58,31 +38,10 @@ impl Ns {
     }
 }
 
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(unique("weft-cni-test-"));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// One node: a host namespace (bridge, veths live there) and an IPAM dir.
 struct Node {
     host: Ns,
-    data: TempDir,
+    data: testkit::TempDir,
     subnet: String,
 }
 
@@ -90,7 +49,7 @@ impl Node {
     fn new(subnet: &str) -> Self {
         Self {
             host: Ns::new(),
-            data: TempDir::new(),
+            data: testkit::TempDir::new("weft-cni-test-"),
             subnet: subnet.to_string(),
         }
     }
@@ -100,7 +59,7 @@ impl Node {
             "cniVersion": version, "name": "weftnet", "type": "weft-cni",
             "bridge": "kube-bridge", "isDefaultGateway": true, "forceAddress": true, "mtu": 1420,
             "ipam": {"type": ipam_type, "ranges": [[{"subnet": self.subnet}]],
-                     "dataDir": self.data.0.to_str().unwrap_or_default()}
+                     "dataDir": self.data.path().to_str().unwrap_or_default()}
         })
     }
 
@@ -114,7 +73,7 @@ impl Node {
         conf: &Value,
     ) -> Output {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.host.0, plugin])
+        c.args(["netns", "exec", self.host.name(), plugin])
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", id)
             .env("CNI_IFNAME", "eth0")
@@ -170,7 +129,7 @@ impl Node {
     }
 
     fn reserved(&self) -> Vec<String> {
-        let dir = self.data.0.join("weftnet");
+        let dir = self.data.join("weftnet");
         let mut v: Vec<String> = std::fs::read_dir(&dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -189,10 +148,9 @@ fn ip_of(result: &Value) -> String {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn two_pods_talk_through_the_bridge() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let node = Node::new("10.60.0.0/24");
     let (p1, p2) = (Ns::new(), Ns::new());
     let r1 = node.add("pod-one", &p1);
@@ -262,10 +220,9 @@ fn two_pods_talk_through_the_bridge() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn results_follow_the_requested_spec_version() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let node = Node::new("10.61.0.0/24");
     for (i, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
         let pod = Ns::new();
@@ -309,10 +266,9 @@ fn results_follow_the_requested_spec_version() {
 
 /// Our IPAM and the reference host-local take turns on one data dir.
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn ipam_interoperates_with_reference_host_local() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let reference = format!("{REFERENCE_DIR}/host-local");
     assert!(
         Path::new(&reference).exists(),
@@ -370,10 +326,9 @@ fn ipam_interoperates_with_reference_host_local() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn fifty_concurrent_adds_get_distinct_addresses() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let node = std::sync::Arc::new(Node::new("10.63.0.0/24"));
     let pods: Vec<std::sync::Arc<Ns>> = (0..50).map(|_| std::sync::Arc::new(Ns::new())).collect();
     let handles: Vec<_> = pods
@@ -408,10 +363,9 @@ fn fifty_concurrent_adds_get_distinct_addresses() {
 
 /// A failed ADD leaves nothing behind.
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn failed_add_rolls_back() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let node = Node::new("10.64.0.0/24");
     let pod = Ns::new();
     // An interface named eth0 already in the pod makes the ADD fail late,
@@ -476,10 +430,9 @@ impl Drop for StrayStores {
 /// Malformed configurations and environments: an error JSON with a code and a
 /// message, never a panic (exit 101) or a hang.
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn malformed_input_gets_error_json() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let node = Node::new("10.65.0.0/24");
     let base = node.conf("1.0.0", "host-local").to_string();
     let mut inputs: Vec<Vec<u8>> = vec![
@@ -517,7 +470,7 @@ fn malformed_input_gets_error_json() {
         let _stray = StrayStores::before(input);
         for command in ["ADD", "DEL", "CHECK"] {
             let mut child = Command::new("ip")
-                .args(["netns", "exec", &node.host.0, PLUGIN])
+                .args(["netns", "exec", node.host.name(), PLUGIN])
                 .env("CNI_COMMAND", command)
                 .env("CNI_CONTAINERID", "fuzz")
                 .env("CNI_IFNAME", "eth0")
@@ -580,10 +533,9 @@ fn malformed_input_gets_error_json() {
 /// Chained with the reference portmap: the result we return is the
 /// prevResult it builds on, and a host port reaches the pod.
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn chains_with_reference_portmap() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let portmap = format!("{REFERENCE_DIR}/portmap");
     assert!(
         Path::new(&portmap).exists(),
@@ -656,17 +608,16 @@ fn chains_with_reference_portmap() {
 /// Dual stack: one IPv4 and one IPv6 range set; both addresses, both
 /// default routes, reachable at once.
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn dual_stack_pods() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let node = Node::new("10.67.0.0/24");
     let conf = json!({
         "cniVersion": "1.0.0", "name": "weftnet", "type": "weft-cni",
         "bridge": "kube-bridge", "isDefaultGateway": true, "forceAddress": true, "mtu": 1420,
         "ipam": {"type": "host-local",
                  "ranges": [[{"subnet": "10.67.0.0/24"}], [{"subnet": "fd00:67::/64"}]],
-                 "dataDir": node.data.0.to_str().unwrap_or_default()}
+                 "dataDir": node.data.path().to_str().unwrap_or_default()}
     });
     let (p1, p2) = (Ns::new(), Ns::new());
     let mut v6 = Vec::new();
@@ -710,10 +661,9 @@ fn dual_stack_pods() {
 
 /// ipMasq: traffic leaving the pod subnet is masqueraded; DEL removes the rules.
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn ip_masq_rules_follow_the_pod() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let node = Node::new("10.68.0.0/24");
     let pod = Ns::new();
     let mut conf = node.conf("1.0.0", "host-local");
@@ -753,10 +703,9 @@ fn ip_masq_rules_follow_the_pod() {
 /// An `ipam.type` other than host-local is delegated to that plugin from
 /// CNI_PATH (here the reference `static`).
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn delegates_other_ipam_plugins() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let node = Node::new("10.69.0.0/24");
     let pod = Ns::new();
     let conf = json!({
@@ -785,10 +734,9 @@ fn delegates_other_ipam_plugins() {
 /// CIDR has no ranges: ADD fails with a CNI error that says so, and leaves
 /// nothing behind.
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn add_before_the_node_has_a_pod_cidr_is_a_clear_error() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces");
     let node = Node::new("10.65.0.0/24");
     let pod = Ns::new();
     let mut conf = node.conf("1.0.0", "host-local");

@@ -57,10 +57,9 @@ impl Rng {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn hostile_input_is_dropped_and_tunnel_survives() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
     assert!(t.pair.a.ping_within(TB, Duration::from_secs(10)));
 
@@ -232,10 +231,9 @@ fn hostile_input_is_dropped_and_tunnel_survives() {
 
 /// A handshake from a key a does not know is ignored: no reply, no state.
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn unknown_peer_gets_no_answer() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
     let a_pub = dataplane::PublicKey::from_base64(&t.ka.public).expect("a's key");
     let a_endpoint: SocketAddr = format!("{}:{PORT_A}", t.pair.a_addr).parse().expect("addr");
@@ -367,12 +365,11 @@ fn attack(
 /// floods and oversized datagrams: the flow goes on, the peer stays where
 /// it is, the daemon's CPU for the attack alone is bounded.
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn a_tcp_flow_survives_a_hostile_network() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let (t, relay) =
         support::relay::relayed(Implementation::Weft, Implementation::WireguardGo, None);
     let to = SocketAddr::from((t.pair.a_addr, PORT_A));

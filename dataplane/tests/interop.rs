@@ -7,9 +7,7 @@ use std::time::Duration;
 use support::*;
 
 fn pair_works(ia: Implementation, ib: Implementation) {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     require("wg");
     let t = Tunnel::new(ia, ib);
     assert!(
@@ -56,26 +54,28 @@ fn pair_works(ia: Implementation, ib: Implementation) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn weft_with_weft() {
     pair_works(Implementation::Weft, Implementation::Weft);
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn weft_initiates_to_wireguard_go() {
     pair_works(Implementation::Weft, Implementation::WireguardGo);
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn wireguard_go_initiates_to_weft() {
     pair_works(Implementation::WireguardGo, Implementation::Weft);
 }
 
 /// Either end restarts with its old key: the tunnel comes back by itself.
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn peer_restart_rehandshakes() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     for restarted_weft in [true, false] {
         let (ia, ib) = if restarted_weft {
             (Implementation::WireguardGo, Implementation::Weft)
@@ -109,10 +109,9 @@ fn peer_restart_rehandshakes() {
 
 /// b moves to another port; a follows it after b's next authenticated packet.
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn endpoint_roaming() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     for ib in [Implementation::Weft, Implementation::WireguardGo] {
         let t = Tunnel::new(Implementation::Weft, ib);
         assert!(t.pair.a.ping_within(TB, Duration::from_secs(10)));
@@ -135,10 +134,9 @@ fn endpoint_roaming() {
 /// A persistent keepalive shows in `wg show` and keeps packets flowing on an
 /// idle tunnel.
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn persistent_keepalive() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
     t.wa.wg(&[
         "set",
@@ -185,10 +183,9 @@ fn persistent_keepalive() {
 
 /// wg-quick drives weft-wg as it drives wireguard-go.
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn wg_quick_up_and_down() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     require("wg-quick");
     let pair = Pair::new();
     let wb = WgInterface::start(&pair.b, Implementation::WireguardGo);
@@ -294,10 +291,9 @@ fn cleanup_if_failed(ok: bool, cleanup: &dyn Fn(bool) -> bool) -> bool {
 /// Everything `wg` can set comes back from `wg showconf` as it was set, and
 /// replace-peers, remove and the zero key behave as with the kernel module.
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn wg_configuration_round_trip() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let ns = Netns::new();
     let w = WgInterface::start(&ns, Implementation::Weft);
     let k = genkey();
@@ -445,15 +441,14 @@ fn longest_gap(answered: &[u32]) -> u32 {
 /// goes unanswered and starts a new handshake within a second, instead of
 /// after the protocol's 15 s.
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn a_peer_that_forgot_the_session_is_back_within_two_seconds() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     require("wg");
     let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
     assert!(t.pair.a.ping_within(TB, Duration::from_secs(10)));
     let conf = t.wb.wg(&["showconf", &t.wb.name]);
-    let file = tempfile_path::TempPath::with_contents(&conf);
+    let file = testkit::SecretFile::with_contents(&conf);
     // 50 ms probes for 8 s; the configuration is replaced after 1.5 s.
     let (answered, sent) = probe_while(&t.pair.a, TB, 160, Duration::from_millis(1500), || {
         t.wb.wg(&["setconf", &t.wb.name, file.as_str()]);
@@ -493,12 +488,11 @@ impl Drop for Daemon {
 /// than sockets come with it (3 against 2): the third sends but does not
 /// receive.
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn an_upgrade_takes_the_running_interface_over() {
     use dataplane::control::ControlClient;
     use dataplane::{DeviceUpdate, PeerUpdate, PrivateKey, PublicKey};
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     require("wg");
     let pair = Pair::new();
     let name = unique("wu");

@@ -43,10 +43,9 @@ fn unpadded(sizes: &[usize]) -> (usize, usize) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn data_messages_are_padded_to_16_bytes_up_to_the_mtu() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let (t, relay) = relayed(Implementation::Weft, Implementation::WireguardGo, None);
     // ICMP payloads from 1 byte to a full MTU: 1384 makes a 1412-byte packet
     // that padding would take past 1420 (capped), 1392 fills the MTU.
@@ -124,10 +123,9 @@ fn udp_loss(t: &Tunnel, relay: Relay, count: u32) -> f64 {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn reordering_by_2000_packets_loses_no_more_than_wireguard_go() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     const COUNT: u32 = 16_000;
     let mut loss = Vec::new();
     for receiver in [Implementation::WireguardGo, Implementation::Weft] {
@@ -238,10 +236,9 @@ fn count(kinds: &[u8], kind: u8) -> usize {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn a_cookie_is_bound_to_the_source_port() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
     let to: SocketAddr = SocketAddr::from((t.pair.a_addr, PORT_A));
     let a_public = t.ka.public.clone();
@@ -431,10 +428,9 @@ fn under_flood(
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn a_handshake_flood_from_one_address_spares_the_cpu_and_other_peers() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
     let second = SecondPeer::add(&t);
     let to = SocketAddr::from((t.pair.a_addr, PORT_A));
@@ -463,10 +459,9 @@ fn a_handshake_flood_from_one_address_spares_the_cpu_and_other_peers() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn every_handshake_gets_a_random_receiver_index() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let (t, relay) = relayed(Implementation::Weft, Implementation::WireguardGo, None);
     let face_b = relay.face_b.to_string();
     // b forgets the session and starts again, four times: weft-wg answers
@@ -542,10 +537,9 @@ fn forged_cookie_reply(init: &[u8], b_public: &[u8; 32]) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn a_cookie_reply_does_not_move_the_endpoint() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let (t, relay) = relayed(Implementation::Weft, Implementation::WireguardGo, None);
     let init = relay
         .captured_to_b
@@ -601,11 +595,10 @@ fn spoofed_udp(src: [u8; 4], dst: std::net::Ipv4Addr, port: u16, payload: &[u8])
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn a_handshake_flood_from_spoofed_addresses_spares_the_cpu_and_other_peers() {
     use std::os::fd::{FromRawFd, OwnedFd};
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
     let second = SecondPeer::add(&t);
     // a routes the spoofed range back towards b (where the answers die) and
@@ -673,10 +666,9 @@ fn a_handshake_flood_from_spoofed_addresses_spares_the_cpu_and_other_peers() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and TUN devices"]
 fn a_source_that_answers_its_cookie_is_still_held_to_its_rate() {
-    if !can_run() {
-        return;
-    }
+    testkit::require_root("network namespaces and TUN devices");
     let t = Tunnel::new(Implementation::Weft, Implementation::WireguardGo);
     let key = PrivateKey::generate().expect("key");
     // A configured peer, so that every admitted initiation is answered.

@@ -1,47 +1,13 @@
 //! Helpers the agent's integration tests share.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 
-/// Another package's binary, built with the same profile as this test
-/// (cargo builds only this package's binaries for its tests).
+pub use testkit::ip;
+
+/// Another package's binary, built with the same profile as this test.
 pub fn sibling_binary(bin: &str, package: &str) -> PathBuf {
-    let agent = Path::new(env!("CARGO_BIN_EXE_weft-agent"));
-    let dir = agent.parent().expect("target dir");
-    let path = dir.join(bin);
-    if !path.is_file() {
-        // The profile is the target directory's name ("debug" is "dev").
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_string(),
-            Some(name) => name.to_string(),
-        };
-        let ok = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", package, "--bin", bin, "--profile", &profile])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot build {bin}");
-    }
-    path
-}
-
-/// Whether the test can run: it needs root for network namespaces. Says
-/// SKIPPED when not.
-pub fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for network namespaces");
-        return false;
-    }
-    true
-}
-
-/// Runs `ip` with `args`; fails the test if it fails.
-pub fn ip(args: &[&str]) {
-    let ok = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "ip {args:?}");
+    testkit::sibling_binary(env!("CARGO_BIN_EXE_weft-agent"), bin, package)
 }
 
 /// Runs CNI `command` in the node namespace `node_ns` for the pod in

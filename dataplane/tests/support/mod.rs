@@ -1,6 +1,6 @@
 //! Test hosts in network namespaces: creation, commands inside them, and
 //! clean-up that runs even when a test fails (Drop).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod relay;
 
@@ -11,137 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Skips (returns false, with a message) unless we are root with netns tools.
-pub fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root for network namespaces and TUN");
-        return false;
-    }
-    true
-}
+pub use testkit::{cpu_time, require_tool as require, run, try_run, unique, Netns};
 
-pub fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(found, "{tool} is not installed; .ci/run installs it");
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A short name unique to this process and call: interface names are at most
-/// 15 bytes and UAPI sockets share one directory across namespaces.
-pub fn unique(prefix: &str) -> String {
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}x{n}", std::process::id() % 100_000)
-}
-
-pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn try_run(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A network namespace, deleted on drop with everything in it.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new() -> Self {
-        let name = unique("wt");
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend_from_slice(args);
-        run(&v)
-    }
-
-    pub fn exec(&self, args: &[&str]) -> String {
-        let mut v = vec!["ip", "netns", "exec", &self.name];
-        v.extend_from_slice(args);
-        run(&v)
-    }
-
-    pub fn try_exec(&self, args: &[&str]) -> bool {
-        let mut v = vec!["ip", "netns", "exec", &self.name];
-        v.extend_from_slice(args);
-        try_run(&v)
-    }
-
-    pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    /// Runs `f` on a thread that has entered this namespace, so sockets it
-    /// opens live there.
-    pub fn run_in<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: setns on a namespace fd for this thread only.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-
-    pub fn ping(&self, addr: &str) -> bool {
-        self.try_exec(&["ping", "-c", "1", "-W", "1", addr])
-    }
-
-    /// Pings until one reply or `timeout`.
-    pub fn ping_within(&self, addr: &str, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self.ping(addr) {
-                return true;
-            }
-        }
-        false
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+/// Pairs made so far by this process: each gets its own 192.168.x.0/24.
+static PAIRS: AtomicU32 = AtomicU32::new(0);
 
 /// Two hosts joined by a veth pair: `a` is 192.168.x.1, `b` is 192.168.x.2.
 pub struct Pair {
@@ -157,7 +30,7 @@ impl Pair {
     pub fn new() -> Self {
         let a = Netns::new();
         let b = Netns::new();
-        let subnet = 100 + (SEQ.fetch_add(1, Ordering::Relaxed) % 150) as u8;
+        let subnet = 100 + (PAIRS.fetch_add(1, Ordering::Relaxed) % 150) as u8;
         let (va, vb) = (unique("va"), unique("vb"));
         run(&[
             "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb,
@@ -306,37 +179,8 @@ pub fn genkey() -> Keys {
 }
 
 /// Writes a private key to a 0600 file for `wg set ... private-key FILE`.
-pub fn key_file(key: &str) -> tempfile_path::TempPath {
-    tempfile_path::TempPath::with_contents(key)
-}
-
-pub mod tempfile_path {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::path::PathBuf;
-
-    /// A file removed on drop.
-    pub struct TempPath(pub PathBuf);
-    impl TempPath {
-        pub fn with_contents(s: &str) -> Self {
-            let p = std::env::temp_dir().join(super::unique("weft-test-key-"));
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&p)
-                .expect("create key file");
-            std::io::Write::write_all(&mut f, s.as_bytes()).expect("write key file");
-            Self(p)
-        }
-        pub fn as_str(&self) -> &str {
-            self.0.to_str().unwrap_or_default()
-        }
-    }
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+pub fn key_file(key: &str) -> testkit::SecretFile {
+    testkit::SecretFile::with_contents(key)
 }
 
 /// Two hosts, each with a WireGuard interface, configured as each other's
@@ -574,18 +418,6 @@ pub const DUMP_LATEST_HANDSHAKE: usize = 4;
 pub const DUMP_RX: usize = 5;
 pub const DUMP_TX: usize = 6;
 pub const DUMP_KEEPALIVE: usize = 7;
-
-/// CPU time (user + system) a process has used so far.
-pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_millis(ticks * 1000 / hz)
-}
 
 /// Sets a socket's receive buffer past the system limit (root).
 pub fn big_receive_buffer(s: &impl AsRawFd, bytes: libc::c_int) {
