@@ -7,7 +7,7 @@
 //! first for the endpoint, IPv4 before IPv6. The choice is pure; reading the
 //! addresses is the small I/O half at the end.
 
-use crate::mesh::topology::is_private;
+use crate::mesh::model::is_private;
 use ipnet::IpNet;
 use std::net::IpAddr;
 

@@ -167,7 +167,7 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         .contains("MASQUERADE"));
     let conf = std::fs::read_to_string(node.cni_conf()).expect("conflist");
     assert!(conf.contains("10.42.0.0/24"), "{conf}");
-    // `wg show` reads the embedded tunnel; `wg set` is refused.
+    // `wg show` reads the node's tunnel (weft-wg); `wg set` is refused.
     let show = node.sh(&["wg", "show", "weft0"]);
     assert!(show.contains("listening port: 51820"), "{show}");
     assert!(show.contains("10.42.1.0/24"), "{show}");

@@ -1,6 +1,6 @@
 //! The local multi-cloud demo as an end-to-end test: four nodes in three
 //! locations (one behind NAT) in network namespaces, each running weft-agent
-//! with its embedded tunnel and a pod wired by weft-cni. Then an agent is
+//! with its tunnel (a `weft-wg` process) and a pod wired by weft-cni. Then an agent is
 //! killed and restarted: its key and WireGuard IP stay, and pods reconnect.
 //! The same mesh again with VXLAN inside a location, and again driven
 //! through the Kubernetes backend: the agents read Nodes from an API server

@@ -219,7 +219,10 @@ impl NetConf {
             ));
         }
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
-            return Err(CniError::incompatible(&conf.cni_version));
+            return Err(CniError::incompatible(
+                &conf.cni_version,
+                SUPPORTED_VERSIONS,
+            ));
         }
         if conf.bridge.is_empty() || conf.bridge.len() > 15 || conf.bridge.contains('/') {
             return Err(CniError::invalid_config(

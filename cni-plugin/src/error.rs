@@ -38,12 +38,11 @@ impl CniError {
         self.details = details.into();
         self
     }
-    /// 1: the requested spec version is not supported.
-    pub fn incompatible(version: &str) -> Self {
-        Self::new(1, format!("incompatible CNI version {version:?}")).with_details(format!(
-            "supported: {}",
-            crate::config::SUPPORTED_VERSIONS.join(", ")
-        ))
+    /// 1: the requested spec version is not supported; `supported` lists
+    /// those that are.
+    pub fn incompatible(version: &str, supported: &[&str]) -> Self {
+        Self::new(1, format!("incompatible CNI version {version:?}"))
+            .with_details(format!("supported: {}", supported.join(", ")))
     }
     /// 2: a field the plugin does not support.
     pub fn unsupported(msg: impl Into<String>) -> Self {

@@ -16,7 +16,7 @@
 use crate::allowed_ips::IpPrefix;
 use crate::config::{DeviceInfo, DeviceUpdate, PeerInfo};
 use crate::key::{PresharedKey, PrivateKey, PublicKey};
-use crate::uapi::{format_get, parse_endpoint};
+use crate::uapi::parse_endpoint;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -81,37 +81,6 @@ pub fn format_set(update: &DeviceUpdate) -> String {
         }
     }
     out
-}
-
-/// The `weft_get` reply body: `get`'s, with the host's lines at device
-/// level and each peer's reachability.
-pub fn format_weft_get(info: &DeviceInfo, host_lines: &[String]) -> String {
-    let mut out = String::new();
-    for l in host_lines {
-        out.push_str(l);
-        out.push('\n');
-    }
-    // Per-peer extras go after the peer's standard lines; a `get` body is
-    // split at each public_key line to place them.
-    let standard = format_get(info);
-    let mut peers = info.peers.iter();
-    let mut current: Option<&PeerInfo> = None;
-    for line in standard.lines() {
-        if line.starts_with("public_key=") {
-            push_reachable(&mut out, current);
-            current = peers.next();
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    push_reachable(&mut out, current);
-    out
-}
-
-fn push_reachable(out: &mut String, peer: Option<&PeerInfo>) {
-    if let Some(r) = peer.and_then(|p| p.reachable) {
-        let _ = writeln!(out, "weft_reachable={r}");
-    }
 }
 
 /// What a `weft_get` says about the process serving the device.
@@ -333,6 +302,7 @@ mod tests {
     use super::*;
     use crate::config::PeerUpdate;
     use crate::uapi::parse_set;
+    use crate::uapi::{format_get, format_weft_get};
 
     fn key(n: u8) -> PrivateKey {
         PrivateKey([n; 32])

@@ -6,8 +6,9 @@
 //! ([`allowed_ips`]), batched and offloaded TUN and UDP I/O on one worker per
 //! TUN queue (`worker`, `outbound`, `inbound`, [`udp`]), timers, and the UAPI
 //! socket ([`uapi`]) that lets the stock `wg` tool configure a [`Device`].
-//! The agent drives the same [`Device`] in-process through
-//! [`Device::apply`] and [`Device::info`].
+//! `weft-wg` runs a [`Device`]; the agent drives that process over its
+//! control socket ([`control`]: the UAPI text plus Weft's own requests),
+//! never a device of its own, so restarting the agent leaves traffic alone.
 
 pub mod allowed_ips;
 pub mod coalesce;

@@ -7,7 +7,7 @@
 //! with `errno=N`; a broken request never takes the device down.
 
 use crate::allowed_ips::IpPrefix;
-use crate::config::{DeviceInfo, DeviceUpdate, PeerUpdate};
+use crate::config::{DeviceInfo, DeviceUpdate, PeerInfo, PeerUpdate};
 use crate::key::{PresharedKey, PrivateKey, PublicKey};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -261,7 +261,7 @@ pub fn serve_connection(
                 }
                 let info = handler.get();
                 let body = if weft {
-                    crate::control::format_weft_get(&info, &handler.host_lines())
+                    format_weft_get(&info, &handler.host_lines())
                 } else {
                     format_get(&info)
                 };
@@ -507,6 +507,38 @@ pub fn resolve_endpoint(value: &str) -> io::Result<SocketAddr> {
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{value} has no address")))
+}
+
+/// The `weft_get` reply body (Weft's own request, served on the agent's
+/// control socket only, see [`crate::control`]): `get`'s, with the host's lines at device
+/// level and each peer's reachability.
+pub fn format_weft_get(info: &DeviceInfo, host_lines: &[String]) -> String {
+    let mut out = String::new();
+    for l in host_lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    // Per-peer extras go after the peer's standard lines; a `get` body is
+    // split at each public_key line to place them.
+    let standard = format_get(info);
+    let mut peers = info.peers.iter();
+    let mut current: Option<&PeerInfo> = None;
+    for line in standard.lines() {
+        if line.starts_with("public_key=") {
+            push_reachable(&mut out, current);
+            current = peers.next();
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    push_reachable(&mut out, current);
+    out
+}
+
+fn push_reachable(out: &mut String, peer: Option<&PeerInfo>) {
+    if let Some(r) = peer.and_then(|p| p.reachable) {
+        let _ = writeln!(out, "weft_reachable={r}");
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,6 @@
 //! cluster of Kilo nodes behaves exactly as Kilo.
 
 use super::model::Node;
-use super::topology::has_public_endpoint;
 use std::net::IpAddr;
 
 /// How many candidates, in leader order, each node watches. A segment
@@ -34,7 +33,7 @@ pub const CANDIDATES: usize = 3;
 /// nodes: annotated leaders with a public endpoint, other annotated ones,
 /// others with a public endpoint, the rest; by name within each rank.
 pub fn leader_order(nodes: &[Node]) -> Vec<usize> {
-    let rank = |n: &Node| match (n.leader, has_public_endpoint(n)) {
+    let rank = |n: &Node| match (n.leader, n.has_public_endpoint()) {
         (true, true) => 0,
         (true, false) => 1,
         (false, true) => 2,

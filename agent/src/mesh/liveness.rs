@@ -9,8 +9,11 @@
 //! Pure: the backend records when the API went away and came back
 //! ([`OutageLog`]); [`Liveness`] judges ages from that.
 
-use super::model::Node;
 use std::collections::VecDeque;
+
+/// Seconds after which a node that has not checked in is left out (Kilo:
+/// two check-in periods of 30 s).
+pub const STALE_AFTER: u64 = 60;
 
 /// Seconds after the API's return during which pre-outage data cannot make
 /// a node stale: one check-in period, the time every node needs to check in
@@ -37,7 +40,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            stale_after: Node::STALE_AFTER,
+            stale_after: STALE_AFTER,
             grace_after_outage: GRACE_AFTER_OUTAGE,
         }
     }
@@ -64,7 +67,7 @@ impl Liveness {
         Self {
             now,
             unobserved: Vec::new(),
-            stale_after: Node::STALE_AFTER,
+            stale_after: STALE_AFTER,
         }
     }
 
@@ -99,7 +102,7 @@ impl Liveness {
         Self {
             now,
             unobserved: merged,
-            stale_after: Node::STALE_AFTER,
+            stale_after: STALE_AFTER,
         }
     }
 

@@ -191,8 +191,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// Seconds after which a node that has not checked in is left out (Kilo: 2 × 30 s).
-    pub const STALE_AFTER: u64 = 60;
+    /// Whether the node's endpoint is a public address (a name or no
+    /// endpoint is not).
+    pub fn has_public_endpoint(&self) -> bool {
+        self.endpoint
+            .as_ref()
+            .and_then(Endpoint::ip)
+            .is_some_and(|ip| !is_private(ip))
+    }
 
     /// Why the node cannot take part now, if it cannot; its check-in age is
     /// judged by `clock` (which does not run while the API is away).
@@ -431,6 +437,15 @@ impl RawPeer {
     }
 }
 
+/// Kilo's private ranges. (Kilo itself only treats fd00::/16 as private, by a
+/// bug; we take all of fc00::/7 as RFC 4193 defines it.)
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_private(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,5 +624,21 @@ mod tests {
             .field,
             "presharedKey"
         );
+    }
+
+    #[test]
+    fn private_ranges() {
+        for (ip, private) in [
+            ("10.1.2.3", true),
+            ("172.16.0.1", true),
+            ("172.32.0.1", false),
+            ("192.168.1.1", true),
+            ("8.8.8.8", false),
+            ("fd12:3456::1", true),
+            ("fc00::1", true),
+            ("2001:db8::1", false),
+        ] {
+            assert_eq!(is_private(ip.parse().unwrap()), private, "{ip}");
+        }
     }
 }

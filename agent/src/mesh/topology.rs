@@ -83,22 +83,6 @@ pub enum TopologyError {
     SubnetExhausted { subnet: IpNet, segment: String },
 }
 
-/// Kilo's private ranges. (Kilo itself only treats fd00::/16 as private, by a
-/// bug; we take all of fc00::/7 as RFC 4193 defines it.)
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => a.is_private(),
-        IpAddr::V6(a) => (a.segments()[0] & 0xfe00) == 0xfc00,
-    }
-}
-
-pub(crate) fn has_public_endpoint(n: &Node) -> bool {
-    n.endpoint
-        .as_ref()
-        .and_then(Endpoint::ip)
-        .is_some_and(|ip| !is_private(ip))
-}
-
 /// Kilo's deterministic leader choice over name-sorted nodes: the first
 /// annotated node with a public endpoint, else the first annotated node, else
 /// the first with a public endpoint, else the first.
@@ -734,21 +718,5 @@ mod tests {
             Topology::new(&snapshot(nodes, vec![]), &opts, 0),
             Err(TopologyError::SubnetExhausted { .. })
         ));
-    }
-
-    #[test]
-    fn private_ranges() {
-        for (ip, private) in [
-            ("10.1.2.3", true),
-            ("172.16.0.1", true),
-            ("172.32.0.1", false),
-            ("192.168.1.1", true),
-            ("8.8.8.8", false),
-            ("fd12:3456::1", true),
-            ("fc00::1", true),
-            ("2001:db8::1", false),
-        ] {
-            assert_eq!(is_private(ip.parse().unwrap()), private, "{ip}");
-        }
     }
 }

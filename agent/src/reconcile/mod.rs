@@ -1,7 +1,8 @@
 //! The reconciler: makes the node look like its desired state, touching only
-//! what differs. It owns the embedded WireGuard device, the routes it tags
-//! with its own protocol number, its netfilter chains and the CNI conflist;
-//! nothing else on the node is changed.
+//! what differs. It drives the node's tunnel (a `weft-wg` process of its
+//! own, see [`tunnel`]) and owns the routes it tags with its own protocol
+//! number, its netfilter chains and the CNI conflist; nothing else on the
+//! node is changed.
 //!
 //! A restart finds the routes it tagged and the state dir's key, so it
 //! carries on where the last run stopped; nothing is torn down on exit

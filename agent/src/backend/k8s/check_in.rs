@@ -4,9 +4,7 @@
 
 use super::annotations::LAST_SEEN;
 use super::health::Backoff;
-use super::kube::{unix_now, KubeBackend};
 use super::node::MeshNode;
-use crate::backend::Backend;
 use crate::mesh::Liveness;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -59,28 +57,33 @@ pub(super) fn next_expiry(last_seen: impl Iterator<Item = u64>, clock: &Liveness
         .min()
 }
 
-impl KubeBackend {
+impl Freshness {
     /// Whether some node crossed the staleness line since the last
-    /// `observe`. Going stale needs no event, so the nodes are looked at
-    /// when the first fresh one would expire (about once per check-in
-    /// period, not per event); coming back is an event (see `mirror`).
-    pub(super) fn staleness_moved(&mut self) -> bool {
-        let now = unix_now();
-        if !self.freshness.expired(now) {
+    /// `observe`, judged at `now` by `clock` over `nodes` (both fetched only
+    /// when needed: most turns end at the first check). Going stale needs no event, so the
+    /// nodes are looked at when the first fresh one would expire (about
+    /// once per check-in period, not per event); coming back is an event
+    /// (see `mirror`).
+    pub(super) fn moved(
+        &mut self,
+        now: u64,
+        clock: impl FnOnce() -> Liveness,
+        nodes: impl FnOnce() -> Vec<std::sync::Arc<MeshNode>>,
+    ) -> bool {
+        if !self.expired(now) {
             return false;
         }
-        let clock = self.liveness(now);
-        let nodes = self.nodes.state();
+        let clock = clock();
+        let nodes = nodes();
         let moved = nodes.iter().any(|n| {
             let fresh = last_seen(n).is_some_and(|t| !clock.is_stale(t));
             let name = n.metadata.name.as_deref().unwrap_or_default();
-            self.freshness.fresh.get(name) != Some(&fresh)
+            self.fresh.get(name) != Some(&fresh)
         });
         if !moved {
             // Nobody expired: they checked in since. Look again when the
             // next one would.
-            self.freshness.next_expiry =
-                next_expiry(nodes.iter().filter_map(|n| last_seen(n)), &clock);
+            self.next_expiry = next_expiry(nodes.iter().filter_map(|n| last_seen(n)), &clock);
         }
         moved
     }

@@ -2,10 +2,12 @@
 //! Kubernetes Events on the object at fault. Each problem is recorded once
 //! while it lasts; Events that could not be recorded wait for the API.
 
-use super::health::{unreachable, Backoff};
-use super::kube::{KubeBackend, API_CALL_TIMEOUT, FIELD_MANAGER};
+use super::health::{unreachable, ApiHealth, Backoff};
+use super::{API_CALL_TIMEOUT, FIELD_MANAGER};
 use crate::mesh::RecordError;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
 use std::collections::BTreeSet;
 
 /// Problems to record as Events: the ones recorded (so each is recorded
@@ -21,19 +23,28 @@ pub(super) fn event_key(e: &RecordError) -> (String, String, String) {
     (e.kind.to_string(), e.name.clone(), e.to_string())
 }
 
-impl KubeBackend {
-    /// Records the waiting Events, unless the API is away or backing off.
-    pub(super) fn record_events(&mut self) {
-        if self.events.pending.is_empty() || !self.events.backoff.ready() {
+impl Events {
+    /// Records the waiting Events as `node_name`'s agent, unless the API is
+    /// away or backing off; `reference` finds the object an Event is about
+    /// (none when it is gone).
+    pub(super) fn record(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        client: &Client,
+        health: &ApiHealth,
+        node_name: &str,
+        reference: impl Fn(&RecordError) -> Option<ObjectReference>,
+    ) {
+        if self.pending.is_empty() || !self.backoff.ready() {
             return;
         }
-        if self.shared.health.is_down() {
+        if health.is_down() {
             return;
         }
-        while let Some(e) = self.events.pending.first().cloned() {
-            let Some(reference) = self.reference(&e) else {
+        while let Some(e) = self.pending.first().cloned() {
+            let Some(reference) = reference(&e) else {
                 // The object is gone: nothing to attach an Event to.
-                self.events.pending.remove(0);
+                self.pending.remove(0);
                 continue;
             };
             let event = Event {
@@ -51,43 +62,43 @@ impl KubeBackend {
             // about one object with one reason into a series and would show
             // only the first problem's message.
             let recorder = Recorder::new(
-                self.client.clone(),
+                client.clone(),
                 Reporter {
                     controller: FIELD_MANAGER.into(),
-                    instance: Some(self.settings.node_name.clone()),
+                    instance: Some(node_name.to_string()),
                 },
             );
-            let published = self.rt.block_on(async {
+            let published = rt.block_on(async {
                 tokio::time::timeout(API_CALL_TIMEOUT, recorder.publish(&event, &reference)).await
             });
             match published {
                 Ok(Ok(())) => {
-                    self.shared.health.succeeded();
-                    self.events.backoff.reset();
-                    self.events.recorded.insert(event_key(&e));
-                    self.events.pending.remove(0);
+                    health.succeeded();
+                    self.backoff.reset();
+                    self.recorded.insert(event_key(&e));
+                    self.pending.remove(0);
                 }
                 Ok(Err(err)) if !unreachable(&err) => {
-                    self.shared.health.succeeded();
+                    health.succeeded();
                     tracing::warn!(
                         "cannot record an Event for {} {}: the API refused: {err}",
                         e.kind,
                         e.name
                     );
-                    self.events.recorded.insert(event_key(&e));
-                    self.events.pending.remove(0);
+                    self.recorded.insert(event_key(&e));
+                    self.pending.remove(0);
                 }
                 Ok(Err(err)) => {
-                    self.shared.health.failed("recording an Event", &err);
-                    self.events.backoff.failed();
+                    health.failed("recording an Event", &err);
+                    self.backoff.failed();
                     return;
                 }
                 Err(_) => {
-                    self.shared.health.failed(
+                    health.failed(
                         "recording an Event",
                         &format!("no answer within {API_CALL_TIMEOUT:?}"),
                     );
-                    self.events.backoff.failed();
+                    self.backoff.failed();
                     return;
                 }
             }

@@ -20,7 +20,8 @@ pub const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 /// The longest wait between two tries.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 before it).
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -23,42 +23,24 @@ use super::annotations::{
 };
 use super::check_in::{last_seen, next_expiry, CheckIn, Freshness};
 use super::events::{event_key, Events};
-use super::health::{unreachable, ApiHealth, Backoff};
-use super::mirror::{mirror, node_digest, peer_digest, probe_while_down, Mirrored};
+use super::health::{unix_now, unreachable, ApiHealth, Backoff};
+use super::mirror::{mirror, node_digest, peer_digest, probe_while_down, Mirrored, Shared};
 use super::node::MeshNode;
 use super::peer::{raw_peer, Peer};
+use super::{API_CALL_TIMEOUT, FIELD_MANAGER};
 use crate::backend::{Backend, BackendError, Loaded, SelfReport, Waker};
 use crate::mesh::{Limits, Liveness, MeshOptions, RecordError, Snapshot};
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-
-/// How long the agent loop waits for one write to the API; a slow or absent
-/// API must not hold up reconciling (or stopping).
-pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+use std::time::{Duration, Instant};
 
 /// An API away this long makes the agent not ready (its picture of the
 /// mesh may be old): long enough to ride out an API server restart.
 pub(super) const UNREADY_AFTER: Duration = Duration::from_secs(60);
-
-/// How often the API is probed while it is away.
-pub(super) const PROBE_PERIOD: Duration = Duration::from_secs(1);
-
-/// How long the mirror rests between batches of watch events (the latency
-/// this adds to every change is at most this).
-pub(super) const BATCH_PAUSE: Duration = Duration::from_millis(250);
-
-/// How long our own check-in may take to come back through the watch of
-/// Nodes before that watch is judged broken and restarted.
-pub(super) const WATCH_ECHO_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The field manager named in the API's managedFields for our patches.
-pub const FIELD_MANAGER: &str = "weft-agent";
 
 /// How this backend is set up.
 #[derive(Clone, Debug)]
@@ -119,20 +101,6 @@ impl KubeSettings {
     }
 }
 
-/// What the mirror tasks share with the backend.
-pub(super) struct Shared {
-    /// Wakes the agent's loop when something the mesh reads changed.
-    pub(super) waker: Waker,
-    pub(super) health: ApiHealth,
-    /// When our last patch succeeded and when the Nodes watch last brought
-    /// our own node: a patch whose echo never comes means a broken watch.
-    pub(super) own_patch_at: Mutex<Option<Instant>>,
-    pub(super) own_event_at: Mutex<Option<Instant>>,
-    /// The nodes stale at the last `observe`: a check-in from one of them
-    /// is news (it comes back), from any other it is not.
-    pub(super) stale: Mutex<HashSet<String>>,
-}
-
 pub struct KubeBackend {
     pub(super) rt: tokio::runtime::Runtime,
     pub(super) client: Client,
@@ -159,13 +127,6 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .thread_name("kube")
         .enable_all()
         .build()
-}
-
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// What to tell an operator whose agent cannot reach `server`.
@@ -325,12 +286,20 @@ impl KubeBackend {
             .is_some_and(|first| first == self.settings.node_name)
     }
 
-    pub(super) fn reference(&self, e: &RecordError) -> Option<ObjectReference> {
-        match e.kind {
-            "node" => self.nodes.get(&e.name).map(|n| n.object_ref(&())),
-            "peer" => self.peers.get(&e.name).map(|p| p.object_ref(&())),
-            _ => None,
-        }
+    /// Records the Events waiting, unless the API is away or backing off.
+    fn record_events(&mut self) {
+        let (nodes, peers) = (&self.nodes, &self.peers);
+        self.events.record(
+            &self.rt,
+            &self.client,
+            &self.shared.health,
+            &self.settings.node_name,
+            |e| match e.kind {
+                "node" => nodes.get(&e.name).map(|n| n.object_ref(&())),
+                "peer" => peers.get(&e.name).map(|p| p.object_ref(&())),
+                _ => None,
+            },
+        );
     }
 }
 
@@ -347,7 +316,13 @@ impl Backend for KubeBackend {
         self.pass_owed
             || (self.check_in.due() && self.check_in.backoff.ready())
             || (api_up && !self.events.pending.is_empty() && self.events.backoff.ready())
-            || self.staleness_moved()
+            || {
+                let now = unix_now();
+                let (health, limits, nodes) =
+                    (&self.shared.health, self.settings.limits, &self.nodes);
+                self.freshness
+                    .moved(now, || health.liveness(now, limits), || nodes.state())
+            }
     }
 
     fn ready(&self) -> bool {

@@ -6,20 +6,45 @@
 
 use super::annotations::LAST_SEEN;
 use super::check_in::last_seen;
-use super::health::{watch_answer, watch_unreachable, Backoff};
-use super::kube::{Shared, BATCH_PAUSE, PROBE_PERIOD, WATCH_ECHO_TIMEOUT};
+use super::health::{watch_answer, watch_unreachable, ApiHealth, Backoff};
 use super::node::MeshNode;
 use super::peer::Peer;
+use crate::backend::Waker;
 use futures::{FutureExt, StreamExt};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How often the API is probed while it is away.
+pub(super) const PROBE_PERIOD: Duration = Duration::from_secs(1);
+
+/// How long the mirror rests between batches of watch events (the latency
+/// this adds to every change is at most this).
+pub(super) const BATCH_PAUSE: Duration = Duration::from_millis(250);
+
+/// How long our own check-in may take to come back through the watch of
+/// Nodes before that watch is judged broken and restarted.
+pub(super) const WATCH_ECHO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the mirror tasks share with the backend.
+pub(super) struct Shared {
+    /// Wakes the agent's loop when something the mesh reads changed.
+    pub(super) waker: Waker,
+    pub(super) health: ApiHealth,
+    /// When our last patch succeeded and when the Nodes watch last brought
+    /// our own node: a patch whose echo never comes means a broken watch.
+    pub(super) own_patch_at: Mutex<Option<Instant>>,
+    pub(super) own_event_at: Mutex<Option<Instant>>,
+    /// The nodes stale at the last `observe`: a check-in from one of them
+    /// is news (it comes back), from any other it is not.
+    pub(super) stale: Mutex<HashSet<String>>,
+}
 
 /// The objects of one kind as the watch last said, by name. Each object is
 /// kept as the watch delivered it (no copy per event), and the store counts

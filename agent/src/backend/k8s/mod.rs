@@ -19,3 +19,12 @@ pub mod node;
 pub mod peer;
 
 pub use kube::{KubeBackend, KubeSettings};
+
+use std::time::Duration;
+
+/// How long the agent loop waits for one write to the API; a slow or absent
+/// API must not hold up reconciling (or stopping).
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The field manager named in the API's managedFields for our patches.
+pub const FIELD_MANAGER: &str = "weft-agent";
