@@ -13,6 +13,7 @@
 #   mesh_file        the mesh file of `--backend file`
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#   scripts/fuzz.sh --build-only     # build the targets, run nothing
 #
 # Each target starts from its seed corpus in fuzz/corpus/TARGET (which also
 # holds any input that once crashed: a regression test, run first) and
@@ -22,6 +23,11 @@
 # checks are on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build_only=false
+if [[ ${1:-} == --build-only ]]; then
+    build_only=true
+    shift
+fi
 seconds=${1:-20}
 shift || true
 targets=("$@")
@@ -41,6 +47,7 @@ if ! cargo fuzz build "${flags[@]}" >"$work/build.log" 2>&1; then
     exit 1
 fi
 echo "fuzz targets built in $((SECONDS - build_start)) s"
+$build_only && exit 0
 failed=0
 for t in "${targets[@]}"; do
     mkdir -p "$work/$t"

@@ -40,6 +40,25 @@ phase() {
     echo "== $1 (previous phase: $((SECONDS - phase_start)) s)"
     phase_start=$SECONDS
 }
+# The fuzz targets are a build of their own (instrumented, another
+# workspace). It starts now, at the lowest priority, and takes the CPU the
+# rest leaves idle: a build's serial stretches, and the tests, which mostly
+# wait on the network in namespaces. The fuzz phase waits for it.
+fuzz_seconds=${WEFT_FUZZ_SECONDS:-20}
+fuzz_build_log=$(mktemp)
+test_log=$(mktemp)
+fuzz_build=
+finish() {
+    # A failed phase leaves no build behind (its own session: cargo and rustc with it).
+    if [[ -n $fuzz_build ]]; then kill -- "-$fuzz_build" 2>/dev/null || true; fi
+    rm -f "$fuzz_build_log" "$test_log"
+}
+trap finish EXIT
+if [[ $fuzz_seconds != 0 ]]; then
+    setsid nice -n 19 scripts/fuzz.sh --build-only >"$fuzz_build_log" 2>&1 &
+    fuzz_build=$!
+fi
+
 phase rustfmt
 cargo fmt --all -- --check
 phase clippy
@@ -53,8 +72,6 @@ elif [[ ${CI:-} == true ]]; then
 else
     root_only=()
 fi
-test_log=$(mktemp)
-trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --profile $profile "${root_only[@]}" 2>&1 | tee "$test_log"
 # One line for the whole suite, summed over every test binary's summary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^(passed|failed|ignored);?$/) { k = $i; sub(";", "", k); n[k] += $(i - 1) } }
@@ -69,17 +86,6 @@ if (( ignored > 0 )); then
 fi
 phase "benchmark helpers"
 python3 scripts/test_profile_split.py
-# Every parser that reads outside input, coverage-guided, for a bounded time
-# (WEFT_FUZZ_SECONDS per target, 20 by default; 0 skips, and says so).
-phase fuzz
-fuzz_seconds=${WEFT_FUZZ_SECONDS:-20}
-if [[ $fuzz_seconds == 0 ]]; then
-    [[ ${CI:-} == true ]] && { echo "CI runs the fuzz targets: WEFT_FUZZ_SECONDS=0 is not allowed here" >&2; exit 1; }
-    echo "SKIPPED: fuzzing (WEFT_FUZZ_SECONDS=0)"
-else
-    scripts/fuzz.sh "$fuzz_seconds"
-fi
-
 echo "== weft-cni under real container runtimes (podman's CNI backend; containerd's CRI on the conflist weft-agent writes)"
 phase "runtime e2e"
 cargo build --profile $profile -p cni-plugin -p agent --bins
@@ -92,4 +98,22 @@ if [[ $(id -u) == 0 && -d $runtimes ]]; then
 else
     echo "SKIPPED: needs root and the runtime drivers in $runtimes"
 fi
+# Every parser that reads outside input, coverage-guided, for a bounded time
+# (WEFT_FUZZ_SECONDS per target, 20 by default; 0 skips, and says so).
+phase fuzz
+if [[ -n $fuzz_build ]]; then
+    if ! wait "$fuzz_build"; then
+        cat "$fuzz_build_log" >&2
+        exit 1
+    fi
+    cat "$fuzz_build_log"
+    fuzz_build=
+fi
+if [[ $fuzz_seconds == 0 ]]; then
+    [[ ${CI:-} == true ]] && { echo "CI runs the fuzz targets: WEFT_FUZZ_SECONDS=0 is not allowed here" >&2; exit 1; }
+    echo "SKIPPED: fuzzing (WEFT_FUZZ_SECONDS=0)"
+else
+    scripts/fuzz.sh "$fuzz_seconds"
+fi
+
 echo "== done (last phase: $((SECONDS - phase_start)) s, total: $SECONDS s)"
