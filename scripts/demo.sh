@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 1: a local multi-cloud Weft mesh in network namespaces, no
-# cluster needed. Builds the binaries if needed, then runs `weftctl demo up`:
+# cluster needed. Builds the binaries if needed, then runs `weft-lab up`:
 # 4 nodes in 3 locations (two on one private subnet, one behind NAT with a
 # forced endpoint), each running weft-agent with its userspace WireGuard
 # tunnel (weft-wg) and a pod wired by weft-cni; it proves pod-to-pod and
@@ -18,7 +18,7 @@ if (( ${#missing[@]} )); then
     echo "installing iproute2 iputils-ping iptables" >&2
     apt-get install -y -q --no-install-recommends iproute2 iputils-ping iptables >/dev/null
 fi
-bins=(weftctl weft-agent weft-cni weft-wg)
+bins=(weft-lab weft-agent weft-cni weft-wg)
 for b in "${bins[@]}"; do
     if [[ ! -x $root/target/release/$b ]]; then
         echo "building (cargo build --release --workspace) ..." >&2
@@ -27,8 +27,8 @@ for b in "${bins[@]}"; do
     fi
 done
 case ${1:-up} in
-    down) exec "$root/target/release/weftctl" demo down ;;
-    --keep) exec "$root/target/release/weftctl" demo up --keep ;;
-    up|"") exec "$root/target/release/weftctl" demo up ;;
+    down) exec "$root/target/release/weft-lab" down ;;
+    --keep) exec "$root/target/release/weft-lab" up --keep ;;
+    up|"") exec "$root/target/release/weft-lab" up ;;
     *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -3,7 +3,6 @@
 pub mod backend;
 pub mod cli;
 pub mod controller;
-pub mod demo;
 pub mod discover;
 pub mod forwarding;
 pub mod http;

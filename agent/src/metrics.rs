@@ -29,7 +29,7 @@ pub struct PeerStat {
 
 impl PeerStat {
     /// One peer as the tunnel reported it, with its handshake's age at `now`.
-    pub fn from_tunnel(peer: &dataplane::PeerInfo, now: std::time::SystemTime) -> Self {
+    pub fn from_tunnel(peer: &wgconf::PeerInfo, now: std::time::SystemTime) -> Self {
         Self {
             public_key: peer.public_key.to_base64(),
             rx_bytes: peer.rx_bytes,

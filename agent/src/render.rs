@@ -3,10 +3,10 @@
 //! shapes as Kilo's `kgctl`, so guides written for it still apply.
 
 use crate::mesh::{Endpoint, PeerConfig, Topology};
-use dataplane::PublicKey;
 use ipnet::IpNet;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
+use wgconf::PublicKey;
 
 /// Output format of `showconf --as-peer`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -29,7 +29,7 @@ fn peer_section(out: &mut String, p: &PeerConfig) {
     let _ = writeln!(out, "[Peer]");
     let _ = writeln!(out, "PublicKey = {}", p.public_key);
     if let Some(psk) = &p.preshared_key {
-        let _ = writeln!(out, "PresharedKey = {}", dataplane::PublicKey(psk.0));
+        let _ = writeln!(out, "PresharedKey = {}", wgconf::PublicKey(psk.0));
     }
     let _ = writeln!(out, "AllowedIPs = {}", join(&p.allowed_ips));
     if let Some(ep) = &p.endpoint {

@@ -45,7 +45,7 @@ impl Node {
         // "me" must know its own key: create it the way the agent would.
         let (key, _) =
             weft_agent::reconcile::key::load_or_create(&self.dir.join("key")).expect("key");
-        let other = dataplane::PrivateKey([3; 32]).public_key();
+        let other = wgconf::PrivateKey([3; 32]).public_key();
         let mesh = format!(
             "nodes:\n\
              - {{name: me, location: a, endpoint: '10.0.0.1:51820', internalIP: 10.0.0.1/24, podCIDRs: [10.42.0.0/24], publicKey: {}}}\n\
@@ -113,7 +113,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         // The tunnel's process outlives agents by design: stop it too.
-        let _ = dataplane::control::ControlClient::new(self.control()).stop();
+        let _ = wgconf::control::ControlClient::new(self.control()).stop();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -225,7 +225,7 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
     // The private key shows nowhere: not in /metrics, the health answers or
     // the agent's log, in either encoding; the key file and the sockets that
     // can reconfigure the tunnel are root's alone.
-    let key = dataplane::PrivateKey::from_base64(
+    let key = wgconf::PrivateKey::from_base64(
         std::fs::read_to_string(node.dir.join("key"))
             .expect("key")
             .trim(),

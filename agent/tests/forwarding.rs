@@ -204,7 +204,7 @@ impl Drop for Scene {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = dataplane::control::ControlClient::new(self.dir.join("weft0.ctl")).stop();
+        let _ = wgconf::control::ControlClient::new(self.dir.join("weft0.ctl")).stop();
         for ns in [self.node(), self.pod(), self.outside()] {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }

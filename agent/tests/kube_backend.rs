@@ -5,7 +5,6 @@
 
 use fake_apiserver as fake_api;
 
-use dataplane::PrivateKey;
 use fake_api::{k3s_node, FakeApi};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -14,6 +13,7 @@ use weft_agent::backend::k8s::{KubeBackend, KubeSettings};
 use weft_agent::backend::Loaded;
 use weft_agent::backend::{Backend, BackendError, SelfReport, Waker};
 use weft_agent::mesh::{MeshOptions, Topology};
+use wgconf::PrivateKey;
 
 const REGION: &str = "topology.kubernetes.io/region";
 

@@ -137,7 +137,7 @@ impl Drop for Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = dataplane::control::ControlClient::new(self.dir.join("weft0.ctl")).stop();
+        let _ = wgconf::control::ControlClient::new(self.dir.join("weft0.ctl")).stop();
         for p in self.pods.drain(..) {
             let _ = Command::new("ip").args(["netns", "del", &p]).status();
         }

@@ -273,8 +273,7 @@ impl Drop for World {
             let _ = a.wait();
         }
         for c in [&A, &B] {
-            let _ =
-                dataplane::control::ControlClient::new(self.node_dir(c).join("weft0.ctl")).stop();
+            let _ = wgconf::control::ControlClient::new(self.node_dir(c).join("weft0.ctl")).stop();
         }
         for ns in self.namespaces.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
@@ -322,7 +321,7 @@ fn two_clusters_joined_by_peers_reach_each_others_pods() {
     // Through the tunnel between the two nodes: each sees the other as a
     // peer with a handshake.
     for (c, other) in [(&A, &B), (&B, &A)] {
-        let (info, _) = dataplane::control::ControlClient::new(w.node_dir(c).join("weft0.ctl"))
+        let (info, _) = wgconf::control::ControlClient::new(w.node_dir(c).join("weft0.ctl"))
             .get()
             .expect("tunnel");
         assert_eq!(info.peers.len(), 1, "{}: {:?}", c.node, info.peers);

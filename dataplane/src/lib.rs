@@ -12,25 +12,26 @@
 
 pub mod allowed_ips;
 pub mod coalesce;
-pub mod config;
-pub mod control;
 pub mod device;
 pub mod handoff;
 pub mod handshake_budget;
 mod inbound;
 mod index;
-pub mod key;
 pub mod offload;
 pub mod outbound;
 mod peer;
 pub mod reachability;
 mod shared;
-pub mod signals;
 mod timers;
 pub mod uapi;
 pub mod udp;
 pub mod wire;
 mod worker;
+
+// The configuration model, keys, the control client and signal handling
+// live in `wgconf`, which the agent links instead of this crate; they are
+// re-exported under their old paths.
+pub use wgconf::{config, control, key, signals};
 
 pub use allowed_ips::{AllowedIps, IpPrefix};
 

@@ -7,10 +7,10 @@
 //! the same trait.
 
 use crate::mesh::{Granularity, Liveness, MeshOptions, RecordError, Snapshot};
-use dataplane::PublicKey;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use wgconf::PublicKey;
 
 /// Wakes the agent's loop: a backend keeps one and calls [`Waker::wake`]
 /// when its picture changed. Wakes that arrive while one is pending fold

@@ -7,7 +7,6 @@
 //! candidates.
 
 use clap::Parser;
-use dataplane::signals::TerminationSignals;
 use ipnet::IpNet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +23,7 @@ use weft_agent::probe::SegmentWatch;
 use weft_agent::reconcile::tunnel::{Launch, TunnelSettings};
 use weft_agent::reconcile::{key, Reconciler, Settings, VXLAN_NAME};
 use weft_agent::status::Status;
+use wgconf::signals::TerminationSignals;
 
 #[derive(Parser)]
 #[command(
@@ -68,7 +68,7 @@ struct Cli {
     #[arg(long, default_value = weft_agent::reconcile::cni::IPAM_DIR)]
     ipam_dir: PathBuf,
     /// Directory of the tunnel's read-only UAPI socket, so `wg show` works.
-    #[arg(long, default_value = dataplane::uapi::SOCKET_DIR)]
+    #[arg(long, default_value = wgconf::uapi::SOCKET_DIR)]
     uapi_dir: PathBuf,
     /// No UAPI socket (`wg show` will not see the tunnel).
     #[arg(long)]

@@ -50,29 +50,6 @@ enum Command {
         #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u16).range(1280..))]
         mtu: u16,
     },
-    /// A local multi-cloud mesh in network namespaces (needs root).
-    Demo {
-        #[command(subcommand)]
-        action: DemoAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum DemoAction {
-    /// Build 4 nodes in 3 locations (one behind NAT), each running weft-agent
-    /// with a pod wired by weft-cni; prove pod-to-pod and pod-to-node
-    /// reachability; print the table and the graph; tear everything down.
-    Up {
-        /// Keep it running until Enter or Ctrl-C, to look around
-        /// (e.g. `sudo ip netns exec wd-aws-1-pod ping 10.42.3.2`).
-        #[arg(long)]
-        keep: bool,
-        /// Encapsulate traffic between the nodes of one location (VXLAN).
-        #[arg(long, default_value = "never", value_parser = ["never", "crosssubnet", "always"])]
-        encapsulate: String,
-    },
-    /// Remove what an interrupted demo left behind.
-    Down,
 }
 
 #[derive(clap::Args)]
@@ -112,67 +89,9 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn demo(action: DemoAction) -> Result<String, String> {
-    use weft_agent::demo;
-    let paths = demo::DemoPaths::beside_current_exe().map_err(|e| e.to_string())?;
-    if let DemoAction::Down = action {
-        demo::down(&paths.work);
-        return Ok("removed the demo's namespaces, agents and files\n".into());
-    }
-    let (keep, encapsulate) = match &action {
-        DemoAction::Up { keep, encapsulate } => {
-            (*keep, encapsulate.parse().map_err(|e: String| e)?)
-        }
-        DemoAction::Down => (false, weft_agent::mesh::Encapsulate::Never),
-    };
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("the demo needs root (network namespaces, TUN, routes)".into());
-    }
-    // Ctrl-C at any point: clean up, then leave.
-    let work = paths.work.clone();
-    dataplane::signals::TerminationSignals::block().on_arrival(move |_| {
-        eprintln!("\nweftctl demo: interrupted; tearing down");
-        demo::down(&work);
-        std::process::exit(130);
-    });
-    let started = std::time::Instant::now();
-    let d = demo::Demo::up_with(paths, encapsulate, &|step| eprintln!("== {step}"))
-        .map_err(|e| e.to_string())?;
-    eprintln!("== checking reachability across the mesh");
-    let rows = d.check(std::time::Duration::from_secs(15));
-    let mut out = String::new();
-    out.push_str(&demo::table(&rows));
-    out.push('\n');
-    out.push_str(&d.graph().map_err(|e| e.to_string())?);
-    let failed = rows.iter().filter(|r| r.rtt_ms.is_none()).count();
-    out.push_str(&format!(
-        "\n{} of {} paths reachable; up and checked in {:.1} s\n",
-        rows.len() - failed,
-        rows.len(),
-        started.elapsed().as_secs_f64()
-    ));
-    print!("{out}");
-    out.clear();
-    if keep {
-        eprintln!("running; press Enter (or Ctrl-C) to tear down");
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-    }
-    eprintln!("== tearing down");
-    drop(d);
-    if failed > 0 {
-        return Err(format!("{failed} paths unreachable"));
-    }
-    Ok(out)
-}
-
 fn run(cli: Cli) -> Result<String, String> {
-    match cli.command {
-        Command::Demo { action } => return demo(action),
-        Command::CniConfig { pod_cidrs, mtu } => {
-            return Ok(weft_agent::reconcile::cni::conflist(&pod_cidrs, mtu));
-        }
-        _ => {}
+    if let Command::CniConfig { pod_cidrs, mtu } = &cli.command {
+        return Ok(weft_agent::reconcile::cni::conflist(pod_cidrs, *mtu));
     }
     let loaded = load(&cli.backend)?;
     for r in &loaded.rejected {
@@ -196,7 +115,7 @@ fn run(cli: Cli) -> Result<String, String> {
         Ok(())
     };
     let result = match cli.command {
-        Command::Demo { .. } | Command::CniConfig { .. } => unreachable!("handled above"),
+        Command::CniConfig { .. } => unreachable!("handled above"),
         Command::Graph { svg } => {
             let dot = render::graph(&topology);
             return if svg { to_svg(&dot) } else { Ok(dot) };

@@ -9,12 +9,12 @@ use crate::backend::{Backend, BackendError, SelfReport};
 use crate::discover::{self, Discovered};
 use crate::mesh::{DesiredState, Topology};
 use crate::probe::SegmentWatch;
-use dataplane::{PeerInfo, PublicKey};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
+use wgconf::{PeerInfo, PublicKey};
 
 /// Where this node's own addresses come from: the host's interfaces in
 /// the agent, a fixed answer in tests.

@@ -26,12 +26,12 @@ use crate::metrics::{Metrics, PeerStat};
 use crate::reconcile::{Changes, ReconcileError, Reconciler};
 use crate::status::Status;
 use announce::Announcer;
-use dataplane::{PeerInfo, PublicKey};
 use schedule::Schedule;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use wgconf::{PeerInfo, PublicKey};
 
 /// How often the loop looks at what only a clock tells (the backend's
 /// [`Backend::due`], the probes' verdicts, a stop request) when nothing

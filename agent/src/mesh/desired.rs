@@ -15,9 +15,9 @@
 
 use super::model::{Encapsulate, Endpoint};
 use super::topology::Topology;
-use dataplane::{PresharedKey, PublicKey};
 use ipnet::IpNet;
 use std::net::IpAddr;
+use wgconf::{PresharedKey, PublicKey};
 
 /// Which device a route leaves through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -19,11 +19,11 @@ pub use topology::{Excluded, Segment, Topology, TopologyError};
 #[cfg(test)]
 pub(crate) mod testing {
     use super::model::{Node, Peer, Snapshot};
-    use dataplane::PrivateKey;
     use std::collections::BTreeMap;
+    use wgconf::PrivateKey;
 
     /// A deterministic key per name, so golden outputs are stable.
-    pub fn key_for(name: &str) -> dataplane::PublicKey {
+    pub fn key_for(name: &str) -> wgconf::PublicKey {
         let mut b = [7u8; 32];
         for (i, c) in name.bytes().enumerate() {
             b[i % 32] ^= c.wrapping_mul(31).wrapping_add(i as u8);

@@ -4,13 +4,13 @@
 //! the backend logs it and leaves that record out, never the whole mesh.
 
 use super::liveness::Liveness;
-use dataplane::{PresharedKey, PublicKey};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use wgconf::{PresharedKey, PublicKey};
 
 /// How nodes are grouped into WireGuard segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -6,10 +6,10 @@
 
 use super::liveness::Liveness;
 use super::model::{Endpoint, Granularity, MeshOptions, Node, Peer, RecordError, Snapshot};
-use dataplane::PublicKey;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use wgconf::PublicKey;
 
 /// A group of nodes reached through one WireGuard endpoint (its leader).
 #[derive(Clone, Debug, PartialEq)]

@@ -3,10 +3,10 @@
 //! node's identity and its peers keep working). Stored in base64, as
 //! `wg genkey` writes it.
 
-use dataplane::PrivateKey;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use wgconf::PrivateKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

@@ -15,12 +15,12 @@ pub mod tunnel;
 pub mod wireguard;
 
 use crate::mesh::{DesiredState, Endpoint, RouteDevice};
-use dataplane::{PrivateKey, PublicKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use tunnel::{Tunnel, TunnelSettings};
 use weft_netlink::{Cidr, Netlink, OwnedRoute, RouteProtocol, VxlanSpec};
+use wgconf::{PrivateKey, PublicKey};
 
 /// The protocol number on every route the agent adds ("W"), so it can tell
 /// its routes from everybody else's across restarts.
@@ -157,7 +157,7 @@ impl Reconciler {
     }
 
     /// The tunnel's peers as it reported them after the last pass.
-    pub fn tunnel_peers(&self) -> &[dataplane::PeerInfo] {
+    pub fn tunnel_peers(&self) -> &[wgconf::PeerInfo] {
         self.tunnel.last_info().map_or(&[], |i| i.peers.as_slice())
     }
 

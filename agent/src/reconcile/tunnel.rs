@@ -16,11 +16,11 @@
 //!   it; the agent waits for its socket.
 
 use super::ReconcileError;
-use dataplane::control::{identity_of, ControlClient, HostInfo};
-use dataplane::{DeviceInfo, DeviceUpdate, PeerUpdate};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use wgconf::control::{identity_of, ControlClient, HostInfo};
+use wgconf::{DeviceInfo, DeviceUpdate, PeerUpdate};
 
 /// How long a started tunnel process may take to answer on its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

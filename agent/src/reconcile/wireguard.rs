@@ -4,10 +4,10 @@
 //! every connection at each resync).
 
 use crate::mesh::WireGuardConfig;
-use dataplane::{DeviceInfo, DeviceUpdate, PeerUpdate, PrivateKey, PublicKey};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use wgconf::{DeviceInfo, DeviceUpdate, PeerUpdate, PrivateKey, PublicKey};
 
 /// What we last asked of one peer, to tell our changes from the device's
 /// own (a roaming endpoint learned from a handshake is the device's to keep).
@@ -23,7 +23,7 @@ pub struct ResolvedPeer {
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: u16,
-    pub preshared_key: Option<dataplane::PresharedKey>,
+    pub preshared_key: Option<wgconf::PresharedKey>,
 }
 
 /// The update that brings `current` to `desired`. `applied` remembers the
@@ -74,7 +74,7 @@ pub fn diff(
             u.replace_allowed_ips = true;
             u.allowed_ips = want_ips
                 .iter()
-                .filter_map(|c| dataplane::IpPrefix::new(c.addr(), c.prefix_len()).ok())
+                .filter_map(|c| wgconf::IpPrefix::new(c.addr(), c.prefix_len()).ok())
                 .collect();
             changed = true;
         }
@@ -91,10 +91,7 @@ pub fn diff(
         }
         let have_psk = have.and_then(|h| h.preshared_key).map(|k| k.0);
         if have_psk != want.preshared_key.map(|k| k.0) {
-            u.preshared_key = Some(
-                want.preshared_key
-                    .unwrap_or(dataplane::PresharedKey([0; 32])),
-            );
+            u.preshared_key = Some(want.preshared_key.unwrap_or(wgconf::PresharedKey([0; 32])));
             changed = true;
         }
         if changed {
@@ -116,7 +113,7 @@ pub fn is_noop(u: &DeviceUpdate) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataplane::PeerInfo;
+    use wgconf::PeerInfo;
 
     fn key(n: u8) -> PublicKey {
         PrivateKey([n; 32]).public_key()

@@ -147,7 +147,7 @@ fn node(i: usize, locations: usize, last_seen: u64) -> serde_json::Value {
 }
 
 fn cpu(pid: u32) -> Duration {
-    weft_agent::demo::cpu_time(pid).unwrap_or_default()
+    testkit::cpu_time(pid)
 }
 
 /// CPU time per thread name (the agent's threads: the main loop, `kube`

@@ -5,11 +5,11 @@
 use super::node::NodeView;
 use crate::backend::SelfReport;
 use crate::mesh::{Endpoint, RawNode, RecordError};
-use dataplane::PublicKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use wgconf::PublicKey;
 
 /// Set by users.
 pub const LOCATION: &str = "kilo.squat.ai/location";

@@ -4,8 +4,8 @@
 //! the agent express the same operations: an update is a list of device-level
 //! changes followed by per-peer changes, applied in order and atomically.
 
-use crate::allowed_ips::IpPrefix;
 use crate::key::{PresharedKey, PrivateKey, PublicKey};
+use crate::prefix::IpPrefix;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 

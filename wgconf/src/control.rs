@@ -13,9 +13,9 @@
 //! it. The pure halves (formatting a `set`, parsing a `get`) are tested
 //! without sockets.
 
-use crate::allowed_ips::IpPrefix;
 use crate::config::{DeviceInfo, DeviceUpdate, PeerInfo};
 use crate::key::{PresharedKey, PrivateKey, PublicKey};
+use crate::prefix::IpPrefix;
 use crate::uapi::parse_endpoint;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};

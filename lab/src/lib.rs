@@ -17,12 +17,12 @@
 //! namespaces the demo creates (the addresses are documentation and private
 //! ranges), and everything is removed on the way out.
 
-use crate::backend::file::MeshFile;
-use crate::mesh::{Encapsulate, Topology};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weft_agent::backend::file::MeshFile;
+use weft_agent::mesh::{Encapsulate, Topology};
 
 /// Every namespace the demo creates starts with this.
 pub const PREFIX: &str = "wd-";
@@ -362,11 +362,11 @@ impl Demo {
         std::fs::create_dir_all(&self.paths.work).map_err(io)?;
         let encapsulate = self.encapsulate;
         let mut yaml = format!(
-            "# Written by weftctl demo.\noptions: {{granularity: location, encapsulate: {encapsulate}}}\nnodes:\n"
+            "# Written by weft-lab.\noptions: {{granularity: location, encapsulate: {encapsulate}}}\nnodes:\n"
         );
         for n in nodes() {
             let dir = self.paths.work.join(n.name);
-            let (key, _) = crate::reconcile::key::load_or_create(&dir.join("key"))
+            let (key, _) = weft_agent::reconcile::key::load_or_create(&dir.join("key"))
                 .map_err(|e| DemoError(e.to_string()))?;
             let _ = writeln!(
                 yaml,
@@ -469,7 +469,7 @@ impl Demo {
             .collect();
         routes.sort();
         let control = self.paths.work.join(node).join("weft0.ctl");
-        let peers = dataplane::control::ControlClient::new(control)
+        let peers = wgconf::control::ControlClient::new(control)
             .get()
             .map(|(info, _)| {
                 info.peers
@@ -490,7 +490,7 @@ impl Demo {
             let _ = child.wait();
         }
         let control = self.paths.work.join(node).join("weft0.ctl");
-        if let Ok((_, host)) = dataplane::control::ControlClient::new(control).get() {
+        if let Ok((_, host)) = wgconf::control::ControlClient::new(control).get() {
             if let Some(pid) = host.pid {
                 // SAFETY: kill(2) on the tunnel process this node runs.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -520,7 +520,7 @@ impl Demo {
                 .work
                 .join(n.name)
                 .join("cni")
-                .join(crate::reconcile::cni::FILE_NAME);
+                .join(weft_agent::reconcile::cni::FILE_NAME);
             while !conf.exists() {
                 for (name, child) in &mut self.agents {
                     if let Ok(Some(status)) = child.try_wait() {
@@ -561,7 +561,7 @@ impl Demo {
             .work
             .join(node)
             .join("cni")
-            .join(crate::reconcile::cni::FILE_NAME);
+            .join(weft_agent::reconcile::cni::FILE_NAME);
         let conflist: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(&conflist_path).map_err(|e| DemoError(e.to_string()))?,
         )
@@ -659,7 +659,7 @@ impl Demo {
         let loaded = MeshFile::read(&self.mesh_path()).map_err(|e| DemoError(e.to_string()))?;
         let t = Topology::new(&loaded.snapshot, &loaded.options, 0)
             .map_err(|e| DemoError(e.to_string()))?;
-        Ok(crate::render::graph(&t))
+        Ok(weft_agent::render::graph(&t))
     }
 
     /// The WireGuard address on a node's weft0, if it has one.
@@ -676,7 +676,7 @@ impl Demo {
     }
 
     pub fn public_key(&self, node: &str) -> Option<String> {
-        crate::reconcile::key::load_or_create(&self.paths.work.join(node).join("key"))
+        weft_agent::reconcile::key::load_or_create(&self.paths.work.join(node).join("key"))
             .ok()
             .map(|(k, _)| k.public_key().to_string())
     }
@@ -784,7 +784,7 @@ impl Drop for Demo {
     fn drop(&mut self) {
         for n in nodes() {
             let control = self.paths.work.join(n.name).join("weft0.ctl");
-            let _ = dataplane::control::ControlClient::new(control).stop();
+            let _ = wgconf::control::ControlClient::new(control).stop();
         }
         for (_, mut child) in self.agents.drain(..) {
             // SAFETY: kill(2) on our own child.

@@ -7,8 +7,8 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use gotatun::x25519;
 use std::fmt;
+use x25519_dalek as x25519;
 
 /// Why a key string was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,7 +63,8 @@ pub struct PublicKey(pub [u8; 32]);
 key_encodings!(PublicKey);
 
 impl PublicKey {
-    pub(crate) fn to_x25519(self) -> x25519::PublicKey {
+    /// The key as the protocol core takes it.
+    pub fn to_x25519(self) -> x25519::PublicKey {
         x25519::PublicKey::from(self.0)
     }
 }
@@ -99,7 +100,8 @@ impl PrivateKey {
     pub fn public_key(&self) -> PublicKey {
         PublicKey(x25519::PublicKey::from(&self.to_x25519()).to_bytes())
     }
-    pub(crate) fn to_x25519(&self) -> x25519::StaticSecret {
+    /// The key as the protocol core takes it.
+    pub fn to_x25519(&self) -> x25519::StaticSecret {
         x25519::StaticSecret::from(self.0)
     }
 }

@@ -6,19 +6,19 @@
 //! through the Kubernetes backend: the agents read Nodes from an API server
 //! in the demo's internet namespace and announce themselves there.
 
-mod common;
-
 use fake_apiserver as fake_api;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
-use weft_agent::demo::{self, Demo, DemoPaths};
+use weft_lab::{self as demo, Demo, DemoPaths};
 
+/// The product's binaries, built with this test's profile.
 fn paths() -> DemoPaths {
-    let agent = Path::new(env!("CARGO_BIN_EXE_weft-agent"));
-    let mut p = DemoPaths::in_dir(agent.parent().expect("target dir"));
-    p.cni = common::sibling_binary("weft-cni", "cni-plugin");
-    p.tunnel = common::sibling_binary("weft-wg", "dataplane");
+    let own = env!("CARGO_BIN_EXE_weft-lab");
+    let mut p = DemoPaths::in_dir(Path::new(own).parent().expect("target dir"));
+    p.agent = testkit::sibling_binary(own, "weft-agent", "agent");
+    p.cni = testkit::sibling_binary(own, "weft-cni", "cni-plugin");
+    p.tunnel = testkit::sibling_binary(own, "weft-wg", "dataplane");
     p.work = std::env::temp_dir().join(format!("weft-demo-test-{}", std::process::id()));
     p
 }
@@ -96,7 +96,7 @@ fn demo_mesh_end_to_end_and_agent_restart() {
     std::fs::copy(&d.paths.tunnel, &upgraded).expect("copy weft-wg");
     d.paths.tunnel = upgraded.clone();
     let control = d.paths.work.join("aws-1").join("weft0.ctl");
-    let client = dataplane::control::ControlClient::new(&control);
+    let client = wgconf::control::ControlClient::new(&control);
     let (_, before) = client.get().expect("the tunnel answers");
     let probes = demo::probe_during(
         &from,
@@ -117,7 +117,7 @@ fn demo_mesh_end_to_end_and_agent_restart() {
     assert_ne!(after.pid, before.pid, "a new tunnel process runs");
     assert_eq!(
         after.binary,
-        Some(dataplane::control::identity_of(&upgraded)),
+        Some(wgconf::control::identity_of(&upgraded)),
         "from the new binary"
     );
     assert!(
@@ -494,7 +494,7 @@ fn demo_mesh_through_the_kubernetes_backend() {
     );
     for n in ["gcp-1", "home-1"] {
         let control = d.paths.work.join(n).join("weft0.ctl");
-        let (info, _) = dataplane::control::ControlClient::new(control)
+        let (info, _) = wgconf::control::ControlClient::new(control)
             .get()
             .expect("tunnel");
         let keys: Vec<String> = info
