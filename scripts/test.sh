@@ -74,9 +74,10 @@ else
 fi
 cargo test --workspace --profile $profile "${root_only[@]}" 2>&1 | tee "$test_log"
 # One line for the whole suite, summed over every test binary's summary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^(passed|failed|ignored);?$/) { k = $i; sub(";", "", k); n[k] += $(i - 1) } }
-     END { printf "== tests: %d passed, %d failed, %d ignored\n", n["passed"], n["failed"], n["ignored"] }' "$test_log"
-ignored=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^ignored;?$/) s += $(i - 1) } END { print s + 0 }' "$test_log")
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^(passed|failed|ignored);?$/) { k = $i; sub(";", "", k); n[k] += $(i - 1) } }
+     END { printf "== tests: %d passed, %d failed, %d ignored\n", n["passed"], n["failed"], n["ignored"] }' "$test_log")
+echo "$summary"
+ignored=$(sed -n 's/.* \([0-9]*\) ignored$/\1/p' <<<"$summary")
 if (( ignored > 0 )); then
     if [[ $(id -u) == 0 ]]; then
         echo "$ignored tests were ignored although this run includes them" >&2

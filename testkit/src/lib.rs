@@ -94,16 +94,7 @@ pub fn ip(args: &[&str]) -> String {
 /// Calls `check` until it returns true or `timeout` passes, `pause` apart;
 /// whether it did. For the test to assert on with its own message.
 pub fn wait_until(timeout: Duration, pause: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(pause);
-    }
+    wait_for(timeout, pause, || check().then_some(())).is_some()
 }
 
 /// Calls `probe` until it returns `Some` or `timeout` passes, `pause` apart.

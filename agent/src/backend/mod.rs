@@ -116,3 +116,12 @@ pub enum BackendError {
     #[error("the Kubernetes API is unreachable")]
     Unavailable,
 }
+
+/// The wall clock in whole seconds since the Unix epoch (0 before it): the
+/// time the mesh core is given and check-ins are stamped with.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -82,13 +82,6 @@ enum Showconf {
     },
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn run(cli: Cli) -> Result<String, String> {
     if let Command::CniConfig { pod_cidrs, mtu } = &cli.command {
         return Ok(weft_agent::reconcile::cni::conflist(pod_cidrs, *mtu));
@@ -100,8 +93,12 @@ fn run(cli: Cli) -> Result<String, String> {
     for w in &loaded.warnings {
         eprintln!("weftctl: ignored a value: {w}");
     }
-    let topology =
-        Topology::new(&loaded.snapshot, &loaded.options, now()).map_err(|e| e.to_string())?;
+    let topology = Topology::new(
+        &loaded.snapshot,
+        &loaded.options,
+        weft_agent::backend::unix_now(),
+    )
+    .map_err(|e| e.to_string())?;
     for c in &topology.claims {
         eprintln!("weftctl: ignored a value: {c}");
     }

@@ -19,7 +19,7 @@
 pub mod announce;
 pub mod schedule;
 
-use crate::backend::Backend;
+use crate::backend::{unix_now, Backend};
 use crate::forwarding::{self, Family, Sysctls};
 use crate::mesh::{DesiredState, RecordError, Topology};
 use crate::metrics::{Metrics, PeerStat};
@@ -118,13 +118,6 @@ fn check(status: &Status, name: &'static str, verdict: Result<(), String>) {
             Err(why) => tracing::error!(check = name, "not ready: {why}"),
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Everything a controller is made of.

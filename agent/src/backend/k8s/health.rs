@@ -9,24 +9,17 @@
 //! the API while it is away ([`ApiHealth::wait_back`]) cuts every wait short
 //! once it answers again.
 
+use crate::backend::unix_now;
 use crate::mesh::{Limits, Liveness, OutageLog};
 use kube::runtime::watcher;
 use std::fmt::Display;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The first retry after a failure.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 /// The longest wait between two tries.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// Seconds since the Unix epoch (0 before it).
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// A random factor in [0.8, 1.2): spreads the retries of many agents.
 fn jitter() -> f64 {

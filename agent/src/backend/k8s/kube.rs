@@ -23,11 +23,12 @@ use super::annotations::{
 };
 use super::check_in::{last_seen, next_expiry, CheckIn, Freshness};
 use super::events::{event_key, Events};
-use super::health::{unix_now, unreachable, ApiHealth, Backoff};
+use super::health::{unreachable, ApiHealth, Backoff};
 use super::mirror::{mirror, node_digest, peer_digest, probe_while_down, Mirrored, Shared};
 use super::node::MeshNode;
 use super::peer::{raw_peer, Peer};
 use super::{API_CALL_TIMEOUT, FIELD_MANAGER};
+use crate::backend::unix_now;
 use crate::backend::{Backend, BackendError, Loaded, SelfReport, Waker};
 use crate::mesh::{Limits, Liveness, MeshOptions, RecordError, Snapshot};
 use kube::api::{Patch, PatchParams};
