@@ -19,7 +19,6 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -353,17 +352,18 @@ impl Device {
                 ips.sort();
                 // Its own statement: a guard held across the struct literal
                 // would deadlock with last_handshake() below.
-                let preshared_key = p.tunnel.lock().preshared_key.filter(|k| !k.is_zero());
+                let preshared_key = p.preshared_key().filter(|k| !k.is_zero());
+                let (rx_bytes, tx_bytes) = p.transfer();
                 PeerInfo {
                     public_key: p.public_key,
                     preshared_key,
                     endpoint: p.endpoint(),
                     last_handshake: p.last_handshake(),
-                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
-                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
-                    persistent_keepalive: p.keepalive.load(Ordering::Relaxed),
+                    rx_bytes,
+                    tx_bytes,
+                    persistent_keepalive: p.persistent_keepalive(),
                     allowed_ips: ips,
-                    reachable: match p.reachability.state() {
+                    reachable: match p.reachability() {
                         Reachability::Unknown => None,
                         Reachability::Reachable => Some(true),
                         Reachability::Unreachable => Some(false),
@@ -536,8 +536,7 @@ fn apply_peer(shared: &Shared, st: &mut State, pu: &PeerUpdate) -> Option<Arc<Pe
         Some(p) => p.clone(),
         None if pu.update_only => return None,
         None => {
-            let peer = Arc::new(Peer::new(pu.public_key));
-            peer.tunnel.lock().preshared_key = pu.preshared_key;
+            let peer = Arc::new(Peer::new(pu.public_key, pu.preshared_key));
             peer.reset_tunnel(st.identity.as_ref(), &st.rate_limiter, &st.index_table);
             st.peers.insert(pu.public_key, peer.clone());
             greet = true;
@@ -545,13 +544,12 @@ fn apply_peer(shared: &Shared, st: &mut State, pu: &PeerUpdate) -> Option<Arc<Pe
         }
     };
     if let Some(psk) = pu.preshared_key {
-        let changed = peer.tunnel.lock().preshared_key != Some(psk);
-        if changed {
+        if peer.preshared_key() != Some(psk) {
             peer.set_preshared_key(psk);
         }
     }
     if let Some(ep) = pu.endpoint {
-        let old = peer.endpoint.lock().replace(ep);
+        let old = peer.set_endpoint(ep);
         greet |= old != Some(ep);
     }
     if pu.replace_allowed_ips {
@@ -561,7 +559,7 @@ fn apply_peer(shared: &Shared, st: &mut State, pu: &PeerUpdate) -> Option<Arc<Pe
         st.allowed_ips.insert(*prefix, peer.clone());
     }
     if let Some(secs) = pu.persistent_keepalive {
-        let old = peer.keepalive.swap(secs, Ordering::Relaxed);
+        let old = peer.set_persistent_keepalive(secs);
         greet |= secs > 0 && old != secs;
     }
     greet.then_some(peer)

@@ -20,7 +20,7 @@
 use crate::coalesce::Coalescer;
 use crate::key::PublicKey;
 use crate::outbound::{is_tun_gone, send_message};
-use crate::peer::Peer;
+use crate::peer::{Opened, Peer};
 use crate::shared::{Shared, State};
 use crate::udp::{canonical, UdpSocket};
 use crate::wire::{self, MessageType, PacketBuffers};
@@ -29,7 +29,7 @@ use gotatun::noise::TunnResult;
 use gotatun::packet::{Packet, WgKind};
 use quinn_udp::RecvMeta;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tun_rs::SyncDevice;
 
@@ -193,14 +193,7 @@ fn handle_datagram(
             let Ok(message) = buffers.packet(datagram).try_into_wg() else {
                 return;
             };
-            let mut tunnel = peer.tunnel.lock();
-            if let Some(tunn) = tunnel.tunn.as_mut() {
-                // Anyone who saw our mac1 can make one: counted, but the
-                // endpoint stays where it is.
-                if let TunnResult::Err(e) = tunn.handle_incoming_packet(message) {
-                    tracing::trace!(%from, "dropped cookie reply: {e:?}");
-                }
-            }
+            peer.cookie_reply(message, from);
         }
     }
 }
@@ -217,39 +210,22 @@ fn receive_data(
     let Ok(message @ WgKind::Data(_)) = buffers.packet(datagram).try_into_wg() else {
         return;
     };
-    let result = match peer.tunnel.lock().tunn.as_mut() {
-        Some(tunn) => tunn.handle_incoming_packet(message),
-        None => return,
+    // Cryptokey routing: the inner source must be one the peer owns.
+    let owns = |src| {
+        st.allowed_ips
+            .lookup(src)
+            .is_some_and(|owner| Arc::ptr_eq(owner, peer))
     };
-    let plain = match result {
-        TunnResult::WriteToTunnel(plain) => plain,
-        TunnResult::Err(e) => {
-            tracing::trace!(%from, "dropped data message: {e:?}");
-            return;
-        }
-        _ => return,
-    };
-    if plain.is_empty() {
-        // A keepalive: authenticated, so it counts and may move the peer.
-        peer.received_from(from, datagram.len(), false);
-        return;
+    if let Opened::Packet(packet) = peer.open(message, from, datagram.len(), owns) {
+        coalescer.push_with(packet.len(), |out| {
+            out[..packet.len()].copy_from_slice(&packet);
+            Some(packet.len())
+        });
     }
-    let Some(inner) = wire::inner_packet(&plain) else {
-        tracing::trace!(%from, "decrypted data is not one IP packet; dropped");
-        return;
-    };
-    if !accept_packet(st, peer, inner.source, from, datagram.len()) {
-        return;
-    }
-    let packet = &plain[..inner.len];
-    coalescer.push_with(packet.len(), |out| {
-        out[..packet.len()].copy_from_slice(packet);
-        Some(packet.len())
-    });
 }
 
-/// Hands an authenticated-so-far handshake message to the peer's core and
-/// sends what it answers, then whatever waited for the session.
+/// Hands an authenticated-so-far handshake message to the peer and sends
+/// what it answers, then whatever waited for the session.
 fn receive_handshake(
     shared: &Shared,
     udp: &UdpSocket,
@@ -258,42 +234,8 @@ fn receive_handshake(
     message: WgKind,
     wire_len: usize,
 ) {
-    let mut tunnel = peer.tunnel.lock();
-    let Some(tunn) = tunnel.tunn.as_mut() else {
-        return;
-    };
-    match tunn.handle_incoming_packet(message) {
-        TunnResult::WriteToNetwork(reply) => {
-            // The core accepted it: the message came from the peer.
-            peer.received_from(from, wire_len, false);
-            send_message(shared, udp, peer, from, &Packet::from(reply));
-            let mut mtu = wire::mtu_watcher(shared);
-            let queued: Vec<WgKind> = tunn.get_queued_packets(&mut mtu).collect();
-            for message in queued {
-                send_message(shared, udp, peer, from, &Packet::from(message));
-            }
-        }
-        TunnResult::Err(e) => tracing::trace!(%from, "dropped handshake: {e:?}"),
-        _ => {}
+    let mut mtu = wire::mtu_watcher(shared);
+    for reply in peer.handshake(message, from, wire_len, &mut mtu) {
+        send_message(shared, udp, peer, from, &reply);
     }
-}
-
-/// Cryptokey routing: the inner source must be one the peer owns.
-fn accept_packet(
-    st: &State,
-    peer: &Arc<Peer>,
-    src: IpAddr,
-    from: SocketAddr,
-    wire_len: usize,
-) -> bool {
-    if !st
-        .allowed_ips
-        .lookup(src)
-        .is_some_and(|owner| Arc::ptr_eq(owner, peer))
-    {
-        tracing::trace!(%src, peer = %peer.public_key, "source not in allowed IPs; dropped");
-        return false;
-    }
-    peer.received_from(from, wire_len, true);
-    true
 }

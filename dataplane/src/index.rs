@@ -123,8 +123,8 @@ mod tests {
     #[test]
     fn a_peer_keeps_its_latest_indices_and_forgets_the_oldest() {
         let table = PeerIndex::default();
-        let a = Arc::new(Peer::new(PublicKey([1; 32])));
-        let b = Arc::new(Peer::new(PublicKey([2; 32])));
+        let a = Arc::new(Peer::new(PublicKey([1; 32]), None));
+        let b = Arc::new(Peer::new(PublicKey([2; 32]), None));
         for i in 0..(KEPT_PER_PEER as u32 + 3) {
             table.learn(&a, &init_with_index(100 + i));
         }

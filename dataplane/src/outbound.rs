@@ -13,11 +13,10 @@
 
 use crate::allowed_ips::AllowedIps;
 use crate::offload::Segments;
-use crate::peer::Peer;
+use crate::peer::{Peer, Sealed};
 use crate::shared::Shared;
 use crate::udp::{UdpSocket, MAX_GSO_BYTES};
 use crate::wire::{self, PacketBuffers};
-use gotatun::packet::{Packet, WgKind};
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -268,42 +267,28 @@ pub(crate) fn encrypt_run(
     buffers: &PacketBuffers,
     packets: impl FnOnce(&mut dyn FnMut(&[u8])),
 ) {
-    let Some(endpoint) = peer.endpoint() else {
-        // Nowhere to send: wg drops too, rather than queueing without end.
+    let Some(mut sealer) = peer.sealer() else {
         return;
     };
+    let endpoint = sealer.endpoint();
     let mtu = shared.tun_mtu();
-    let mut tunnel = peer.tunnel.lock();
-    let Some(tunn) = tunnel.tunn.as_mut() else {
-        return;
-    };
     packets(&mut |packet: &[u8]| {
         let padded = wire::padded_len(packet.len(), mtu);
-        match tunn.handle_outgoing_packet(buffers.padded(packet, padded), None) {
-            Some(WgKind::Data(message)) => {
-                let bytes: &[u8] = &Packet::from(message);
+        match sealer.seal(buffers.padded(packet, padded), shared.now_ms()) {
+            Sealed::Data(message) => {
+                let bytes: &[u8] = &message;
                 if !batch.fits(bytes.len()) {
                     flush(shared, udp, peer, endpoint, batch);
                 }
                 batch.room()[..bytes.len()].copy_from_slice(bytes);
                 batch.commit(bytes.len());
             }
-            // A handshake initiation: the packet was queued until the
-            // session exists. Send the initiation on its own.
-            Some(other) => send_message(shared, udp, peer, endpoint, &Packet::from(other)),
-            // Queued behind a handshake in progress. If our initiation has
-            // gone unanswered for a second (the peer may not have known us
-            // yet), ask again now rather than after the 5 s retry timer,
-            // since traffic is waiting; then 2, 4, 5 s.
-            None if peer.reachability.retry_due(shared.now_ms()) => {
-                if let Some(init) = tunn.format_handshake_initiation(true) {
-                    send_message(shared, udp, peer, endpoint, &Packet::from(init));
-                }
-            }
-            None => {}
+            // The packet waits for the session: the initiation goes on its own.
+            Sealed::Initiation(init) => send_message(shared, udp, peer, endpoint, &init),
+            Sealed::Queued => {}
         }
     });
-    drop(tunnel);
+    drop(sealer);
     flush(shared, udp, peer, endpoint, batch);
 }
 
@@ -353,23 +338,11 @@ pub(crate) fn send_message(
 /// Sends a keepalive (an empty data message) now, starting a handshake if
 /// there is no session yet.
 pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
-    let Some(endpoint) = peer.endpoint() else {
+    let (Some(endpoint), Some(message)) = (peer.endpoint(), peer.keepalive()) else {
         return;
     };
     let sockets = shared.state.read().sockets.clone();
-    let mut tunnel = peer.tunnel.lock();
-    let Some(tunn) = tunnel.tunn.as_mut() else {
-        return;
-    };
-    if let Some(message) = tunn.handle_outgoing_packet(Packet::default(), None) {
-        send_message(
-            shared,
-            sockets.sender(0),
-            peer,
-            endpoint,
-            &Packet::from(message),
-        );
-    }
+    send_message(shared, sockets.sender(0), peer, endpoint, &message);
 }
 
 #[cfg(test)]

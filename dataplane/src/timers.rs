@@ -1,13 +1,11 @@
-//! The timer worker: drives the core's protocol timers (handshake retries,
-//! rekeying, session expiry, passive keepalives), resets the handshake rate
-//! limiters' counts, sends persistent keepalives, and follows the TUN's MTU.
+//! The timer worker: about every tenth of a second it asks each peer what
+//! its clock calls for ([`Peer::tick`]: the core's timers, recovery,
+//! persistent keepalives) and sends it, resets the handshake rate limiters'
+//! counts, and follows the TUN's MTU.
 
-use crate::outbound::{send_keepalive, send_message};
+use crate::outbound::send_message;
 use crate::peer::Peer;
-use crate::reachability::UNREACHABLE_AFTER_MS;
 use crate::shared::Shared;
-use gotatun::packet::Packet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,44 +41,11 @@ pub(crate) fn run(shared: Arc<Shared>) {
         }
         let now_ms = shared.now_ms();
         for peer in peers {
-            let endpoint = peer.endpoint();
-            {
-                let mut tunnel = peer.tunnel.lock();
-                let Some(tunn) = tunnel.tunn.as_mut() else {
-                    continue;
-                };
-                let due = peer.reachability.tick(now_ms.max(1));
-                if due.became_unreachable {
-                    tracing::warn!(
-                        peer = %peer.public_key,
-                        endpoint = ?endpoint,
-                        "peer unreachable: no answer to handshakes for {} s",
-                        UNREACHABLE_AFTER_MS / 1000
-                    );
+            let tick = peer.tick(now_ms);
+            if let Some(endpoint) = peer.endpoint() {
+                for message in tick.messages {
+                    send_message(&shared, udp, &peer, endpoint, &message);
                 }
-                let result = if due.recover {
-                    // Our data goes out and nothing comes back: the peer may
-                    // have lost the session (a restart, a replaced config).
-                    tracing::debug!(peer = %peer.public_key, "silent session; new handshake");
-                    Ok(tunn.format_handshake_initiation(true).map(Into::into))
-                } else {
-                    tunn.update_timers()
-                };
-                match result {
-                    Ok(Some(message)) => {
-                        if let Some(ep) = endpoint {
-                            send_message(&shared, udp, &peer, ep, &Packet::from(message));
-                        }
-                    }
-                    Err(e) => tracing::trace!(peer = %peer.public_key, "timers: {e:?}"),
-                    Ok(None) => {}
-                }
-            }
-            let keepalive = u64::from(peer.keepalive.load(Ordering::Relaxed)) * 1000;
-            if keepalive > 0
-                && now_ms.saturating_sub(peer.last_sent_ms.load(Ordering::Relaxed)) >= keepalive
-            {
-                send_keepalive(&shared, &peer);
             }
         }
     }
