@@ -18,8 +18,9 @@
 # Each target starts from its seed corpus in fuzz/corpus/TARGET (which also
 # holds any input that once crashed: a regression test, run first) and
 # writes what it finds to a temporary directory, so the tree stays clean.
-# Prints the executions per target; exits non-zero on the first crash, with
-# the input under fuzz/artifacts/TARGET/. Debug assertions and overflow
+# Runs as many targets at once as there are cores (WEFT_FUZZ_JOBS), each
+# for its full time. Prints the executions per target; exits non-zero if any
+# target crashed, with the input under fuzz/artifacts/TARGET/. Debug assertions and overflow
 # checks are on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,10 +49,12 @@ if ! cargo fuzz build "${flags[@]}" >"$work/build.log" 2>&1; then
 fi
 echo "fuzz targets built in $((SECONDS - build_start)) s"
 $build_only && exit 0
-failed=0
-for t in "${targets[@]}"; do
+# libFuzzer runs one process per target on one core: as many targets run
+# at once as there are cores, each for its full time.
+parallel=${WEFT_FUZZ_JOBS:-$(nproc)}
+fuzz_one() {
+    local t=$1 log="$work/$1.log"
     mkdir -p "$work/$t"
-    log="$work/$t.log"
     if cargo fuzz run "${flags[@]}" "$t" "$work/$t" "fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
@@ -61,7 +64,19 @@ for t in "${targets[@]}"; do
     else
         echo "fuzz $t: CRASH" >&2
         grep -E "panicked|ERROR|SUMMARY|Test unit written|artifacts/" "$log" | head -n 12 >&2
-        failed=1
+        return 1
     fi
+}
+pids=()
+for t in "${targets[@]}"; do
+    while (( $(jobs -rp | wc -l) >= parallel )); do
+        wait -n || true
+    done
+    fuzz_one "$t" &
+    pids+=($!)
+done
+failed=0
+for pid in "${pids[@]}"; do
+    wait "$pid" || failed=1
 done
 exit $failed

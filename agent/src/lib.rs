@@ -6,7 +6,8 @@ pub mod controller;
 pub mod discover;
 pub mod forwarding;
 pub mod http;
-pub mod mesh;
+/// The mesh core lives in its own crate; its old path stays.
+pub use weft_mesh as mesh;
 pub mod metrics;
 pub mod probe;
 pub mod reconcile;

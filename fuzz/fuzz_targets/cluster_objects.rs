@@ -6,9 +6,9 @@
 
 use k8s_openapi::api::core::v1::Node;
 use libfuzzer_sys::fuzz_target;
-use weft_agent::backend::k8s::annotations::{raw_node, DEFAULT_TOPOLOGY_LABEL};
-use weft_agent::backend::k8s::peer::{raw_peer, Peer};
-use weft_agent::mesh::{MeshOptions, Snapshot, Topology};
+use weft_mesh::objects::annotations::{raw_node, DEFAULT_TOPOLOGY_LABEL};
+use weft_mesh::objects::peer::{raw_peer, Peer};
+use weft_mesh::{MeshOptions, Snapshot, Topology};
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(2, |b| *b == 0);

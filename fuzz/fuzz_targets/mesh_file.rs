@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_agent::backend::file::MeshFile;
-use weft_agent::mesh::Topology;
+use weft_mesh::file::MeshFile;
+use weft_mesh::Topology;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

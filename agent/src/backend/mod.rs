@@ -6,11 +6,7 @@
 //! Kubernetes backend (Node annotations and Kilo's Peer resource) implements
 //! the same trait.
 
-use crate::mesh::{Granularity, Liveness, MeshOptions, RecordError, Snapshot};
-use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use wgconf::PublicKey;
+use crate::mesh::{Liveness, RecordError};
 
 /// Wakes the agent's loop: a backend keeps one and calls [`Waker::wake`]
 /// when its picture changed. Wakes that arrive while one is pending fold
@@ -36,17 +32,7 @@ pub mod k8s;
 
 pub use file::FileBackend;
 pub use k8s::KubeBackend;
-
-/// What a backend observed: the options, the usable nodes and peers, and
-/// what was left out or read without a bad field.
-#[derive(Clone, Debug)]
-pub struct Loaded {
-    pub options: MeshOptions,
-    pub snapshot: Snapshot,
-    pub rejected: Vec<RecordError>,
-    /// Records kept, but with a field ignored.
-    pub warnings: Vec<RecordError>,
-}
+pub use weft_mesh::{Loaded, SelfReport};
 
 pub trait Backend {
     /// Cheap, called on every turn of the loop: whether a pass is owed for a
@@ -84,24 +70,6 @@ pub trait Backend {
     fn liveness(&self, now: u64) -> Liveness {
         Liveness::at(now)
     }
-}
-
-/// What a node announces about itself: Kilo's agent-owned annotations.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SelfReport {
-    pub public_key: PublicKey,
-    /// `host:port` as others should dial it.
-    pub endpoint: String,
-    /// The private address with its interface prefix, if the node has one.
-    pub internal_ip: Option<IpNet>,
-    /// Set while this node leads its segment.
-    pub wireguard_ip: Option<IpNet>,
-    pub granularity: Granularity,
-    /// NAT endpoints this node learned from handshakes of roaming peers.
-    pub discovered_endpoints: BTreeMap<PublicKey, SocketAddr>,
-    /// The segment members this node's probes find unreachable; `None`
-    /// when this node cannot probe (then it does not report at all).
-    pub unreachable: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,8 @@
 //! Rust type the CRD is generated from, and its translation into the mesh's
 //! peer record with Kilo's validation.
 
-use crate::mesh::{RawPeer, RecordError};
-use kube::CustomResource;
+use crate::{RawPeer, RecordError};
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
     group = "kilo.squat.ai",
     version = "v1alpha1",
     kind = "Peer",
-    plural = "peers"
+    plural = "peers",
+    crates(kube_core = "::kube_core")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PeerSpec {
@@ -128,7 +129,7 @@ pub fn raw_peer(p: &Peer) -> Result<RawPeer, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::CustomResourceExt;
+    use kube_core::CustomResourceExt;
     use serde_json::json;
 
     const KEY: &str = "jYkfTPBnJTk8ehUeUMvJjwWShRJD4ls1YrtIl0pZuXY=";

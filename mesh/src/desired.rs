@@ -278,9 +278,9 @@ impl Topology {
 
 #[cfg(test)]
 mod tests {
-    use crate::mesh::model::{Encapsulate, Granularity, MeshOptions};
-    use crate::mesh::testing::{node, peer, snapshot};
-    use crate::mesh::topology::Topology;
+    use crate::model::{Encapsulate, Granularity, MeshOptions};
+    use crate::testing::{node, peer, snapshot};
+    use crate::topology::Topology;
 
     fn three_locations(granularity: Granularity) -> Topology {
         let s = snapshot(

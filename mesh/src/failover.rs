@@ -93,7 +93,7 @@ pub fn watch_list(nodes: &[Node], me: &str) -> Vec<(String, IpAddr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::testing::node;
+    use crate::testing::node;
     use std::collections::BTreeSet;
 
     /// Nodes a, b, c, ... on one private subnet; `reports[i]` is what node i

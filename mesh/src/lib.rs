@@ -1,23 +1,30 @@
 //! The mesh core: pure functions from a snapshot of nodes and peers to a
-//! topology and to one node's desired state. No I/O, no clock of its own:
-//! everything here is tested with tables, without root.
+//! topology and to one node's desired state, and the readers that turn
+//! what the cluster says ([`objects`]: Kilo's Node annotations and Peer
+//! resource) or a mesh file ([`file`]) into that snapshot. No I/O, no
+//! clock of its own: everything here is tested with tables, without root,
+//! and the fuzz targets link it without the agent's client stack.
 
 pub mod desired;
 pub mod failover;
+pub mod file;
 pub mod liveness;
 pub mod model;
+pub mod objects;
 pub mod topology;
 
 pub use desired::{DesiredState, PeerConfig, Route, RouteDevice, WireGuardConfig};
 pub use liveness::{Limits, Liveness, OutageLog};
 pub use model::{
-    Encapsulate, Endpoint, Granularity, MeshOptions, Node, Peer, RawNode, RawPeer, RecordError,
-    Snapshot,
+    Encapsulate, Endpoint, Granularity, Loaded, MeshOptions, Node, Peer, RawNode, RawPeer,
+    RecordError, SelfReport, Snapshot,
 };
 pub use topology::{Excluded, Segment, Topology, TopologyError};
 
-#[cfg(test)]
-pub(crate) mod testing {
+/// Deterministic nodes, peers and keys for unit tests (here and, with the
+/// `testing` feature, in other crates).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use super::model::{Node, Peer, Snapshot};
     use std::collections::BTreeMap;
     use wgconf::PrivateKey;

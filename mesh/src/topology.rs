@@ -375,7 +375,7 @@ fn merge_discovered(segments: &[Segment]) -> BTreeMap<PublicKey, SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::testing::{node, peer, snapshot};
+    use crate::testing::{node, peer, snapshot};
 
     #[test]
     fn location_segments_leaders_and_ips() {

@@ -3,8 +3,8 @@
 //! cluster.
 
 use super::node::NodeView;
-use crate::backend::SelfReport;
-use crate::mesh::{Endpoint, RawNode, RecordError};
+use crate::SelfReport;
+use crate::{Endpoint, RawNode, RecordError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -379,10 +379,7 @@ mod tests {
         assert_eq!(warnings[0].field, ALLOWED_LOCATION_IPS);
         // And it parses into a ready node.
         let node = raw.parse().expect("valid");
-        assert_eq!(
-            node.not_ready(&crate::mesh::Liveness::at(1_795_000_030)),
-            None
-        );
+        assert_eq!(node.not_ready(&crate::Liveness::at(1_795_000_030)), None);
     }
 
     /// Every annotation a person writes, with a bad value: the node stays in
@@ -489,7 +486,7 @@ mod tests {
         assert_eq!(warnings[0].field, PERSISTENT_KEEPALIVE);
         let parsed = raw.parse().expect("valid");
         assert_eq!(parsed.internal_ip, None);
-        assert!(parsed.not_ready(&crate::mesh::Liveness::at(100)).is_some());
+        assert!(parsed.not_ready(&crate::Liveness::at(100)).is_some());
         // Another topology label.
         let (raw, _) = raw_node(
             &node_json(json!({}), json!({"custom/zone": "z1"}), json!({})),
@@ -603,7 +600,7 @@ mod tests {
             endpoint: "203.0.113.9:51820".into(),
             internal_ip: None,
             wireguard_ip: Some("10.4.0.2/16".parse().unwrap()),
-            granularity: crate::mesh::Granularity::Full,
+            granularity: crate::Granularity::Full,
             discovered_endpoints: BTreeMap::new(),
             unreachable: None,
         };

@@ -446,6 +446,35 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
+/// What a backend observed: the options, the usable nodes and peers, and
+/// what was left out or read without a bad field.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub options: MeshOptions,
+    pub snapshot: Snapshot,
+    pub rejected: Vec<RecordError>,
+    /// Records kept, but with a field ignored.
+    pub warnings: Vec<RecordError>,
+}
+
+/// What a node announces about itself: Kilo's agent-owned annotations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelfReport {
+    pub public_key: PublicKey,
+    /// `host:port` as others should dial it.
+    pub endpoint: String,
+    /// The private address with its interface prefix, if the node has one.
+    pub internal_ip: Option<IpNet>,
+    /// Set while this node leads its segment.
+    pub wireguard_ip: Option<IpNet>,
+    pub granularity: Granularity,
+    /// NAT endpoints this node learned from handshakes of roaming peers.
+    pub discovered_endpoints: BTreeMap<PublicKey, SocketAddr>,
+    /// The segment members this node's probes find unreachable; `None`
+    /// when this node cannot probe (then it does not report at all).
+    pub unreachable: Option<BTreeSet<String>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
