@@ -9,7 +9,7 @@
 //!   is written, forwarding is on. Each failing check says why and what to
 //!   do, in the response and (once) in the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ pub struct Status {
     heartbeat: Mutex<Instant>,
     /// Each check's last verdict; a check never set is not passing.
     checks: Mutex<BTreeMap<&'static str, Result<(), String>>>,
+    /// The checks that have passed at least once since the start.
+    passed: Mutex<BTreeSet<&'static str>>,
 }
 
 impl Default for Status {
@@ -35,6 +37,7 @@ impl Default for Status {
             started: now,
             heartbeat: Mutex::new(now),
             checks: Mutex::new(BTreeMap::new()),
+            passed: Mutex::new(BTreeSet::new()),
         }
     }
 }
@@ -64,8 +67,22 @@ impl Status {
     /// Records a check's verdict; returns true when it changed (so the
     /// caller logs a change once, not every pass).
     pub fn set(&self, check: &'static str, verdict: Result<(), String>) -> bool {
+        if verdict.is_ok() {
+            self.passed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(check);
+        }
         let mut c = self.checks.lock().unwrap_or_else(|e| e.into_inner());
         c.insert(check, verdict.clone()) != Some(verdict)
+    }
+
+    /// Whether `check` has passed at least once since the start.
+    pub fn has_passed(&self, check: &str) -> bool {
+        self.passed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(check)
     }
 
     /// Whether every check passes, and a line per check.
@@ -96,6 +113,17 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_remembers_that_it_passed_once() {
+        let s = Status::default();
+        s.set("mesh", Err("no endpoint".into()));
+        assert!(!s.has_passed("mesh"), "failing since the start");
+        s.set("mesh", Ok(()));
+        s.set("mesh", Err("left the mesh".into()));
+        assert!(s.has_passed("mesh"), "a loss, not a start");
+        assert!(!s.has_passed("cni"));
+    }
 
     #[test]
     fn ready_only_when_every_check_passes() {

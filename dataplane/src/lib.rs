@@ -31,7 +31,7 @@ mod worker;
 // The configuration model, keys, the control client and signal handling
 // live in `wgconf`, which the agent links instead of this crate; they are
 // re-exported under their old paths.
-pub use wgconf::{config, control, key, signals};
+pub use wgconf::{config, control, key, logging, signals};
 
 pub use allowed_ips::{AllowedIps, IpPrefix};
 

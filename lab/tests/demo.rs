@@ -253,6 +253,7 @@ fn demo_mesh_through_the_kubernetes_backend() {
     let unreachable: Vec<_> = rows.iter().filter(|r| r.rtt_ms.is_none()).collect();
     assert!(unreachable.is_empty(), "unreachable: {unreachable:?}");
     assert_eq!(rows.len(), 24);
+    healthy_start_logs(&d);
 
     let rss = std::process::Command::new("ps")
         .args(["-o", "rss=", "-C", "weft-agent"])
@@ -515,4 +516,30 @@ fn demo_mesh_through_the_kubernetes_backend() {
     );
     drop(d);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The agents' logs up to now, as `kubectl logs` would show them (stderr is
+/// a file here, as under a kubelet): no escape sequences, and a healthy
+/// start says nothing at WARN or ERROR, so an alert on those lines stays
+/// quiet on a healthy install.
+fn healthy_start_logs(d: &Demo) {
+    for n in demo::nodes() {
+        let log = d.log_from(n.name, 0);
+        assert!(!log.is_empty(), "{}: the agent logged nothing", n.name);
+        let escaped: Vec<&String> = log.iter().filter(|l| l.contains('\x1b')).collect();
+        assert!(
+            escaped.is_empty(),
+            "{}: escape sequences: {escaped:#?}",
+            n.name
+        );
+        let loud: Vec<&String> = log
+            .iter()
+            .filter(|l| matches!(l.split_whitespace().nth(1), Some("WARN" | "ERROR")))
+            .collect();
+        assert!(
+            loud.is_empty(),
+            "{}: a healthy start logged {loud:#?}",
+            n.name
+        );
+    }
 }

@@ -3,13 +3,14 @@
 //! device is set and read with ([`config`]), the UAPI text format `wg`
 //! speaks ([`uapi`]), and the client of the control socket the agent drives
 //! `weft-wg` through ([`control`]), plus the daemons' signal handling
-//! ([`signals`]).
+//! ([`signals`]) and how their logs look ([`logging`]).
 //!
 //! The agent and `weftctl` link this and not the data plane: no protocol
 //! core, no TUN or UDP I/O.
 pub mod config;
 pub mod control;
 pub mod key;
+pub mod logging;
 pub mod prefix;
 pub mod signals;
 pub mod uapi;

@@ -230,6 +230,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(wgconf::logging::stderr_colour())
         .with_writer(std::io::stderr);
     if cli.log_json {
         logs.json().init();

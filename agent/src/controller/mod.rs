@@ -110,12 +110,19 @@ pub struct Controller {
     memory: Memory,
 }
 
-/// Records a readiness verdict; a change is logged once.
+/// Records a readiness verdict; a change is logged once. Every start
+/// passes through "not ready" (no first list yet, not announced yet), so
+/// until a check has passed once its failures are news, not trouble
+/// (INFO); losing readiness after that may need a look (WARN). What needs
+/// one (a failed apply, a broken mesh) is logged as an ERROR where it
+/// happens.
 fn check(status: &Status, name: &'static str, verdict: Result<(), String>) {
+    let passed_before = status.has_passed(name);
     if status.set(name, verdict.clone()) {
         match verdict {
             Ok(()) => tracing::info!(check = name, "ready: {name} ok"),
-            Err(why) => tracing::error!(check = name, "not ready: {why}"),
+            Err(why) if passed_before => tracing::warn!(check = name, "not ready: {why}"),
+            Err(why) => tracing::info!(check = name, "not ready yet: {why}"),
         }
     }
 }
@@ -286,7 +293,12 @@ impl Controller {
             .map(|e| e.reason.clone())
             .unwrap_or_else(|| "not in the mesh description".into());
         if self.memory.absence.as_ref() != Some(&why) {
-            tracing::warn!(node = %self.hostname, "this node is not in the mesh ({why}); keeping the current state");
+            if self.memory.applied.is_some() {
+                tracing::warn!(node = %self.hostname, "this node is not in the mesh ({why}); keeping the current state");
+            } else {
+                // A first start: the node joins once it has announced itself.
+                tracing::info!(node = %self.hostname, "this node is not in the mesh yet ({why})");
+            }
             self.memory.absence = Some(why.clone());
         }
         check(
@@ -298,7 +310,11 @@ impl Controller {
 
     fn apply(&mut self, desired: &DesiredState, started: Instant) {
         if self.memory.absence.take().is_some() {
-            tracing::info!(node = %self.hostname, "this node is in the mesh again");
+            if self.memory.applied.is_some() {
+                tracing::info!(node = %self.hostname, "this node is in the mesh again");
+            } else {
+                tracing::info!(node = %self.hostname, "this node is in the mesh");
+            }
         }
         match self
             .network

@@ -172,6 +172,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,gotatun=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(dataplane::logging::stderr_colour())
         .with_writer(std::io::stderr)
         .init();
 }
