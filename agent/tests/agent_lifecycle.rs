@@ -6,39 +6,30 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 
+/// Dropped in order: the tunnel stopped, the namespace deleted, the
+/// directory removed.
 struct Node {
-    ns: String,
-    dir: PathBuf,
+    ns: testkit::Netns,
+    dir: testkit::TempDir,
 }
 
 impl Node {
     fn new() -> Self {
-        let ns = format!("wl{}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("weft-lifecycle-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let run = |args: &[&str]| {
-            assert!(
-                Command::new("ip")
-                    .args(args)
-                    .status()
-                    .is_ok_and(|s| s.success()),
-                "ip {args:?}"
-            );
-        };
-        run(&["netns", "add", &ns]);
-        run(&["-n", &ns, "link", "set", "lo", "up"]);
-        run(&[
-            "-n", &ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p",
+        let ns = testkit::Netns::with_prefix("wl");
+        ns.ip(&[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p",
         ]);
-        run(&["-n", &ns, "addr", "add", "10.0.0.1/24", "dev", "eth1"]);
-        run(&["-n", &ns, "link", "set", "eth1", "up"]);
-        run(&["-n", &ns, "link", "set", "eth1p", "up"]);
-        Self { ns, dir }
+        ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "eth1"]);
+        ns.ip(&["link", "set", "eth1", "up"]);
+        ns.ip(&["link", "set", "eth1p", "up"]);
+        Self {
+            ns,
+            dir: testkit::TempDir::new("weft-lifecycle"),
+        }
     }
 
     fn write_mesh(&self) {
@@ -57,11 +48,11 @@ impl Node {
 
     fn start(&self, clean_up: bool) -> Agent {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, AGENT, "--hostname", "me"])
+        c.args(["netns", "exec", &self.ns.name, AGENT, "--hostname", "me"])
             .arg("--mesh")
             .arg(self.dir.join("mesh.yaml"))
             .arg("--state-dir")
-            .arg(&self.dir)
+            .arg(self.dir.path())
             .arg("--cni-dir")
             .arg(self.dir.join("cni"))
             .arg("--control-socket")
@@ -84,7 +75,7 @@ impl Node {
 
     fn sh(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
+            .args(["netns", "exec", &self.ns.name])
             .args(args)
             .output()
             .expect("run");
@@ -114,8 +105,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         // The tunnel's process outlives agents by design: stop it too.
         let _ = wgconf::control::ControlClient::new(self.control()).stop();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -135,12 +124,11 @@ fn stop(mut agent: Agent) {
     let child = &mut agent.0;
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let stopped = testkit::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if stopped {
+        return;
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -175,7 +163,7 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         .args([
             "netns",
             "exec",
-            &node.ns,
+            &node.ns.name,
             "wg",
             "set",
             "weft0",

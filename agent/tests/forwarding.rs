@@ -9,46 +9,42 @@
 mod common;
 
 use common::ip;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use testkit::{Netns, TempDir};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 
 /// A node namespace with a pod namespace on kube-bridge and an outside
 /// host beyond the node's uplink; all removed on drop.
 struct Scene {
-    tag: String,
-    dir: PathBuf,
     agent: Option<Child>,
+    node_ns: Netns,
+    pod_ns: Netns,
+    outside_ns: Netns,
+    dir: TempDir,
 }
 
 impl Scene {
     fn node(&self) -> String {
-        format!("{}n", self.tag)
+        self.node_ns.name.clone()
     }
     fn pod(&self) -> String {
-        format!("{}p", self.tag)
+        self.pod_ns.name.clone()
     }
     fn outside(&self) -> String {
-        format!("{}o", self.tag)
+        self.outside_ns.name.clone()
     }
 
     fn new() -> Self {
-        let tag = format!("wf{}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("weft-forwarding-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
         let s = Self {
-            tag,
-            dir,
             agent: None,
+            node_ns: Netns::with_prefix("wfn"),
+            pod_ns: Netns::with_prefix("wfp"),
+            outside_ns: Netns::with_prefix("wfo"),
+            dir: TempDir::new("weft-forwarding"),
         };
         let (node, pod, outside) = (s.node(), s.pod(), s.outside());
-        for ns in [&node, &pod, &outside] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
         // The node's uplink to the outside host.
         ip(&[
             "-n", &node, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
@@ -205,10 +201,7 @@ impl Drop for Scene {
             let _ = c.wait();
         }
         let _ = wgconf::control::ControlClient::new(self.dir.join("weft0.ctl")).stop();
-        for ns in [self.node(), self.pod(), self.outside()] {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The namespaces and the directory go with the fields.
     }
 }
 

@@ -80,17 +80,14 @@ impl std::ops::DerefMut for Watched {
 
 /// Polls `backend` until `done` accepts what it observes (10 s at most).
 fn observe_until(backend: &mut KubeBackend, what: &str, done: impl Fn(&Loaded) -> bool) -> Loaded {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        if backend.ready() {
-            let l = backend.observe().expect("observe");
-            if done(&l) {
-                return l;
-            }
+    testkit::wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        if !backend.ready() {
+            return None;
         }
-        assert!(Instant::now() < end, "within 10 s: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        let l = backend.observe().expect("observe");
+        done(&l).then_some(l)
+    })
+    .unwrap_or_else(|| panic!("within 10 s: {what}"))
 }
 
 /// The bodies of the Events the API server received.
@@ -254,12 +251,11 @@ fn agents_announce_themselves_and_converge() {
         })
         .collect();
 
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
+    let converged = testkit::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
         for (i, a) in agents.iter_mut().enumerate() {
             a.pass(i as u8 + 1);
         }
-        let converged = agents.iter().all(|a| {
+        agents.iter().all(|a| {
             a.topology.as_ref().is_some_and(|t| {
                 t.segments.iter().map(|s| s.nodes.len()).sum::<usize>() == 3
                     && t.desired_state(&a.name).is_some()
@@ -268,16 +264,9 @@ fn agents_announce_themselves_and_converge() {
             api.get("nodes", n).unwrap()["metadata"]["annotations"]["kilo.squat.ai/wireguard-ip"]
                 .as_str()
                 .is_some_and(|s| !s.is_empty())
-        });
-        if converged {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "the mesh did not converge within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        })
+    });
+    assert!(converged, "the mesh did not converge within 10 s");
 
     // Every agent computed the same mesh.
     let first = leaders(agents[0].topology.as_ref().unwrap());
@@ -467,14 +456,12 @@ fn api_failures_are_reported_not_fatal() {
     assert_eq!(b.observe().unwrap().snapshot.nodes.len(), 1);
     api.fail_patches(None);
     // The next try waits out the back-off, then goes through.
-    let end = Instant::now() + Duration::from_secs(3);
-    while b.publish(&report).is_err() {
-        assert!(
-            Instant::now() < end,
-            "publishing works again once the API does"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        testkit::wait_until(Duration::from_secs(3), Duration::from_millis(50), || b
+            .publish(&report)
+            .is_ok()),
+        "publishing works again once the API does"
+    );
 
     // An API server that takes the request and never answers holds the
     // agent loop for the call's timeout, not for good.

@@ -8,12 +8,12 @@
 
 mod common;
 
-use common::ip;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use testkit::{Netns, TempDir};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -42,47 +42,36 @@ fn kilo_conflist(pod_cidr: &str) -> Value {
     })
 }
 
+/// Dropped in order: the agent and the tunnel stopped, then the pods'
+/// and the node's namespaces deleted and the directory removed.
 struct Node {
-    tag: String,
-    dir: PathBuf,
-    pods: Vec<String>,
     agent: Option<Child>,
+    pods: Vec<Netns>,
+    node_ns: Netns,
+    dir: TempDir,
 }
 
 impl Node {
     fn new() -> Self {
-        let tag = format!("wm{}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("weft-migration-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("net.d")).expect("dir");
-        let n = Self {
-            tag,
-            dir,
-            pods: Vec::new(),
-            agent: None,
-        };
-        ip(&["netns", "add", &n.ns()]);
-        ip(&["-n", &n.ns(), "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &n.ns(),
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0p",
+        let node_ns = Netns::with_prefix("wmn");
+        node_ns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
         ]);
-        ip(&["-n", &n.ns(), "addr", "add", "192.0.2.10/24", "dev", "eth0"]);
-        ip(&["-n", &n.ns(), "link", "set", "eth0", "up"]);
-        ip(&["-n", &n.ns(), "link", "set", "eth0p", "up"]);
-        n
+        node_ns.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"]);
+        node_ns.ip(&["link", "set", "eth0", "up"]);
+        node_ns.ip(&["link", "set", "eth0p", "up"]);
+        let dir = TempDir::new("weft-migration");
+        std::fs::create_dir_all(dir.join("net.d")).expect("dir");
+        Self {
+            agent: None,
+            pods: Vec::new(),
+            node_ns,
+            dir,
+        }
     }
 
     fn ns(&self) -> String {
-        format!("{}n", self.tag)
+        self.node_ns.name.clone()
     }
 
     /// Where host-local and weft-cni keep allocations (the node's
@@ -99,10 +88,9 @@ impl Node {
 
     /// A new pod namespace wired by `plugin`; its address.
     fn add_pod(&mut self, plugin: &Path, conflist: &Value) -> String {
-        let pod = format!("{}p{}", self.tag, self.pods.len());
-        ip(&["netns", "add", &pod]);
-        ip(&["-n", &pod, "link", "set", "lo", "up"]);
-        self.pods.push(pod.clone());
+        let pod_ns = Netns::with_prefix("wmp");
+        let pod = pod_ns.name.clone();
+        self.pods.push(pod_ns);
         let result = self.cni(plugin, "ADD", &pod, conflist);
         result["ips"][0]["address"]
             .as_str()
@@ -138,13 +126,7 @@ impl Drop for Node {
             let _ = c.wait();
         }
         let _ = wgconf::control::ControlClient::new(self.dir.join("weft0.ctl")).stop();
-        for p in self.pods.drain(..) {
-            let _ = Command::new("ip").args(["netns", "del", &p]).status();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns()])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The namespaces and the directory go with the fields.
     }
 }
 
@@ -231,12 +213,12 @@ fn a_node_moved_from_kilo_keeps_its_pods_addresses() {
         "old {old:?}, new {new:?}: an address handed out twice"
     );
     assert_eq!(node.allocated("kilo").len(), 6);
-    let first_new = node.pods[3].clone();
+    let first_new = node.pods[3].name.clone();
     for a in &old {
         assert!(node.ping(&first_new, a), "a new pod reaches old pod {a}");
     }
     // An old pod deleted through Weft frees its address.
-    let first_old = node.pods[0].clone();
+    let first_old = node.pods[0].name.clone();
     node.cni(&weft_cni, "DEL", &first_old, &weft);
     assert!(
         !node.allocated("kilo").contains(&old[0]),

@@ -153,14 +153,12 @@ fn persistent_keepalive() {
         "{show}"
     );
     // Setting it sends a keepalive at once, which starts the handshake.
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while peer_dump_field(&t.wb, DUMP_LATEST_HANDSHAKE) == "0" {
-        assert!(
-            std::time::Instant::now() < end,
-            "keepalive did not start a handshake"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            peer_dump_field(&t.wb, DUMP_LATEST_HANDSHAKE) != "0"
+        }),
+        "keepalive did not start a handshake"
+    );
     let before: u64 = peer_dump_field(&t.wb, DUMP_RX).parse().expect("number");
     std::thread::sleep(Duration::from_millis(3500));
     let after: u64 = peer_dump_field(&t.wb, DUMP_RX).parse().expect("number");
@@ -269,11 +267,11 @@ fn wg_quick_up_and_down() {
         String::from_utf8_lossy(&down.stderr)
     );
     let sock = std::path::Path::new("/var/run/wireguard").join(format!("{name}.sock"));
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while sock.exists() && std::time::Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!sock.exists(), "socket left behind after wg-quick down");
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), || !sock
+            .exists()),
+        "socket left behind after wg-quick down"
+    );
     assert!(
         !pair.a.try_exec(&["ip", "link", "show", &name]),
         "interface left behind"
@@ -519,11 +517,12 @@ fn an_upgrade_takes_the_running_interface_over() {
     };
     let mut old = start(false, "2");
     let client = ControlClient::new(&control);
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !client.is_alive() {
-        assert!(std::time::Instant::now() < end, "no control socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            client.is_alive()
+        }),
+        "no control socket"
+    );
     let (ka, kb) = (genkey(), genkey());
     let mut peer = PeerUpdate::new(PublicKey::from_base64(&kb.public).expect("key"));
     peer.endpoint = Some(
@@ -598,14 +597,14 @@ fn an_upgrade_takes_the_running_interface_over() {
         answered.len()
     );
     // The old process left by itself; the new one serves the device.
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while old.0.try_wait().expect("wait").is_none() {
-        assert!(
-            std::time::Instant::now() < end,
-            "the old process did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || old
+            .0
+            .try_wait()
+            .expect("wait")
+            .is_some()),
+        "the old process did not exit"
+    );
     assert!(
         successor.0.try_wait().expect("wait").is_none(),
         "the successor runs"

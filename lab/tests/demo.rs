@@ -304,24 +304,16 @@ fn demo_mesh_through_the_kubernetes_backend() {
     // The NATed node's keepalive lets the leaders learn where its packets
     // come from (the router's public address) and publish it.
     let home_key = d.public_key("home-1").expect("key");
-    let end = Instant::now() + Duration::from_secs(20);
-    let learned = loop {
-        let found = demo::nodes().iter().find_map(|n| {
+    let learned = testkit::wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
+        demo::nodes().iter().find_map(|n| {
             let v = ann(n.name)["kilo.squat.ai/discovered-endpoints"]
                 .as_str()?
                 .to_string();
             let m: serde_json::Value = serde_json::from_str(&v).ok()?;
             Some((n.name, m.get(&home_key)?.clone()))
-        });
-        if let Some(f) = found {
-            break f;
-        }
-        assert!(
-            Instant::now() < end,
-            "no node published home-1's NAT endpoint within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        })
+    })
+    .expect("a node publishes home-1's NAT endpoint within 20 s");
     eprintln!("{} learned home-1 at {}", learned.0, learned.1);
     assert_eq!(learned.1["IP"], "203.0.113.31");
 

@@ -110,19 +110,26 @@ pub struct Controller {
     memory: Memory,
 }
 
-/// Records a readiness verdict; a change is logged once. Every start
-/// passes through "not ready" (no first list yet, not announced yet), so
-/// until a check has passed once its failures are news, not trouble
-/// (INFO); losing readiness after that may need a look (WARN). What needs
-/// one (a failed apply, a broken mesh) is logged as an ERROR where it
-/// happens.
+/// The checks every start fails for a moment (no first list of Nodes and
+/// Peers yet; this node not announced yet).
+const START_STATES: [&str; 2] = ["backend", "mesh"];
+
+/// Records a readiness verdict; a change is logged once, at the level an
+/// operator needs: a start's passage through not-ready is INFO (an alert
+/// on WARN and ERROR lines stays quiet on a healthy install); losing
+/// readiness after passing is WARN; a check that fails for a reason no
+/// start has (forwarding off, no CNI configuration) is ERROR, as is what
+/// breaks a pass (logged where it happens).
 fn check(status: &Status, name: &'static str, verdict: Result<(), String>) {
     let passed_before = status.has_passed(name);
     if status.set(name, verdict.clone()) {
         match verdict {
             Ok(()) => tracing::info!(check = name, "ready: {name} ok"),
             Err(why) if passed_before => tracing::warn!(check = name, "not ready: {why}"),
-            Err(why) => tracing::info!(check = name, "not ready yet: {why}"),
+            Err(why) if START_STATES.contains(&name) => {
+                tracing::info!(check = name, "not ready yet: {why}")
+            }
+            Err(why) => tracing::error!(check = name, "not ready: {why}"),
         }
     }
 }

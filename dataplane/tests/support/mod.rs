@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub use testkit::{cpu_time, require_tool as require, run, try_run, unique, Netns};
+pub use testkit::{cpu_time, require_tool as require, run, try_run, unique, wait_until, Netns};
 
 /// Pairs made so far by this process: each gets its own 192.168.x.0/24.
 static PAIRS: AtomicU32 = AtomicU32::new(0);
@@ -92,14 +92,12 @@ impl WgInterface {
             .spawn()
             .expect("start WireGuard daemon");
         let sock = format!("/var/run/wireguard/{name}.sock");
-        let end = Instant::now() + Duration::from_secs(10);
-        while !std::path::Path::new(&sock).exists() {
-            assert!(
-                Instant::now() < end,
-                "{implementation:?} did not create {sock}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            testkit::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+                std::path::Path::new(&sock).exists()
+            }),
+            "{implementation:?} did not create {sock}"
+        );
         Self {
             name: name.to_string(),
             ns: ns.name.clone(),
@@ -119,13 +117,9 @@ impl WgInterface {
         if let Some(mut c) = self.child.take() {
             // SAFETY: plain kill(2) on our child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let end = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            testkit::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            });
             let _ = c.kill();
             let _ = c.wait();
             // Only the first stop cleans up: a later drop of this (stopped)
