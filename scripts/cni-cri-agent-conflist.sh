@@ -9,8 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${1:?usage: cni-cri-agent-conflist.sh SHARED_CNI_RUNTIME_DIR}
 # WEFT_PROFILE: the cargo profile to build and use (scripts/test.sh passes its own).
+# WEFT_PREBUILT=1: use target/PROFILE's binaries as they are (scripts/test.sh
+# built them with the whole workspace; a build of these packages alone would
+# resolve their dependencies' features differently and compile them again).
 profile=${WEFT_PROFILE:-release}
-cargo build -q --profile "$profile" -p cni-plugin -p agent --bins
+if [[ ${WEFT_PREBUILT:-} == 1 ]]; then
+    for bin in weft-cni weftctl; do
+        [[ -x target/$profile/$bin ]] || { echo "target/$profile/$bin is missing" >&2; exit 1; }
+    done
+else
+    cargo build -q --profile "$profile" -p cni-plugin -p agent --bins
+fi
 work=$(mktemp -d /tmp/weft-cri-agent.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # The e2e script's pods live in 10.42.0.0/24.

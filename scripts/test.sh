@@ -101,13 +101,12 @@ phase "benchmark helpers"
 python3 scripts/test_profile_split.py
 echo "== weft-cni under real container runtimes (podman's CNI backend; containerd's CRI on the conflist weft-agent writes)"
 phase "runtime e2e"
-cargo build --profile $profile -p cni-plugin -p agent --bins
 # The runtime drivers (cni-podman-e2e.sh, cni-cri-e2e.sh) are kept outside
 # this repository, in shared/cni-runtime/ beside the checkout.
 runtimes=$(cd "$(dirname "$0")/../.." && pwd)/shared/cni-runtime
 if [[ $(id -u) == 0 && -d $runtimes ]]; then
     bash "$runtimes/cni-podman-e2e.sh" "$PWD/target/$profile/weft-cni"
-    WEFT_PROFILE=$profile bash scripts/cni-cri-agent-conflist.sh "$runtimes"
+    WEFT_PROFILE=$profile WEFT_PREBUILT=1 bash scripts/cni-cri-agent-conflist.sh "$runtimes"
 else
     echo "SKIPPED: needs root and the runtime drivers in $runtimes"
 fi

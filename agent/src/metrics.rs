@@ -2,6 +2,15 @@
 //! mesh size, reconciles, errors and durations, the API's reachability, and
 //! per peer the tunnel's traffic, handshake age and reachability (Kilo needs
 //! a separate exporter for those). The names are the documented ones.
+//!
+//! The figures a Kilo user's dashboard reads are also exported under the
+//! names it reads, so it works unchanged on Weft nodes: Kilo's own
+//! (`kilo_nodes`, `kilo_peers`, `kilo_leader`, `kilo_reconciles_total`,
+//! `kilo_errors_total`) and the WireGuard exporter's that Kilo's docs
+//! point to (`wireguard_sent_bytes_total`, `wireguard_received_bytes_total`,
+//! `wireguard_latest_handshake_seconds`: the Unix time of the latest
+//! handshake, 0 before the first, labelled by `public_key` and
+//! `allowed_ips` as that exporter does).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -23,6 +32,10 @@ pub struct PeerStat {
     pub tx_bytes: u64,
     /// Seconds since the last handshake, if there was one.
     pub handshake_age: Option<f64>,
+    /// The Unix time of the last handshake, if there was one.
+    pub latest_handshake: Option<f64>,
+    /// The peer's allowed IPs, comma-separated.
+    pub allowed_ips: String,
     /// Whether the peer answers (`None` before anything was tried).
     pub reachable: Option<bool>,
 }
@@ -38,6 +51,16 @@ impl PeerStat {
                 .last_handshake
                 .and_then(|t| now.duration_since(t).ok())
                 .map(|d| d.as_secs_f64()),
+            latest_handshake: peer
+                .last_handshake
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64()),
+            allowed_ips: peer
+                .allowed_ips
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             reachable: peer.reachable,
         }
     }
@@ -67,7 +90,39 @@ impl Collector for PeerStats {
                 v.encode(family.encode_family(&labels(p))?)?;
             }
         }
+        // The WireGuard exporter's names and labels (see the module's doc).
+        let exporter_labels = |p: &PeerStat| {
+            [
+                ("public_key".to_string(), p.public_key.clone()),
+                ("allowed_ips".to_string(), p.allowed_ips.clone()),
+            ]
+        };
+        for (name, help, rx) in [
+            (
+                "wireguard_received_bytes",
+                "Bytes received from the peer.",
+                true,
+            ),
+            ("wireguard_sent_bytes", "Bytes sent to the peer.", false),
+        ] {
+            let c = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            for p in &peers {
+                let v = ConstCounter::new(if rx { p.rx_bytes } else { p.tx_bytes });
+                v.encode(family.encode_family(&exporter_labels(p))?)?;
+            }
+        }
         let g = ConstGauge::new(0.0f64);
+        let mut family = encoder.encode_descriptor(
+            "wireguard_latest_handshake_seconds",
+            "Unix time of the latest handshake with the peer; 0 before the first.",
+            None,
+            g.metric_type(),
+        )?;
+        for p in &peers {
+            ConstGauge::new(p.latest_handshake.unwrap_or(0.0))
+                .encode(family.encode_family(&exporter_labels(p))?)?;
+        }
         let mut family = encoder.encode_descriptor(
             "weft_peer_last_handshake_age_seconds",
             "Seconds since the last handshake with a peer.",
@@ -102,6 +157,8 @@ pub struct Metrics {
     api_reachable: Gauge,
     reconciles: Counter,
     errors: Family<Stage, Counter>,
+    /// All stages together, for Kilo's `kilo_errors_total`.
+    errors_total: Counter,
     durations: Histogram,
     peer_stats: Arc<PeerStats>,
 }
@@ -125,25 +182,53 @@ impl Metrics {
         let api_reachable = Gauge::default();
         let reconciles = Counter::default();
         let errors = Family::<Stage, Counter>::default();
+        let errors_total = Counter::default();
         let durations = Histogram::new(BUCKETS);
-        registry.register("weft_nodes", "Nodes in the mesh.", nodes.clone());
-        registry.register("weft_peers", "External peers in the mesh.", peers.clone());
+        // The registry ends each help text with a period of its own.
+        registry.register("weft_nodes", "Nodes in the mesh", nodes.clone());
+        registry.register("weft_peers", "External peers in the mesh", peers.clone());
         registry.register(
             "weft_leader",
-            "1 while this node leads its segment.",
+            "1 while this node leads its segment",
             leader.clone(),
         );
         registry.register(
             "weft_api_reachable",
-            "1 while the Kubernetes API answers (always 1 for a mesh file).",
+            "1 while the Kubernetes API answers (always 1 for a mesh file)",
             api_reachable.clone(),
         );
-        registry.register("weft_reconciles", "Reconcile passes.", reconciles.clone());
-        registry.register("weft_errors", "Errors by stage.", errors.clone());
+        registry.register("weft_reconciles", "Reconcile passes", reconciles.clone());
+        registry.register("weft_errors", "Errors by stage", errors.clone());
         registry.register(
             "weft_reconcile_duration_seconds",
-            "Duration of reconcile passes.",
+            "Duration of reconcile passes",
             durations.clone(),
+        );
+        // Kilo's names for the same figures (a clone shares the value).
+        registry.register(
+            "kilo_nodes",
+            "Nodes in the mesh (Kilo's name)",
+            nodes.clone(),
+        );
+        registry.register(
+            "kilo_peers",
+            "External peers in the mesh (Kilo's name)",
+            peers.clone(),
+        );
+        registry.register(
+            "kilo_leader",
+            "1 while this node leads its segment (Kilo's name)",
+            leader.clone(),
+        );
+        registry.register(
+            "kilo_reconciles",
+            "Reconcile passes (Kilo's name)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "kilo_errors",
+            "Errors of every stage (Kilo's name)",
+            errors_total.clone(),
         );
         let peer_stats = Arc::new(PeerStats::default());
         registry.register_collector(Box::new(Shared(peer_stats.clone())));
@@ -156,6 +241,7 @@ impl Metrics {
             api_reachable,
             reconciles,
             errors,
+            errors_total,
             durations,
             peer_stats,
         })
@@ -183,6 +269,7 @@ impl Metrics {
                 stage: stage.to_string(),
             })
             .inc();
+        self.errors_total.inc();
     }
 
     pub fn set_peers(&self, stats: Vec<PeerStat>) {
@@ -211,13 +298,26 @@ mod tests {
         m.reconciled(0.03);
         m.error("backend");
         m.set_api_reachable(false);
-        m.set_peers(vec![PeerStat {
-            public_key: "abc=".into(),
-            rx_bytes: 10,
-            tx_bytes: 20,
-            handshake_age: Some(3.5),
-            reachable: Some(false),
-        }]);
+        m.set_peers(vec![
+            PeerStat {
+                public_key: "abc=".into(),
+                rx_bytes: 10,
+                tx_bytes: 20,
+                handshake_age: Some(3.5),
+                latest_handshake: Some(1_800_000_000.0),
+                allowed_ips: "10.4.0.1/32,10.42.1.0/24".into(),
+                reachable: Some(false),
+            },
+            PeerStat {
+                public_key: "new=".into(),
+                rx_bytes: 0,
+                tx_bytes: 148,
+                handshake_age: None,
+                latest_handshake: None,
+                allowed_ips: "10.5.0.1/32".into(),
+                reachable: None,
+            },
+        ]);
         let text = m.render();
         for line in [
             "weft_nodes 4",
@@ -233,6 +333,16 @@ mod tests {
             "weft_peer_tx_bytes_total{public_key=\"abc=\"} 20",
             "weft_peer_last_handshake_age_seconds{public_key=\"abc=\"} 3.5",
             "weft_peer_reachable{public_key=\"abc=\"} 0",
+            // Kilo's dashboard reads these.
+            "kilo_nodes 4",
+            "kilo_peers 1",
+            "kilo_leader 1",
+            "kilo_reconciles_total 2",
+            "kilo_errors_total 1",
+            "wireguard_received_bytes_total{public_key=\"abc=\",allowed_ips=\"10.4.0.1/32,10.42.1.0/24\"} 10",
+            "wireguard_sent_bytes_total{public_key=\"abc=\",allowed_ips=\"10.4.0.1/32,10.42.1.0/24\"} 20",
+            "wireguard_latest_handshake_seconds{public_key=\"abc=\",allowed_ips=\"10.4.0.1/32,10.42.1.0/24\"} 1800000000.0",
+            "wireguard_latest_handshake_seconds{public_key=\"new=\",allowed_ips=\"10.5.0.1/32\"} 0.0",
             "# EOF",
         ] {
             assert!(
@@ -240,5 +350,33 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_tunnel_peer_gives_its_handshake_time_and_allowed_ips() {
+        let key = wgconf::PrivateKey([9; 32]).public_key();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut info = wgconf::PeerInfo {
+            public_key: key,
+            preshared_key: None,
+            endpoint: None,
+            last_handshake: Some(at),
+            rx_bytes: 1,
+            tx_bytes: 2,
+            persistent_keepalive: 0,
+            allowed_ips: vec![
+                "10.4.0.1/32".parse().unwrap(),
+                "10.42.1.0/24".parse().unwrap(),
+            ],
+            reachable: None,
+        };
+        let now = at + std::time::Duration::from_secs(7);
+        let stat = PeerStat::from_tunnel(&info, now);
+        assert_eq!(stat.latest_handshake, Some(1_800_000_000.0));
+        assert_eq!(stat.handshake_age, Some(7.0));
+        assert_eq!(stat.allowed_ips, "10.4.0.1/32,10.42.1.0/24");
+        info.last_handshake = None;
+        let stat = PeerStat::from_tunnel(&info, now);
+        assert_eq!((stat.latest_handshake, stat.handshake_age), (None, None));
     }
 }

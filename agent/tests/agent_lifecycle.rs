@@ -209,6 +209,26 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         metrics.contains("weft_peer_tx_bytes_total{public_key="),
         "{metrics}"
     );
+    // The same figures under the names Kilo's Grafana dashboard reads.
+    for line in ["kilo_nodes 2", "kilo_peers 0", "kilo_leader 1"] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in {metrics}"
+        );
+    }
+    for name in [
+        "wireguard_sent_bytes_total",
+        "wireguard_received_bytes_total",
+        "wireguard_latest_handshake_seconds",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{public_key=\""))
+                    && l.contains("10.42.1.0/24")),
+            "missing {name} for the other node in {metrics}"
+        );
+    }
     assert!(fetch("/healthz").ends_with("ok\n"));
     // The private key shows nowhere: not in /metrics, the health answers or
     // the agent's log, in either encoding; the key file and the sockets that
