@@ -78,38 +78,41 @@ struct PeerStats(Mutex<Vec<PeerStat>>);
 impl Collector for PeerStats {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let peers = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let labels = |p: &PeerStat| [("public_key".to_string(), p.public_key.clone())];
-        for (name, help, rx) in [
-            ("weft_peer_rx_bytes", "Bytes received from a peer.", true),
-            ("weft_peer_tx_bytes", "Bytes sent to a peer.", false),
+        type Labels = fn(&PeerStat) -> Vec<(String, String)>;
+        let labels: Labels = |p| vec![("public_key".into(), p.public_key.clone())];
+        // The WireGuard exporter's names and labels (see the module's doc).
+        let exporter_labels: Labels = |p| {
+            vec![
+                ("public_key".into(), p.public_key.clone()),
+                ("allowed_ips".into(), p.allowed_ips.clone()),
+            ]
+        };
+        for (name, help, rx, labels) in [
+            (
+                "weft_peer_rx_bytes",
+                "Bytes received from a peer.",
+                true,
+                labels,
+            ),
+            ("weft_peer_tx_bytes", "Bytes sent to a peer.", false, labels),
+            (
+                "wireguard_received_bytes",
+                "Bytes received from the peer.",
+                true,
+                exporter_labels,
+            ),
+            (
+                "wireguard_sent_bytes",
+                "Bytes sent to the peer.",
+                false,
+                exporter_labels,
+            ),
         ] {
             let c = ConstCounter::new(0u64);
             let mut family = encoder.encode_descriptor(name, help, None, c.metric_type())?;
             for p in &peers {
                 let v = ConstCounter::new(if rx { p.rx_bytes } else { p.tx_bytes });
                 v.encode(family.encode_family(&labels(p))?)?;
-            }
-        }
-        // The WireGuard exporter's names and labels (see the module's doc).
-        let exporter_labels = |p: &PeerStat| {
-            [
-                ("public_key".to_string(), p.public_key.clone()),
-                ("allowed_ips".to_string(), p.allowed_ips.clone()),
-            ]
-        };
-        for (name, help, rx) in [
-            (
-                "wireguard_received_bytes",
-                "Bytes received from the peer.",
-                true,
-            ),
-            ("wireguard_sent_bytes", "Bytes sent to the peer.", false),
-        ] {
-            let c = ConstCounter::new(0u64);
-            let mut family = encoder.encode_descriptor(name, help, None, c.metric_type())?;
-            for p in &peers {
-                let v = ConstCounter::new(if rx { p.rx_bytes } else { p.tx_bytes });
-                v.encode(family.encode_family(&exporter_labels(p))?)?;
             }
         }
         let g = ConstGauge::new(0.0f64);

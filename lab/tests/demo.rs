@@ -530,8 +530,9 @@ fn healthy_start_logs(d: &Demo) {
             .collect();
         assert!(
             loud.is_empty(),
-            "{}: a healthy start logged {loud:#?}",
-            n.name
+            "{}: a healthy start logged {loud:#?}\nits whole log:\n{}",
+            n.name,
+            log.join("\n")
         );
     }
 }

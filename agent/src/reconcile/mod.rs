@@ -212,15 +212,26 @@ impl Reconciler {
                 // Not (or no longer) a leader: no tunnel of our own.
                 self.applied_peers.clear();
                 if self.tunnel.is_running() {
-                    self.tunnel.retire()?;
-                    if let Some(link) = self.nl.link(&self.settings.tunnel.interface)? {
+                    let interface = &self.settings.tunnel.interface;
+                    if self.tunnel.retire()? {
+                        // Our weft-wg deletes its interface as it exits:
+                        // wait for that rather than touch a device on its
+                        // way out (and have the next pass find it).
+                        let gone = wait_until(LINK_GONE_WAIT, || {
+                            self.nl.link(interface).map(|l| l.is_none())
+                        })?;
+                        if !gone {
+                            tracing::debug!(
+                                "{interface} outlived its tunnel's stop for {LINK_GONE_WAIT:?}"
+                            );
+                        }
+                    } else if let Some(link) = self.nl.link(interface)? {
                         // A tunnel someone else runs stays, empty, without
                         // the segment's address and down.
                         for a in self.nl.addresses(link.index)? {
                             self.nl.del_address(link.index, a)?;
                         }
-                        self.nl
-                            .set_down(link.index, &self.settings.tunnel.interface)?;
+                        self.nl.set_down(link.index, interface)?;
                     }
                 }
                 None
@@ -388,5 +399,26 @@ impl Reconciler {
         }
         self.tunnel.stop()?;
         Ok(())
+    }
+}
+
+/// How long a retiring leader waits for its tunnel's interface to go.
+const LINK_GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Polls `done` every 10 ms until it says true or `within` passes; whether
+/// it did. An error from `done` ends the wait.
+fn wait_until<E>(
+    within: std::time::Duration,
+    mut done: impl FnMut() -> Result<bool, E>,
+) -> Result<bool, E> {
+    let end = std::time::Instant::now() + within;
+    loop {
+        if done()? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= end {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

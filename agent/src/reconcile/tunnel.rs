@@ -212,17 +212,19 @@ impl Tunnel {
         Ok(())
     }
 
-    /// This node no longer leads: a tunnel the agent launched is stopped;
-    /// one run by someone else keeps running with no peers.
-    pub fn retire(&mut self) -> Result<(), ReconcileError> {
+    /// This node no longer leads: a tunnel the agent launched is stopped
+    /// (true: its interface goes with it); one run by someone else keeps
+    /// running with no peers (false: its interface stays).
+    pub fn retire(&mut self) -> Result<bool, ReconcileError> {
         if !self.client.is_alive() {
             self.last = None;
-            return Ok(());
+            return Ok(false);
         }
-        match self.settings.launch {
+        let stopped = match self.settings.launch {
             Launch::Spawn { .. } => {
                 self.client.stop().map_err(tunnel_err)?;
                 tracing::info!("stopped the tunnel: this node no longer leads its segment");
+                true
             }
             Launch::External => {
                 let (info, _) = self.client.get().map_err(tunnel_err)?;
@@ -241,10 +243,11 @@ impl Tunnel {
                     };
                     self.client.set(&update).map_err(tunnel_err)?;
                 }
+                false
             }
-        }
+        };
         self.last = None;
-        Ok(())
+        Ok(stopped)
     }
 
     /// Whether a tunnel process answers.
