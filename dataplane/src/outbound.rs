@@ -338,7 +338,7 @@ pub(crate) fn send_message(
 /// Sends a keepalive (an empty data message) now, starting a handshake if
 /// there is no session yet.
 pub(crate) fn send_keepalive(shared: &Shared, peer: &Arc<Peer>) {
-    let (Some(endpoint), Some(message)) = (peer.endpoint(), peer.keepalive()) else {
+    let Some((endpoint, message)) = peer.keepalive() else {
         return;
     };
     let sockets = shared.state.read().sockets.clone();

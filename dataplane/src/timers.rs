@@ -42,7 +42,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         let now_ms = shared.now_ms();
         for peer in peers {
             let tick = peer.tick(now_ms);
-            if let Some(endpoint) = peer.endpoint() {
+            if let Some(endpoint) = tick.endpoint {
                 for message in tick.messages {
                     send_message(&shared, udp, &peer, endpoint, &message);
                 }

@@ -576,24 +576,6 @@ fn a_cookie_reply_does_not_move_the_endpoint() {
     relay.finish();
 }
 
-/// An IPv4/UDP datagram from `src:40000` to `dst:port`, for a raw socket
-/// (the kernel fills in the IP checksum; a UDP checksum of 0 means none).
-fn spoofed_udp(src: [u8; 4], dst: std::net::Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
-    let total = 28 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst.octets());
-    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    p[22..24].copy_from_slice(&port.to_be_bytes());
-    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p[28..].copy_from_slice(payload);
-    p
-}
-
 #[test]
 #[ignore = "needs root: network namespaces and TUN devices"]
 fn a_handshake_flood_from_spoofed_addresses_spares_the_cpu_and_other_peers() {
@@ -644,7 +626,7 @@ fn a_handshake_flood_from_spoofed_addresses_spares_the_cpu_and_other_peers() {
         while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(30) {
             for _ in 0..50 {
                 let src = 0x0ac8_0000u32 + (sent % 16_384) as u32;
-                let d = spoofed_udp(src.to_be_bytes(), a_addr, PORT_A, &messages[sent % 64]);
+                let d = testkit::ipv4_udp(src.into(), a_addr, PORT_A, &messages[sent % 64]);
                 // SAFETY: a valid buffer and address for sendto(2).
                 unsafe {
                     libc::sendto(

@@ -2,7 +2,8 @@
 //! (stated, never silently skipped), network namespaces removed on drop,
 //! scratch files and directories removed on drop, waits bounded by a
 //! deadline, commands that fail the test when they fail, a sibling package's
-//! binary, and a process's CPU time.
+//! binary, a process's CPU time, and the IP packets tests send through
+//! tunnels.
 //!
 //! Root-only tests are marked `#[ignore = "needs root: ..."]` so that a run
 //! without root lists them as ignored in cargo's summary, and start with
@@ -10,6 +11,7 @@
 //! instead of passing. `scripts/test.sh` runs them as root and, in CI, refuses
 //! to run without root.
 
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -322,6 +324,34 @@ pub fn cpu_time(pid: u32) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+}
+
+/// An IPv4/UDP packet from `src:40000` to `dst:port` carrying `payload`,
+/// with don't-fragment set and a valid header checksum (a TUN device drops
+/// a packet without one); the UDP checksum is 0, which IPv4 allows.
+pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[6] = 0x40; // don't fragment
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let mut sum = 0u32;
+    for w in p[..20].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&port.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    p
 }
 
 #[cfg(test)]

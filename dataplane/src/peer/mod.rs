@@ -109,7 +109,10 @@ pub(crate) enum Opened {
 /// What one look at the clock asks of the I/O.
 #[derive(Default)]
 pub(crate) struct Tick {
-    /// Messages for the peer's endpoint, in order.
+    /// Where `messages` go: the peer's endpoint at the look (without one,
+    /// there are no messages).
+    pub(crate) endpoint: Option<SocketAddr>,
+    /// Messages for `endpoint`, in order.
     pub(crate) messages: Vec<Packet>,
     /// The peer just became unreachable (reported once per change).
     pub(crate) became_unreachable: bool,
@@ -250,15 +253,16 @@ impl Peer {
     }
 
     /// A keepalive (an empty data message), or the initiation that starts a
-    /// session when there is none; `None` without an endpoint.
-    pub(crate) fn keepalive(&self) -> Option<Packet> {
-        self.endpoint()?;
+    /// session when there is none, with the endpoint it goes to; `None`
+    /// without an endpoint.
+    pub(crate) fn keepalive(&self) -> Option<(SocketAddr, Packet)> {
+        let endpoint = self.endpoint()?;
         let mut tunnel = self.tunnel.lock();
         let message = tunnel
             .tunn
             .as_mut()?
             .handle_outgoing_packet(Packet::default(), None)?;
-        Some(Packet::from(message))
+        Some((endpoint, Packet::from(message)))
     }
 
     /// Opens a data message that came from `from` (`wire_len` bytes on the
@@ -347,8 +351,11 @@ impl Peer {
     /// expiry, passive keepalives), recovery of a silent session, and the
     /// persistent keepalive.
     pub(crate) fn tick(&self, now_ms: u64) -> Tick {
-        let mut tick = Tick::default();
         let endpoint = self.endpoint();
+        let mut tick = Tick {
+            endpoint,
+            ..Tick::default()
+        };
         {
             let mut tunnel = self.tunnel.lock();
             let Some(tunn) = tunnel.tunn.as_mut() else {
@@ -387,7 +394,8 @@ impl Peer {
             && keepalive > 0
             && now_ms.saturating_sub(self.last_sent_ms.load(Ordering::Relaxed)) >= keepalive
         {
-            tick.messages.extend(self.keepalive());
+            tick.messages
+                .extend(self.keepalive().map(|(_, message)| message));
         }
         tick
     }

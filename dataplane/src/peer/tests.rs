@@ -104,7 +104,15 @@ struct Pair {
 const A_INNER: Ipv4Addr = Ipv4Addr::new(10, 4, 0, 1);
 const B_INNER: Ipv4Addr = Ipv4Addr::new(10, 4, 0, 2);
 
-fn side(own: &PrivateKey, other: &PrivateKey, addr: &str, other_addr: &str) -> Side {
+/// One end at `addr`, knowing the other end (at `other_addr`) by its key;
+/// the other end owns the inner address `other_owns`.
+fn side(
+    own: &PrivateKey,
+    other: &PrivateKey,
+    addr: &str,
+    other_addr: &str,
+    other_owns: Ipv4Addr,
+) -> Side {
     let secret = own.to_x25519();
     let public = x25519::PublicKey::from(&secret);
     let limiter = Arc::new(RateLimiter::new(&public, 100));
@@ -120,11 +128,7 @@ fn side(own: &PrivateKey, other: &PrivateKey, addr: &str, other_addr: &str) -> S
         limiter,
         strict,
         under_load: false,
-        remote_owns: if addr.starts_with("192.0.2.1:") {
-            B_INNER
-        } else {
-            A_INNER
-        },
+        remote_owns: other_owns,
     }
 }
 
@@ -133,8 +137,8 @@ impl Pair {
         let ka = PrivateKey::generate().unwrap();
         let kb = PrivateKey::generate().unwrap();
         Self {
-            a: side(&ka, &kb, "192.0.2.1:51820", "198.51.100.2:51820"),
-            b: side(&kb, &ka, "198.51.100.2:51820", "192.0.2.1:51820"),
+            a: side(&ka, &kb, "192.0.2.1:51820", "198.51.100.2:51820", B_INNER),
+            b: side(&kb, &ka, "198.51.100.2:51820", "192.0.2.1:51820", A_INNER),
         }
     }
 
@@ -164,7 +168,7 @@ impl Pair {
     /// A session from `a` to `b`, confirmed by a keepalive.
     fn established(now_ms: u64) -> Self {
         let pair = Self::new();
-        let init = pair.a.remote.keepalive().expect("an initiation");
+        let init = pair.a.remote.keepalive().expect("an initiation").1;
         // The core confirms the session with a keepalive, then sends the
         // keepalive that started it, which waited.
         let opened = pair.handshake(&init, now_ms);
@@ -178,17 +182,7 @@ impl Pair {
 
 /// An IPv4 UDP packet from `src` to `dst` carrying `payload`.
 fn ip_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let total = 28 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p[28..].copy_from_slice(payload);
-    p
+    testkit::ipv4_udp(src, dst, 7777, payload)
 }
 
 fn data(pair_side: &Side, packet: &[u8], now_ms: u64) -> Vec<u8> {
@@ -384,7 +378,7 @@ fn queued_data_repeats_an_unanswered_initiation_with_back_off() {
 #[test]
 fn unanswered_initiations_make_the_peer_unreachable_once_and_an_answer_undoes_it() {
     let pair = Pair::new();
-    let init = pair.a.remote.keepalive().expect("an initiation");
+    let init = pair.a.remote.keepalive().expect("an initiation").1;
     pair.a.send(&init, 1);
     assert!(!pair.a.remote.tick(UNREACHABLE_AFTER_MS).became_unreachable);
     assert!(
@@ -449,7 +443,7 @@ fn a_persistent_keepalive_goes_out_after_its_interval_of_silence() {
 fn under_load_a_cookie_is_asked_for_and_its_reply_moves_nothing() {
     let mut pair = Pair::new();
     pair.b.under_load = true;
-    let init = pair.a.remote.keepalive().expect("an initiation");
+    let init = pair.a.remote.keepalive().expect("an initiation").1;
     let init = pair.a.send(&init, 1);
     let Delivered::Replies(replies) = pair.b.deliver(&init, pair.a.addr) else {
         panic!("an initiation is a handshake message");
