@@ -11,7 +11,7 @@ use crate::ipam::{Allocation, Store};
 use crate::result::{CniResult, Interface, IpConfig};
 use serde_json::{json, Value};
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -192,7 +192,7 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
                 addr: a.gateway,
                 prefix: a.address.prefix,
             };
-            nl.ensure_address(bridge.index, gw.into(), conf.force_address, &conf.bridge)?;
+            nl.ensure_address(bridge.index, gw, conf.force_address, &conf.bridge)?;
         }
     }
     let host_name = host_veth_name(env);
@@ -212,12 +212,15 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
 
     if conf.is_default_gateway {
         for a in &allocations {
-            let any = if a.address.addr.is_ipv4() {
-                "0.0.0.0/0"
+            let unspecified: IpAddr = if a.address.addr.is_ipv4() {
+                Ipv4Addr::UNSPECIFIED.into()
             } else {
-                "::/0"
+                Ipv6Addr::UNSPECIFIED.into()
             };
-            let dst: Cidr = any.parse().map_err(CniError::io)?;
+            let dst = Cidr {
+                addr: unspecified,
+                prefix: 0,
+            };
             if !routes.iter().any(|r| r.dst == dst) {
                 routes.push(Route {
                     dst,
@@ -241,7 +244,7 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
         }
         pn.set_up(l.index, &ifname)?;
         for a in &pod_ips {
-            pn.ensure_address(l.index, a.address.into(), true, &ifname)?;
+            pn.ensure_address(l.index, a.address, true, &ifname)?;
         }
         for r in &pod_routes {
             let gw = r.gw.or_else(|| {
@@ -250,7 +253,7 @@ fn add(conf: &NetConf, env: &Env, netns: &Path, stdin: &[u8]) -> Result<CniResul
                     .find(|a| a.address.addr.is_ipv4() == r.dst.addr.is_ipv4())
                     .map(|a| a.gateway)
             });
-            pn.add_route(r.dst.into(), gw, l.index)?;
+            pn.add_route(r.dst, gw, l.index)?;
         }
         Ok(pn.link(&ifname)?.map(|l| l.mac).unwrap_or_default())
     })?;
@@ -360,7 +363,7 @@ fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
                 .interface
                 .and_then(|i| prev.interfaces.get(i))
                 .is_none_or(|i| i.name == ifname);
-            if ours && !have.contains(&ip.address.into()) {
+            if ours && !have.contains(&ip.address) {
                 return Err(CniError::check_failed(format!(
                     "{ifname} lacks address {}",
                     ip.address

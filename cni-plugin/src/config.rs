@@ -6,104 +6,18 @@
 use crate::error::CniError;
 use serde::Deserialize;
 use serde_json::Value;
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 /// Spec versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
+/// Addresses as integers, for range arithmetic.
+pub use wgconf::prefix::{bits as to_u128, from_bits as from_u128};
 /// An IP network in CIDR notation; the address may have host bits set (as in
-/// an interface address such as 10.0.0.5/24).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn max_prefix(addr: IpAddr) -> u8 {
-        if addr.is_ipv4() {
-            32
-        } else {
-            128
-        }
-    }
-    /// The network address; the arithmetic lives in the shared netlink crate.
-    pub fn network(&self) -> IpAddr {
-        weft_netlink::Cidr::from(*self).network()
-    }
-    /// The highest address in the network (broadcast for IPv4).
-    pub fn last(&self) -> IpAddr {
-        weft_netlink::Cidr::from(*self).last()
-    }
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        weft_netlink::Cidr::from(*self).contains(ip)
-    }
-}
-
-pub fn to_u128(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-pub fn from_u128(v4: bool, n: u128) -> IpAddr {
-    if v4 {
-        IpAddr::V4(Ipv4Addr::from(n as u32))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(n))
-    }
-}
-
-impl From<Cidr> for weft_netlink::Cidr {
-    fn from(c: Cidr) -> Self {
-        Self {
-            addr: c.addr,
-            prefix: c.prefix,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX"))?;
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{a:?} is not an IP address"))?;
-        let prefix: u8 = p
-            .parse()
-            .map_err(|_| format!("{p:?} is not a prefix length"))?;
-        if prefix > Self::max_prefix(addr) {
-            return Err(format!("prefix /{prefix} is too long for {addr}"));
-        }
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl serde::Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+/// an interface address such as 10.0.0.5/24). Written and read as its string.
+pub use wgconf::Cidr;
 
 /// A route as CNI writes it.
 #[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
@@ -441,17 +355,5 @@ mod tests {
             assert_eq!(e.code, 7, "{ipam}");
             assert!(e.msg.contains("ipam"), "{ipam}: {e:?}");
         }
-    }
-
-    #[test]
-    fn cidr_math() {
-        let c: Cidr = "10.42.3.7/22".parse().unwrap();
-        assert_eq!(c.network().to_string(), "10.42.0.0");
-        assert_eq!(c.last().to_string(), "10.42.3.255");
-        assert!(c.contains("10.42.1.1".parse().unwrap()));
-        assert!(!c.contains("10.42.4.1".parse().unwrap()));
-        let z: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(z.contains("1.2.3.4".parse().unwrap()));
-        assert!(!z.contains("::1".parse().unwrap()));
     }
 }

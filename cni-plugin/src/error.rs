@@ -88,6 +88,7 @@ impl CniError {
     }
 }
 
+#[cfg(feature = "plugin")]
 impl From<weft_netlink::NetlinkError> for CniError {
     fn from(e: weft_netlink::NetlinkError) -> Self {
         use weft_netlink::NetlinkError as N;

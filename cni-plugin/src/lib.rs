@@ -3,8 +3,10 @@
 //!
 //! The parts that need no privileges (configuration, results, IPAM store) are
 //! plain modules tested on their own; netlink goes through the shared
-//! `weft_netlink` crate, and [`command`] strings them together per CNI verb.
+//! `weft_netlink` crate, and `command` strings them together per CNI verb
+//! (feature `plugin`, on by default).
 
+#[cfg(feature = "plugin")]
 pub mod command;
 pub mod config;
 pub mod error;

@@ -32,67 +32,9 @@ pub struct Netlink {
     handle: Handle,
 }
 
-/// An address with its prefix length; the host bits may be set.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    fn bits(ip: IpAddr) -> u128 {
-        match ip {
-            IpAddr::V4(a) => u128::from(u32::from(a)),
-            IpAddr::V6(a) => u128::from(a),
-        }
-    }
-    fn from_bits(v4: bool, n: u128) -> IpAddr {
-        if v4 {
-            IpAddr::V4(Ipv4Addr::from(n as u32))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(n))
-        }
-    }
-    /// Every bit of the address family set.
-    fn all(&self) -> u128 {
-        if self.addr.is_ipv4() {
-            u128::from(u32::MAX)
-        } else {
-            u128::MAX
-        }
-    }
-    fn mask(&self) -> u128 {
-        let bits: u32 = if self.addr.is_ipv4() { 32 } else { 128 };
-        let host = bits - u32::from(self.prefix.min(bits as u8));
-        if host >= 128 {
-            0
-        } else {
-            self.all() & !((1u128 << host) - 1)
-        }
-    }
-    /// The network address (host bits cleared).
-    pub fn network(&self) -> IpAddr {
-        Self::from_bits(self.addr.is_ipv4(), Self::bits(self.addr) & self.mask())
-    }
-    /// The highest address in the network (broadcast for IPv4).
-    pub fn last(&self) -> IpAddr {
-        Self::from_bits(
-            self.addr.is_ipv4(),
-            (Self::bits(self.addr) & self.mask()) | (self.all() & !self.mask()),
-        )
-    }
-    /// Whether `ip` is inside this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4()
-            && Self::bits(ip) & self.mask() == Self::bits(self.addr) & self.mask()
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+/// Addresses and routes are written as an address with its prefix length
+/// (the host bits may be set), the type the CNI plugin's configuration uses.
+pub use wgconf::Cidr;
 
 /// What went wrong, in terms a caller can map to its own error codes.
 #[derive(Debug, thiserror::Error)]

@@ -17,4 +17,4 @@ pub mod uapi;
 
 pub use config::{DeviceInfo, DeviceUpdate, PeerInfo, PeerUpdate};
 pub use key::{KeyError, PresharedKey, PrivateKey, PublicKey};
-pub use prefix::{IpPrefix, PrefixError};
+pub use prefix::{Cidr, IpPrefix, PrefixError};
