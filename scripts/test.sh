@@ -2,7 +2,8 @@
 # The test command: installs the system packages the tests use (Debian), then
 # runs formatting and lint checks and the whole test suite, including the
 # root-only tests against real wireguard-go, wg and wg-quick in network
-# namespaces. Those are marked #[ignore = "needs root: ..."]: as root this
+# namespaces, and the alert rules under Debian's promtool. Those are marked
+# #[ignore = "needs root: ..."] or "needs promtool ...": as root this
 # script includes them; without root cargo lists them as ignored and this
 # script says how many; under CI (CI=true) running without root is an error.
 #
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(wireguard-tools wireguard-go iperf3 iproute2 iputils-ping containernetworking-plugins iptables)
+packages=(wireguard-tools wireguard-go iperf3 iproute2 iputils-ping containernetworking-plugins iptables prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -95,7 +96,7 @@ if (( ignored > 0 )); then
         echo "$ignored tests were ignored although this run includes them" >&2
         exit 1
     fi
-    echo "NOT RUN: $ignored root-only tests (network namespaces, TUN); run as root to include them"
+    echo "NOT RUN: $ignored tests that need root (network namespaces, TUN) or a tool this script installs as root (promtool); run as root to include them"
 fi
 phase "benchmark helpers"
 python3 scripts/test_profile_split.py

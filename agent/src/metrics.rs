@@ -3,6 +3,11 @@
 //! per peer the tunnel's traffic, handshake age and reachability (Kilo needs
 //! a separate exporter for those). The names are the documented ones.
 //!
+//! For alerts and dashboards that speak of locations: `weft_node_info`
+//! (1, labelled with this node's name and location), `weft_ready` (what
+//! `/readyz` answers, as 1 or 0), and the per-peer series labelled with the
+//! peer's name (a node or a Peer resource) and location besides its key.
+//!
 //! The figures a Kilo user's dashboard reads are also exported under the
 //! names it reads, so it works unchanged on Weft nodes: Kilo's own
 //! (`kilo_nodes`, `kilo_peers`, `kilo_leader`, `kilo_reconciles_total`,
@@ -19,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 /// Upper bounds of the reconcile-duration histogram, in seconds.
@@ -66,28 +72,100 @@ impl PeerStat {
     }
 }
 
+/// Where in a pass an error happened: the `stage` label of `weft_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorStage {
+    /// Reading the mesh (the API or the mesh file).
+    Backend,
+    /// Computing the topology from what was read.
+    Topology,
+    /// Applying the desired state to this node.
+    Reconcile,
+    /// Publishing this node's annotations.
+    Announce,
+}
+
+impl ErrorStage {
+    pub const ALL: [ErrorStage; 4] = [
+        ErrorStage::Backend,
+        ErrorStage::Topology,
+        ErrorStage::Reconcile,
+        ErrorStage::Announce,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorStage::Backend => "backend",
+            ErrorStage::Topology => "topology",
+            ErrorStage::Reconcile => "reconcile",
+            ErrorStage::Announce => "announce",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Stage {
     stage: String,
 }
 
-/// The tunnel's per-peer figures, encoded as they are at each scrape.
+impl From<ErrorStage> for Stage {
+    fn from(s: ErrorStage) -> Self {
+        Stage {
+            stage: s.as_str().to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeInfo {
+    node: String,
+    location: String,
+}
+
+/// Who a tunnel peer is in the mesh: a node (a location's leader) or a Peer
+/// resource; `location` is empty for a Peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub name: String,
+    pub location: String,
+}
+
+/// The tunnel's per-peer figures, encoded as they are at each scrape, and
+/// who each peer is (by its base64 public key).
 #[derive(Debug, Default)]
-struct PeerStats(Mutex<Vec<PeerStat>>);
+struct PeerStats {
+    stats: Mutex<Vec<PeerStat>>,
+    identities: Mutex<BTreeMap<String, PeerIdentity>>,
+}
 
 impl Collector for PeerStats {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let peers = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        type Labels = fn(&PeerStat) -> Vec<(String, String)>;
-        let labels: Labels = |p| vec![("public_key".into(), p.public_key.clone())];
+        let peers = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let identities = self
+            .identities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Weft's own series: the key, and the peer's name and location once
+        // the mesh names it.
+        let labels = |p: &PeerStat| {
+            let mut l = vec![("public_key".to_string(), p.public_key.clone())];
+            if let Some(who) = identities.get(&p.public_key) {
+                l.push(("peer".into(), who.name.clone()));
+                l.push(("location".into(), who.location.clone()));
+            }
+            l
+        };
+        let labels = &labels;
+        type Labels<'a> = &'a dyn Fn(&PeerStat) -> Vec<(String, String)>;
         // The WireGuard exporter's names and labels (see the module's doc).
-        let exporter_labels: Labels = |p| {
+        let exporter_labels = |p: &PeerStat| {
             vec![
-                ("public_key".into(), p.public_key.clone()),
-                ("allowed_ips".into(), p.allowed_ips.clone()),
+                ("public_key".to_string(), p.public_key.clone()),
+                ("allowed_ips".to_string(), p.allowed_ips.clone()),
             ]
         };
-        for (name, help, rx, labels) in [
+        let exporter_labels = &exporter_labels;
+        let all: [(&str, &str, bool, Labels); 4] = [
             (
                 "weft_peer_rx_bytes",
                 "Bytes received from a peer.",
@@ -107,7 +185,8 @@ impl Collector for PeerStats {
                 false,
                 exporter_labels,
             ),
-        ] {
+        ];
+        for (name, help, rx, labels) in all {
             let c = ConstCounter::new(0u64);
             let mut family = encoder.encode_descriptor(name, help, None, c.metric_type())?;
             for p in &peers {
@@ -158,6 +237,8 @@ pub struct Metrics {
     peers: Gauge,
     leader: Gauge,
     api_reachable: Gauge,
+    ready: Gauge,
+    node_info: Family<NodeInfo, Gauge>,
     reconciles: Counter,
     errors: Family<Stage, Counter>,
     /// All stages together, for Kilo's `kilo_errors_total`.
@@ -183,8 +264,15 @@ impl Metrics {
         let peers = Gauge::default();
         let leader = Gauge::default();
         let api_reachable = Gauge::default();
+        let ready = Gauge::default();
+        let node_info = Family::<NodeInfo, Gauge>::default();
         let reconciles = Counter::default();
         let errors = Family::<Stage, Counter>::default();
+        // Every stage from zero: a rate over a counter that appears with
+        // its first error misses that error.
+        for stage in ErrorStage::ALL {
+            let _ = errors.get_or_create(&stage.into());
+        }
         let errors_total = Counter::default();
         let durations = Histogram::new(BUCKETS);
         // The registry ends each help text with a period of its own.
@@ -199,6 +287,16 @@ impl Metrics {
             "weft_api_reachable",
             "1 while the Kubernetes API answers (always 1 for a mesh file)",
             api_reachable.clone(),
+        );
+        registry.register(
+            "weft_ready",
+            "1 while every readiness check passes (what /readyz answers)",
+            ready.clone(),
+        );
+        registry.register(
+            "weft_node_info",
+            "1, labelled with this node's name and location",
+            node_info.clone(),
         );
         registry.register("weft_reconciles", "Reconcile passes", reconciles.clone());
         registry.register("weft_errors", "Errors by stage", errors.clone());
@@ -242,6 +340,8 @@ impl Metrics {
             peers,
             leader,
             api_reachable,
+            ready,
+            node_info,
             reconciles,
             errors,
             errors_total,
@@ -256,6 +356,31 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    /// This node's name and location, for `weft_node_info`.
+    pub fn set_node(&self, node: &str, location: &str) {
+        let info = NodeInfo {
+            node: node.to_string(),
+            location: location.to_string(),
+        };
+        if self.node_info.get(&info).is_none() {
+            self.node_info.clear();
+        }
+        self.node_info.get_or_create(&info).set(1);
+    }
+
+    /// Who the tunnel's peers are, by base64 public key.
+    pub fn set_peer_identities(&self, identities: BTreeMap<String, PeerIdentity>) {
+        *self
+            .peer_stats
+            .identities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = identities;
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
     pub fn set_api_reachable(&self, reachable: bool) {
         self.api_reachable.set(i64::from(reachable));
     }
@@ -265,18 +390,18 @@ impl Metrics {
         self.durations.observe(seconds);
     }
 
-    /// Counts an error of one stage (`backend`, `topology`, `reconcile`...).
-    pub fn error(&self, stage: &'static str) {
-        self.errors
-            .get_or_create(&Stage {
-                stage: stage.to_string(),
-            })
-            .inc();
+    /// Counts an error of one stage.
+    pub fn error(&self, stage: ErrorStage) {
+        self.errors.get_or_create(&stage.into()).inc();
         self.errors_total.inc();
     }
 
     pub fn set_peers(&self, stats: Vec<PeerStat>) {
-        *self.peer_stats.0.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        *self
+            .peer_stats
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = stats;
     }
 
     /// The OpenMetrics text exposition.
@@ -299,8 +424,18 @@ mod tests {
         m.set_mesh(4, 1, true);
         m.reconciled(0.0012);
         m.reconciled(0.03);
-        m.error("backend");
+        m.error(ErrorStage::Backend);
         m.set_api_reachable(false);
+        m.set_ready(true);
+        m.set_node("old", "somewhere");
+        m.set_node("a", "eu-west");
+        m.set_peer_identities(BTreeMap::from([(
+            "abc=".to_string(),
+            PeerIdentity {
+                name: "b".into(),
+                location: "us-east".into(),
+            },
+        )]));
         m.set_peers(vec![
             PeerStat {
                 public_key: "abc=".into(),
@@ -322,20 +457,29 @@ mod tests {
             },
         ]);
         let text = m.render();
+        assert!(
+            !text.contains("somewhere"),
+            "a former location stays: {text}"
+        );
         for line in [
             "weft_nodes 4",
             "weft_leader 1",
             "weft_api_reachable 0",
             "weft_reconciles_total 2",
             "weft_errors_total{stage=\"backend\"} 1",
+            "weft_errors_total{stage=\"announce\"} 0",
             "weft_reconcile_duration_seconds_bucket{le=\"0.001\"} 0",
             "weft_reconcile_duration_seconds_bucket{le=\"0.005\"} 1",
             "weft_reconcile_duration_seconds_bucket{le=\"+Inf\"} 2",
             "weft_reconcile_duration_seconds_count 2",
-            "weft_peer_rx_bytes_total{public_key=\"abc=\"} 10",
-            "weft_peer_tx_bytes_total{public_key=\"abc=\"} 20",
-            "weft_peer_last_handshake_age_seconds{public_key=\"abc=\"} 3.5",
-            "weft_peer_reachable{public_key=\"abc=\"} 0",
+            "weft_ready 1",
+            "weft_node_info{node=\"a\",location=\"eu-west\"} 1",
+            "weft_peer_rx_bytes_total{public_key=\"abc=\",peer=\"b\",location=\"us-east\"} 10",
+            "weft_peer_tx_bytes_total{public_key=\"abc=\",peer=\"b\",location=\"us-east\"} 20",
+            "weft_peer_last_handshake_age_seconds{public_key=\"abc=\",peer=\"b\",location=\"us-east\"} 3.5",
+            "weft_peer_reachable{public_key=\"abc=\",peer=\"b\",location=\"us-east\"} 0",
+            // A peer the mesh does not name (yet) keeps its key alone.
+            "weft_peer_tx_bytes_total{public_key=\"new=\"} 148",
             // Kilo's dashboard reads these.
             "kilo_nodes 4",
             "kilo_peers 1",

@@ -26,7 +26,9 @@ use weft_agent::mesh::{Encapsulate, Topology};
 
 /// Every namespace the demo creates starts with this.
 pub const PREFIX: &str = "wd-";
-const NET: &str = "wd-net";
+/// The namespace that holds the demo's bridges (the internet and the
+/// locations' private networks).
+pub const NET: &str = "wd-net";
 const ROUTER: &str = "wd-home-router";
 
 /// One node of the demo.

@@ -4,9 +4,13 @@
 //! killed and restarted: its key and WireGuard IP stay, and pods reconnect.
 //! The same mesh again with VXLAN inside a location, and again driven
 //! through the Kubernetes backend: the agents read Nodes from an API server
-//! in the demo's internet namespace and announce themselves there.
+//! in the demo's internet namespace and announce themselves there. Last,
+//! Debian's Prometheus scrapes the mesh with the shipped alert rules, and
+//! the shipped dashboard's queries and alerts run against it.
 
 use fake_apiserver as fake_api;
+
+mod prometheus;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +36,7 @@ fn demo_scenarios() {
     demo_mesh_end_to_end_and_agent_restart();
     demo_mesh_with_vxlan_inside_a_location();
     demo_mesh_through_the_kubernetes_backend();
+    demo_mesh_watched_by_prometheus();
 }
 
 fn demo_mesh_end_to_end_and_agent_restart() {
@@ -535,4 +540,195 @@ fn healthy_start_logs(d: &Demo) {
             log.join("\n")
         );
     }
+}
+
+/// Debian's Prometheus scrapes every agent of the demo (from a namespace
+/// plugged into each location's private network), with the shipped alert
+/// rules loaded: every rule evaluates, every dashboard query returns data,
+/// and when a location's only node goes down the unreachable-peer and
+/// agent-down expressions name it (the alert goes pending) and clear once
+/// it is back.
+fn demo_mesh_watched_by_prometheus() {
+    let mut p = paths();
+    p.work = std::env::temp_dir().join(format!("weft-demo-prom-{}", std::process::id()));
+    let mut d = Demo::up(p, &|step| eprintln!("== {step}")).expect("demo up");
+    let targets: Vec<(&str, String)> = demo::nodes()
+        .iter()
+        .map(|n| {
+            let ip = n.private.split('/').next().unwrap_or(n.private);
+            (n.name, format!("{ip}:1107"))
+        })
+        .collect();
+    let prom = prometheus::Prometheus::start(
+        demo::NET,
+        &[
+            ("br-aws", "172.31.0.50/24"),
+            ("br-gcp", "10.128.0.50/24"),
+            ("br-home", "192.168.1.50/24"),
+        ],
+        &targets,
+    );
+    let every_agent =
+        testkit::wait_until(Duration::from_secs(20), Duration::from_millis(500), || {
+            prom.query("up{job=\"weft\"} == 1").len() == targets.len()
+        });
+    assert!(every_agent, "not every agent scraped: {}", prom.log());
+
+    // Traffic on every path, so the tunnels' counters move.
+    let rows = d.check(Duration::from_secs(15));
+    assert!(
+        rows.iter().all(|r| r.rtt_ms.is_some()),
+        "{}",
+        demo::table(&rows)
+    );
+
+    let alerts = prometheus::alert_expressions();
+    let loaded = testkit::wait_until(Duration::from_secs(10), Duration::from_millis(500), || {
+        let rules = prom.rules();
+        alerts
+            .iter()
+            .all(|(name, _)| rules.iter().any(|(n, health)| n == name && health == "ok"))
+    });
+    assert!(loaded, "rules not all evaluated: {:?}", prom.rules());
+
+    // aws-1's pod sends to gcp-1's pod from here on, so the traffic panels
+    // show a rate above zero, and the tunnel keeps trying when gcp-1 dies.
+    let mut sender = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &demo::pod_ns("aws-1"),
+            "ping",
+            "-q",
+            "-i",
+            "0.2",
+            "-w",
+            "120",
+        ])
+        .arg(Demo::pod_ip("gcp-1"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ping");
+    let queries = prometheus::dashboard_queries();
+    let mut empty = Vec::new();
+    let answered = testkit::wait_until(Duration::from_secs(20), Duration::from_secs(1), || {
+        empty = queries
+            .iter()
+            .filter(|(_, q)| prom.query(q).is_empty())
+            .map(|(t, _)| t.clone())
+            .collect();
+        empty.is_empty()
+    });
+    assert!(answered, "dashboard panels without data: {empty:?}");
+    // Sent from one location to another, as the panels show it.
+    let panel = |title: &str| {
+        let q = &queries.iter().find(|(t, _)| t == title).expect("panel").1;
+        prom.query(q)
+    };
+    let rate = |r: &serde_json::Value| {
+        r["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let aws_to_gcp = testkit::wait_until(Duration::from_secs(20), Duration::from_secs(1), || {
+        panel("Between locations").iter().any(|r| {
+            r["metric"]["from"] == "aws" && r["metric"]["location"] == "gcp" && rate(r) > 0.0
+        })
+    });
+    assert!(
+        aws_to_gcp,
+        "no traffic from aws to gcp: {:?}",
+        panel("Between locations")
+    );
+    for (title, q) in &queries {
+        let result = prom.query(q);
+        // The series with the largest value, as a reader's eye goes to it.
+        let value = |r: &serde_json::Value| {
+            r["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+                .unwrap_or(f64::MIN)
+        };
+        let top = result
+            .iter()
+            .max_by(|a, b| value(a).total_cmp(&value(b)))
+            .map(|r| format!("{} = {}", r["metric"], r["value"][1]))
+            .unwrap_or_default();
+        eprintln!("panel {title:?}: {} series, largest {top}", result.len());
+    }
+    let sent = panel("Sent per peer");
+    assert!(
+        sent.iter()
+            .any(|r| r["metric"]["peer"] == "gcp-1" && rate(r) > 0.0),
+        "{sent:?}"
+    );
+
+    let quiet_when_healthy = [
+        "WeftPeerUnreachable",
+        "WeftAgentDown",
+        "WeftLocationWithoutLeader",
+        "WeftNodeNotReady",
+    ];
+    for (name, expr) in &alerts {
+        let result = prom.query(expr);
+        eprintln!("alert {name}: {} series on a healthy mesh", result.len());
+        if quiet_when_healthy.contains(&name.as_str()) {
+            assert!(result.is_empty(), "{name} on a healthy mesh: {result:?}");
+        }
+    }
+    let expr_of = |name: &str| {
+        alerts
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("alert")
+            .1
+            .clone()
+    };
+
+    // gcp's only node goes down while aws-1's pod keeps sending to its pod.
+    let down_at = Instant::now();
+    d.kill_node("gcp-1");
+    let names_gcp = |r: &Vec<serde_json::Value>| r.iter().any(|s| s["metric"]["peer"] == "gcp-1");
+    let unreachable = testkit::wait_until(Duration::from_secs(60), Duration::from_secs(1), || {
+        names_gcp(&prom.query(&expr_of("WeftPeerUnreachable")))
+    });
+    assert!(unreachable, "WeftPeerUnreachable did not name gcp-1");
+    eprintln!(
+        "gcp-1 down: WeftPeerUnreachable names it after {:?}",
+        down_at.elapsed()
+    );
+    let agent_down = prom.query(&expr_of("WeftAgentDown"));
+    assert!(
+        agent_down.iter().any(|s| s["metric"]["node"] == "gcp-1"),
+        "WeftAgentDown: {agent_down:?}"
+    );
+    let mut held = Vec::new();
+    let pending = testkit::wait_until(Duration::from_secs(10), Duration::from_millis(500), || {
+        held = prom.alerts();
+        held.iter().any(|(n, state, l)| {
+            n == "WeftPeerUnreachable"
+                && (state == "pending" || state == "firing")
+                && l["peer"] == "gcp-1"
+        })
+    });
+    assert!(pending, "WeftPeerUnreachable is not pending: {held:?}");
+
+    // Back up: links, agent and tunnel; both expressions clear.
+    d.set_link("gcp-1", "eth0", true).expect("link up");
+    d.set_link("gcp-1", "eth1", true).expect("link up");
+    d.start_agent("gcp-1").expect("agent starts");
+    let up_at = Instant::now();
+    let cleared = testkit::wait_until(Duration::from_secs(60), Duration::from_secs(1), || {
+        !names_gcp(&prom.query(&expr_of("WeftPeerUnreachable")))
+            && prom.query(&expr_of("WeftAgentDown")).is_empty()
+    });
+    let _ = sender.kill();
+    let _ = sender.wait();
+    assert!(cleared, "the alerts did not clear after gcp-1 came back");
+    eprintln!("gcp-1 back: both clear after {:?}", up_at.elapsed());
+    drop(prom);
+    drop(d);
 }

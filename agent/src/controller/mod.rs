@@ -22,11 +22,12 @@ pub mod schedule;
 use crate::backend::{unix_now, Backend};
 use crate::forwarding::{self, Family, Sysctls};
 use crate::mesh::{DesiredState, RecordError, Topology};
-use crate::metrics::{Metrics, PeerStat};
+use crate::metrics::{ErrorStage, Metrics, PeerIdentity, PeerStat};
 use crate::reconcile::{Changes, ReconcileError, Reconciler};
 use crate::status::Status;
 use announce::Announcer;
 use schedule::Schedule;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -232,7 +233,7 @@ impl Controller {
             Err(e) => {
                 // Keep what is applied: a broken file is not a reason for an outage.
                 tracing::error!("{e}; keeping the current state");
-                self.metrics.error("backend");
+                self.metrics.error(ErrorStage::Backend);
                 check(&self.status, "backend", self.backend.health());
                 return;
             }
@@ -267,7 +268,7 @@ impl Controller {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!("{e}; keeping the current state");
-                self.metrics.error("topology");
+                self.metrics.error(ErrorStage::Topology);
                 check(&self.status, "mesh", Err(e.to_string()));
                 return;
             }
@@ -286,9 +287,37 @@ impl Controller {
             topology.peers.len(),
             self.memory.applied.as_ref().is_some_and(|d| d.is_leader),
         );
+        self.name_in_metrics(&topology);
         // Published after applying, whatever its outcome: a node outside
         // the mesh (no key announced yet) gets in only by announcing.
         self.publish(&topology);
+    }
+
+    /// This node's location and who each tunnel peer is, for the metrics'
+    /// labels.
+    fn name_in_metrics(&self, topology: &Topology) {
+        let nodes = topology.segments.iter().flat_map(|s| &s.nodes);
+        if let Some(me) = nodes.clone().find(|n| n.name == self.hostname) {
+            self.metrics.set_node(&me.name, &me.location);
+        }
+        let mut identities = BTreeMap::new();
+        for n in nodes {
+            if let Some(key) = &n.public_key {
+                let who = PeerIdentity {
+                    name: n.name.clone(),
+                    location: n.location.clone(),
+                };
+                identities.insert(key.to_base64(), who);
+            }
+        }
+        for p in &topology.peers {
+            let who = PeerIdentity {
+                name: p.name.clone(),
+                location: String::new(),
+            };
+            identities.insert(p.public_key.to_base64(), who);
+        }
+        self.metrics.set_peer_identities(identities);
     }
 
     /// This node is not in the mesh: what is applied stays.
@@ -373,7 +402,7 @@ impl Controller {
                 }
             }
             Err(e) => {
-                self.metrics.error("reconcile");
+                self.metrics.error(ErrorStage::Reconcile);
                 let text = e.to_string();
                 let wait = self.schedule.failed(started);
                 if self.memory.failure.as_ref() != Some(&text) {
@@ -405,7 +434,7 @@ impl Controller {
             self.memory.applied.as_ref(),
             &peers,
         ) {
-            self.metrics.error("announce");
+            self.metrics.error(ErrorStage::Announce);
             tracing::error!("{e}");
         }
     }
