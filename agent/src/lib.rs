@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod probe;
 pub mod reconcile;
 pub mod render;
+pub mod report;
 pub mod status;

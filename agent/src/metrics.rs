@@ -148,10 +148,10 @@ impl Collector for PeerStats {
         // Weft's own series: the key, and the peer's name and location once
         // the mesh names it.
         let labels = |p: &PeerStat| {
-            let mut l = vec![("public_key".to_string(), p.public_key.clone())];
+            let mut l = vec![("public_key".to_string(), escape_label(&p.public_key))];
             if let Some(who) = identities.get(&p.public_key) {
-                l.push(("peer".into(), who.name.clone()));
-                l.push(("location".into(), who.location.clone()));
+                l.push(("peer".into(), escape_label(&who.name)));
+                l.push(("location".into(), escape_label(&who.location)));
             }
             l
         };
@@ -160,8 +160,8 @@ impl Collector for PeerStats {
         // The WireGuard exporter's names and labels (see the module's doc).
         let exporter_labels = |p: &PeerStat| {
             vec![
-                ("public_key".to_string(), p.public_key.clone()),
-                ("allowed_ips".to_string(), p.allowed_ips.clone()),
+                ("public_key".to_string(), escape_label(&p.public_key)),
+                ("allowed_ips".to_string(), escape_label(&p.allowed_ips)),
             ]
         };
         let exporter_labels = &exporter_labels;
@@ -359,8 +359,8 @@ impl Metrics {
     /// This node's name and location, for `weft_node_info`.
     pub fn set_node(&self, node: &str, location: &str) {
         let info = NodeInfo {
-            node: node.to_string(),
-            location: location.to_string(),
+            node: escape_label(node),
+            location: escape_label(location),
         };
         if self.node_info.get(&info).is_none() {
             self.node_info.clear();
@@ -412,6 +412,115 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// A label value as the text format writes it (`\\`, `\"` and `\n`
+/// escaped). prometheus-client writes values as given, and a location
+/// comes from an annotation that may hold anything.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One sample of the text exposition, as read back (by `weftctl status`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Reads one line of the OpenMetrics (or Prometheus) text format: `name
+/// value` or `name{label="value",...} value`, with `\\`, `\"` and `\n`
+/// escaped in label values. Comments, blank lines and anything malformed
+/// give `None`; a timestamp after the value is ignored.
+pub fn parse_sample(line: &str) -> Option<Sample> {
+    let line = line.trim_end();
+    if line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+    let name = &line[..name_end];
+    let valid_name = |s: &str| {
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    if !valid_name(name) {
+        return None;
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices();
+        loop {
+            // A label's name up to '=', or the end of the set.
+            let mut key = String::new();
+            let mut closed = false;
+            for (_, c) in chars.by_ref() {
+                match c {
+                    '=' => break,
+                    '}' if key.is_empty() => {
+                        closed = true;
+                        break;
+                    }
+                    c if c.is_ascii_alphanumeric() || c == '_' => key.push(c),
+                    _ => return None,
+                }
+            }
+            if closed {
+                break;
+            }
+            if key.is_empty() || chars.next().map(|(_, c)| c) != Some('"') {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()?.1 {
+                    '"' => break,
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        c @ ('\\' | '"') => value.push(c),
+                        _ => return None,
+                    },
+                    c => value.push(c),
+                }
+            }
+            labels.push((key, value));
+            match chars.next()? {
+                (_, ',') => continue,
+                (i, '}') => {
+                    rest = &inner[i + 1..];
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        if labels.is_empty() {
+            // `name{}`: the set closed at once.
+            rest = &inner[inner.find('}')? + 1..];
+        }
+    }
+    let value = match rest.split_whitespace().next()? {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
 }
 
 #[cfg(test)]
@@ -525,5 +634,90 @@ mod tests {
         info.last_handshake = None;
         let stat = PeerStat::from_tunnel(&info, now);
         assert_eq!((stat.latest_handshake, stat.handshake_age), (None, None));
+    }
+
+    #[test]
+    fn samples_read_back_what_was_rendered() {
+        let m = Metrics::new();
+        m.set_node("a", "eu \"west\"\\1\n");
+        m.set_peers(vec![PeerStat {
+            public_key: "k+/=".into(),
+            rx_bytes: 5,
+            tx_bytes: 6,
+            handshake_age: Some(2.5),
+            latest_handshake: Some(1.0),
+            allowed_ips: "10.0.0.0/8,fd00::/8".into(),
+            reachable: Some(false),
+        }]);
+        let text = m.render();
+        let samples: Vec<Sample> = text.lines().filter_map(parse_sample).collect();
+        let lines = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(
+            samples.len(),
+            lines,
+            "every sample line reads back:\n{text}"
+        );
+        let info = samples
+            .iter()
+            .find(|s| s.name == "weft_node_info")
+            .expect("info");
+        assert_eq!(
+            info.labels,
+            vec![
+                ("node".to_string(), "a".to_string()),
+                ("location".to_string(), "eu \"west\"\\1\n".to_string())
+            ]
+        );
+        let reach = samples
+            .iter()
+            .find(|s| s.name == "weft_peer_reachable")
+            .expect("reachable");
+        assert_eq!(reach.value, 0.0);
+        assert_eq!(reach.labels[0], ("public_key".into(), "k+/=".into()));
+    }
+
+    #[test]
+    fn malformed_samples_are_refused_not_misread() {
+        for line in [
+            "",
+            "# HELP x y",
+            "{a=\"b\"} 1",
+            "x{a=\"b} 1",
+            "x{a=b} 1",
+            "x{=\"b\"} 1",
+            "x{a=\"b\"",
+            "x{a=\"b\",} 1",
+            "x{a=\"\\q\"} 1",
+            "x{a=\"b\"}",
+            "x one",
+            "9x 1",
+            "x{a=\"é\"",
+        ] {
+            assert_eq!(parse_sample(line), None, "{line:?}");
+        }
+        let s = parse_sample("x{} 1 1700000000").expect("empty set, timestamp");
+        assert_eq!((s.name.as_str(), s.labels.len(), s.value), ("x", 0, 1.0));
+        assert_eq!(parse_sample("x +Inf").map(|s| s.value), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics_the_reader() {
+        // A deterministic stream of lines made of the format's own
+        // characters and some that are not, sliced at every char boundary.
+        let alphabet: Vec<char> = "ab_:{}=\",\\ n1.-+Ié#\t".chars().collect();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let len = (state % 24) as usize;
+            let line: String = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    alphabet[(state % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let _ = parse_sample(&line);
+            state = state.wrapping_add(1);
+        }
     }
 }

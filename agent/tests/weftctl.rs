@@ -194,3 +194,85 @@ fn reads_a_cluster_through_the_kubernetes_api() {
     assert_eq!(raw.endpoint.as_deref(), Some("203.0.113.1:51820"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `weftctl status` on a mesh file: exit code and stdout.
+fn status_of(mesh: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(WEFTCTL)
+        .arg("--mesh")
+        .arg(mesh)
+        .arg("status")
+        .args(args)
+        .output()
+        .expect("run weftctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+// Without --no-probe, status asks the agents at their internal addresses;
+// those of the golden mesh are private ranges, and tests keep their traffic
+// on loopback and in their own namespaces: the probing runs in the demo's
+// e2e (lab/tests/demo.rs) and against loopback in the unit tests.
+
+#[test]
+fn status_reports_a_record_left_out_and_fails() {
+    // The golden mesh has a node whose endpoint does not parse.
+    let (code, text) = status_of(&golden_dir().join("mesh.yaml"), &["--no-probe"]);
+    assert_eq!(code, Some(1), "{text}");
+    let path = golden_dir().join("status-no-probe.txt");
+    if std::env::var_os("WEFT_BLESS").is_some() {
+        std::fs::write(&path, &text).expect("write golden file");
+    } else {
+        let want = std::fs::read_to_string(&path).expect("golden file");
+        assert_eq!(
+            text, want,
+            "weftctl status differs from status-no-probe.txt"
+        );
+    }
+    let (code, json) = status_of(
+        &golden_dir().join("mesh.yaml"),
+        &["--no-probe", "-o", "json"],
+    );
+    assert_eq!(code, Some(1));
+    let report: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(report["healthy"], false);
+    assert_eq!(report["left_out"][0]["name"], "broken", "{json}");
+    assert!(report["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .all(|n| n["agent"]["state"] == "not_probed"));
+}
+
+#[test]
+fn status_passes_on_a_mesh_without_problems_and_refuses_bad_flags() {
+    let mesh = std::fs::read_to_string(golden_dir().join("mesh.yaml")).expect("mesh");
+    // The golden mesh without its broken node.
+    let start = mesh.find("  - name: broken").expect("broken node");
+    let end = mesh.find("peers:").expect("peers");
+    let dir = testkit::TempDir::new("weftctl-status");
+    let healthy = dir.join("mesh.yaml");
+    std::fs::write(&healthy, format!("{}{}", &mesh[..start], &mesh[end..])).expect("write");
+    let (code, text) = status_of(&healthy, &["--no-probe"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("healthy as far as seen: 0 of"), "{text}");
+    for bad in [
+        &["--timeout", "0"][..],
+        &["--watch", "0"],
+        &["--timeout", "nan"],
+    ] {
+        let out = Command::new(WEFTCTL)
+            .arg("--mesh")
+            .arg(&healthy)
+            .arg("status")
+            .args(bad)
+            .output()
+            .expect("run weftctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("--"),
+            "{bad:?}: {stderr}"
+        );
+    }
+}

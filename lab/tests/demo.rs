@@ -679,6 +679,32 @@ fn demo_mesh_watched_by_prometheus() {
             assert!(result.is_empty(), "{name} on a healthy mesh: {result:?}");
         }
     }
+    // The same mesh as `weftctl status` sees it from aws-1.
+    let (ok, text) = weftctl_status(&d, false);
+    eprintln!("weftctl status on a healthy mesh:\n{text}");
+    assert!(ok, "weftctl status failed on a healthy mesh:\n{text}");
+    let (_, json) = weftctl_status(&d, true);
+    let report: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
+    assert_eq!(report["healthy"], true, "{json}");
+    assert_eq!(report["locations"], 3);
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 4);
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["agent"]["state"] == "answered" && n["agent"]["ready"] == true),
+        "{json}"
+    );
+    let aws_1 = nodes.iter().find(|n| n["name"] == "aws-1").expect("aws-1");
+    assert_eq!(aws_1["leader"], true);
+    let tunnel: Vec<&str> = aws_1["tunnel"]
+        .as_array()
+        .expect("tunnel")
+        .iter()
+        .filter_map(|t| t["peer"].as_str())
+        .collect();
+    assert_eq!(tunnel, ["gcp-1", "home-1"], "{json}");
+
     let expr_of = |name: &str| {
         alerts
             .iter()
@@ -716,6 +742,15 @@ fn demo_mesh_watched_by_prometheus() {
     });
     assert!(pending, "WeftPeerUnreachable is not pending: {held:?}");
 
+    let (ok, text) = weftctl_status(&d, false);
+    eprintln!("weftctl status with gcp-1 down:\n{text}");
+    assert!(!ok, "weftctl status passed with gcp-1 down:\n{text}");
+    assert!(
+        text.contains("problem: the agent on gcp-1 does not answer at 10.128.0.21:1107")
+            && text.contains("problem: aws-1 cannot reach its tunnel peer gcp-1"),
+        "{text}"
+    );
+
     // Back up: links, agent and tunnel; both expressions clear.
     d.set_link("gcp-1", "eth0", true).expect("link up");
     d.set_link("gcp-1", "eth1", true).expect("link up");
@@ -728,7 +763,36 @@ fn demo_mesh_watched_by_prometheus() {
     let _ = sender.kill();
     let _ = sender.wait();
     assert!(cleared, "the alerts did not clear after gcp-1 came back");
+    let healed = testkit::wait_until(Duration::from_secs(20), Duration::from_secs(1), || {
+        weftctl_status(&d, false).0
+    });
+    assert!(healed, "weftctl status: {}", weftctl_status(&d, false).1);
     eprintln!("gcp-1 back: both clear after {:?}", up_at.elapsed());
     drop(prom);
     drop(d);
+}
+
+/// `weftctl status` as an operator on aws-1 runs it (the agents answer at
+/// their internal addresses, across the mesh): whether it found the mesh
+/// healthy, and what it printed.
+fn weftctl_status(d: &Demo, json: bool) -> (bool, String) {
+    let weftctl = testkit::sibling_binary(env!("CARGO_BIN_EXE_weft-lab"), "weftctl", "agent");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &demo::node_ns("aws-1")])
+        .arg(weftctl)
+        .arg("--mesh")
+        .arg(d.paths.work.join("mesh.yaml"))
+        .arg("status")
+        .args(if json { &["-o", "json"][..] } else { &[][..] })
+        .output()
+        .expect("weftctl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "weftctl status failed to run: {stderr}"
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }

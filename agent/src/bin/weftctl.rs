@@ -1,24 +1,27 @@
-//! `weftctl`: look at a Weft mesh. `graph` draws it, `showconf` prints the
-//! WireGuard configuration of a node or peer, as Kilo's `kgctl` does.
+//! `weftctl`: look at a Weft mesh. `status` says whether it is healthy,
+//! `graph` draws it, `showconf` prints the WireGuard configuration of a node
+//! or peer, as Kilo's `kgctl` does.
 
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 use weft_agent::backend::Loaded;
 use weft_agent::cli::BackendArgs;
 use weft_agent::mesh::Topology;
 use weft_agent::render::{self, Format, RenderError};
+use weft_agent::report;
 
 #[derive(Parser)]
 #[command(
     name = "weftctl",
     version,
-    about = "Inspect a Weft mesh: draw it, or print the WireGuard configuration of a node or peer",
-    long_about = "Inspect a Weft mesh: draw it (graph), or print the WireGuard configuration \
-                  a node runs or an external peer needs (showconf). The mesh is computed \
-                  from the same inputs the agents use, so what weftctl shows is what the \
-                  nodes do."
+    about = "Inspect a Weft mesh: its health, a drawing, or the WireGuard configuration of a node or peer",
+    long_about = "Inspect a Weft mesh: whether it is healthy (status), a drawing of it \
+                  (graph), or the WireGuard configuration a node runs or an external peer \
+                  needs (showconf). The mesh is computed from the same inputs the agents \
+                  use, so what weftctl shows is what the nodes do."
 )]
 struct Cli {
     #[command(flatten)]
@@ -29,6 +32,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Say whether the mesh is healthy: per location its leader and members,
+    /// each node's check-in age, its agent's readiness and its tunnel's
+    /// handshakes (asked at the node's internal IP), the nodes and Peers left
+    /// out and why. Exits 1 when something is wrong.
+    Status {
+        /// Output format: text for people, json for scripts.
+        #[arg(short, long, value_enum, default_value_t = StatusFormat::Text)]
+        output: StatusFormat,
+        /// Do not ask the agents (/readyz, /metrics); judge by the records alone.
+        #[arg(long)]
+        no_probe: bool,
+        /// The port the agents serve /readyz and /metrics on (their --listen).
+        #[arg(long, default_value_t = 1107)]
+        agent_port: u16,
+        /// Seconds to wait for each agent's answer.
+        #[arg(long, default_value_t = 2.0)]
+        timeout: f64,
+        /// Print the status again every SECONDS until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
     /// Print the mesh as Graphviz DOT (segments, leaders, tunnels, peers).
     Graph {
         /// Render SVG with Graphviz's `circo` instead (needs graphviz installed).
@@ -50,6 +74,12 @@ enum Command {
         #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u16).range(1280..))]
         mtu: u16,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StatusFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -82,9 +112,52 @@ enum Showconf {
     },
 }
 
-fn run(cli: Cli) -> Result<String, String> {
+/// What a command printed, and whether it found the mesh well.
+struct Outcome {
+    text: String,
+    ok: bool,
+}
+
+impl From<String> for Outcome {
+    fn from(text: String) -> Self {
+        Outcome { text, ok: true }
+    }
+}
+
+fn run(cli: Cli) -> Result<Outcome, String> {
     if let Command::CniConfig { pod_cidrs, mtu } = &cli.command {
-        return Ok(weft_agent::reconcile::cni::conflist(pod_cidrs, *mtu));
+        return Ok(weft_agent::reconcile::cni::conflist(pod_cidrs, *mtu).into());
+    }
+    if let Command::Status {
+        output,
+        no_probe,
+        agent_port,
+        timeout,
+        watch,
+    } = cli.command
+    {
+        if !(timeout > 0.0 && timeout <= 60.0) {
+            return Err("--timeout must be more than 0 and at most 60 seconds".into());
+        }
+        let args = StatusArgs {
+            output,
+            probe: !no_probe,
+            agent_port,
+            timeout: std::time::Duration::from_secs_f64(timeout),
+        };
+        let Some(every) = watch else {
+            return status(&cli.backend, &args);
+        };
+        if every == 0 {
+            return Err("--watch needs at least 1 second".into());
+        }
+        loop {
+            let outcome = status(&cli.backend, &args)?;
+            // Clear the screen and go home, as `watch` does.
+            print!("\x1b[2J\x1b[H{}", outcome.text);
+            let _ = std::io::stdout().flush();
+            std::thread::sleep(std::time::Duration::from_secs(every));
+        }
     }
     let loaded = load(&cli.backend)?;
     for r in &loaded.rejected {
@@ -112,10 +185,10 @@ fn run(cli: Cli) -> Result<String, String> {
         Ok(())
     };
     let result = match cli.command {
-        Command::CniConfig { .. } => unreachable!("handled above"),
+        Command::CniConfig { .. } | Command::Status { .. } => unreachable!("handled above"),
         Command::Graph { svg } => {
             let dot = render::graph(&topology);
-            return if svg { to_svg(&dot) } else { Ok(dot) };
+            return if svg { to_svg(&dot) } else { Ok(dot) }.map(Outcome::from);
         }
         Command::Showconf {
             what: Showconf::Node { name, args },
@@ -139,14 +212,53 @@ fn run(cli: Cli) -> Result<String, String> {
         }
     };
     match result {
-        Ok(s) => Ok(s),
+        Ok(s) => Ok(s.into()),
         // Like kgctl: a non-leader has nothing to show, which is not an error.
         Err(e @ RenderError::NotLeader(_)) => {
             eprintln!("weftctl: {e}");
-            Ok(String::new())
+            Ok(String::new().into())
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+struct StatusArgs {
+    output: StatusFormat,
+    probe: bool,
+    agent_port: u16,
+    timeout: std::time::Duration,
+}
+
+/// Reads the mesh, asks every member's agent at once, and reports.
+fn status(backend: &BackendArgs, args: &StatusArgs) -> Result<Outcome, String> {
+    let loaded = load(backend)?;
+    let now = weft_agent::backend::unix_now();
+    let topology =
+        Topology::new(&loaded.snapshot, &loaded.options, now).map_err(|e| e.to_string())?;
+    let addresses = if args.probe {
+        report::agent_addresses(&topology, args.agent_port)
+    } else {
+        Vec::new()
+    };
+    let probes: BTreeMap<String, report::Probe> = std::thread::scope(|scope| {
+        let asking: Vec<_> = addresses
+            .iter()
+            .map(|(name, addr)| (name, scope.spawn(|| report::probe(*addr, args.timeout))))
+            .collect();
+        asking
+            .into_iter()
+            .filter_map(|(name, h)| Some((name.clone(), h.join().ok()?)))
+            .collect()
+    });
+    let r = report::Report::new(&loaded, &topology, &probes, now);
+    let text = match args.output {
+        StatusFormat::Text => r.text(),
+        StatusFormat::Json => serde_json::to_string_pretty(&r).map_err(|e| e.to_string())? + "\n",
+    };
+    Ok(Outcome {
+        text,
+        ok: r.healthy,
+    })
 }
 
 /// Reads the mesh once; the Kubernetes API gets 15 s to answer its lists.
@@ -185,9 +297,13 @@ fn to_svg(dot: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(s) => {
-            print!("{s}");
-            ExitCode::SUCCESS
+        Ok(Outcome { text, ok }) => {
+            print!("{text}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             eprintln!("weftctl: {e}");
