@@ -245,7 +245,10 @@ fn demo_mesh_through_the_kubernetes_backend() {
     };
     let started = Instant::now();
     d.start(
-        demo::MeshSource::Kubernetes { kubeconfig, clocks },
+        demo::MeshSource::Kubernetes {
+            kubeconfig: kubeconfig.clone(),
+            clocks,
+        },
         &progress,
     )
     .expect("agents applied the mesh read from the API");
@@ -271,6 +274,25 @@ fn demo_mesh_through_the_kubernetes_backend() {
         })
         .unwrap_or_default();
     eprintln!("agents' RSS with the Kubernetes backend (KiB): {rss}");
+
+    // weftctl status through the API: every node checked in moments ago
+    // (every 3 s here), every agent ready.
+    let through_api = [
+        "--backend",
+        "kubernetes",
+        "--kubeconfig",
+        &kubeconfig.to_string_lossy(),
+    ];
+    let (ok, text) = weftctl_status_from(&through_api, false);
+    eprintln!("weftctl status through the API:\n{text}");
+    assert!(ok, "{text}");
+    let (_, json) = weftctl_status_from(&through_api, true);
+    let report: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
+    for n in report["nodes"].as_array().expect("nodes") {
+        let age = n["check_in_age_seconds"].as_u64().expect("a check-in age");
+        assert!(age <= 10, "{}: checked in {age} s ago", n["name"]);
+        assert_eq!(n["agent"]["ready"], true, "{json}");
+    }
 
     // What the agents announced, in Kilo's formats.
     let ann = |n: &str| api.get("nodes", n).expect("node")["metadata"]["annotations"].clone();
@@ -776,23 +798,30 @@ fn demo_mesh_watched_by_prometheus() {
 /// their internal addresses, across the mesh): whether it found the mesh
 /// healthy, and what it printed.
 fn weftctl_status(d: &Demo, json: bool) -> (bool, String) {
+    let mesh = d.paths.work.join("mesh.yaml");
+    weftctl_status_from(&["--mesh", &mesh.to_string_lossy()], json)
+}
+
+/// `weftctl status` on aws-1 with the given backend flags.
+fn weftctl_status_from(backend: &[&str], json: bool) -> (bool, String) {
     let weftctl = testkit::sibling_binary(env!("CARGO_BIN_EXE_weft-lab"), "weftctl", "agent");
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &demo::node_ns("aws-1")])
         .arg(weftctl)
-        .arg("--mesh")
-        .arg(d.paths.work.join("mesh.yaml"))
+        .args(backend)
         .arg("status")
         .args(if json { &["-o", "json"][..] } else { &[][..] })
         .output()
         .expect("weftctl runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // 1: problems found; 2: the mesh could not be read.
     assert!(
         out.status.code().is_some_and(|c| c <= 1),
-        "weftctl status failed to run: {stderr}"
+        "weftctl status failed to run ({}): {stderr}",
+        out.status
     );
     (
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)),
     )
 }

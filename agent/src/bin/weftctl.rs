@@ -35,7 +35,8 @@ enum Command {
     /// Say whether the mesh is healthy: per location its leader and members,
     /// each node's check-in age, its agent's readiness and its tunnel's
     /// handshakes (asked at the node's internal IP), the nodes and Peers left
-    /// out and why. Exits 1 when something is wrong.
+    /// out and why. Exits 1 when something is wrong, 2 when the mesh cannot
+    /// be read.
     Status {
         /// Output format: text for people, json for scripts.
         #[arg(short, long, value_enum, default_value_t = StatusFormat::Text)]
@@ -305,9 +306,11 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        // 2, as for a usage error: `status` exits 1 for a mesh with
+        // problems, and a script must tell that from a mesh not read at all.
         Err(e) => {
             eprintln!("weftctl: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
