@@ -57,6 +57,7 @@ impl Node {
             .arg(self.dir.join("cni"))
             .arg("--control-socket")
             .arg(self.control())
+            .args(["--service-cidr", "10.43.0.0/16"])
             .stdin(Stdio::null())
             .stdout(self.log())
             .stderr(self.log());
@@ -150,9 +151,13 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         .contains("10.4.0.1/16"));
     let routes = node.sh(&["ip", "route", "show", "proto", "87"]);
     assert!(routes.contains("10.42.1.0/24 dev weft0"), "{routes}");
-    assert!(node
-        .sh(&["iptables", "-t", "nat", "-S", "WEFT-NAT"])
-        .contains("MASQUERADE"));
+    let nat = node.sh(&["iptables", "-t", "nat", "-S", "WEFT-NAT"]);
+    assert!(nat.contains("MASQUERADE"), "{nat}");
+    // Traffic to Services keeps its source address (--service-cidr).
+    assert!(
+        nat.contains("-A WEFT-NAT -d 10.43.0.0/16 -j RETURN"),
+        "{nat}"
+    );
     let conf = std::fs::read_to_string(node.cni_conf()).expect("conflist");
     assert!(conf.contains("10.42.0.0/24"), "{conf}");
     // `wg show` reads the node's tunnel (weft-wg); `wg set` is refused.

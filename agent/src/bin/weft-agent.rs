@@ -91,6 +91,11 @@ struct Cli {
     /// Do not manage masquerading and forwarding rules.
     #[arg(long)]
     no_nat: bool,
+    /// The cluster's service CIDR (repeat for each family): traffic from
+    /// pods and peers to Services is not masqueraded, so a Service's
+    /// backends see who called (Kilo's --service-cidr).
+    #[arg(long = "service-cidr", value_name = "CIDR")]
+    service_cidrs: Vec<IpNet>,
     /// Re-apply everything this often (seconds) even without changes.
     #[arg(long, default_value_t = 30)]
     resync: u64,
@@ -160,6 +165,7 @@ fn run(cli: Cli) -> Result<(), String> {
             cni_dir: (!cli.no_cni).then(|| cli.cni_dir.clone()),
             ipam_dir: cli.ipam_dir.clone(),
             manage_nat: !cli.no_nat,
+            service_cidrs: cli.service_cidrs.clone(),
             tunnel: TunnelSettings {
                 interface: cli.interface.clone(),
                 control: cli.control_socket.clone().unwrap_or_else(|| {

@@ -80,6 +80,8 @@ pub struct Settings {
     /// Where host-local keeps its allocations (to find Kilo's).
     pub ipam_dir: PathBuf,
     pub manage_nat: bool,
+    /// The cluster's service CIDRs: traffic to them is not masqueraded.
+    pub service_cidrs: Vec<ipnet::IpNet>,
     /// The tunnel: its interface, control socket and who starts it.
     pub tunnel: TunnelSettings,
 }
@@ -255,7 +257,7 @@ impl Reconciler {
             .as_ref()
             .is_none_or(|(_, at)| at.elapsed() >= NAT_REFRESH);
         if self.settings.manage_nat && (changed || due) {
-            nat::apply(&desired.masquerade)?;
+            nat::apply(&desired.masquerade, &self.settings.service_cidrs)?;
             self.applied_nat = Some((desired.masquerade.clone(), std::time::Instant::now()));
             // A refresh of unchanged rules is not a change.
             changes.nat_applied = changed;

@@ -20,14 +20,16 @@ pub struct NatError(pub String);
 const COMMENT: &str = "weft: mesh";
 
 /// The `*-restore --noflush` input for one family. Declaring a chain flushes
-/// it, so each apply replaces exactly our rules and nobody else's.
-pub fn ruleset(masq: &Masquerade, v4: bool) -> String {
+/// it, so each apply replaces exactly our rules and nobody else's. Traffic
+/// to `services` (the cluster's service CIDRs, Kilo's `--service-cidr`)
+/// keeps its source address too, so a Service sees which pod or peer called.
+pub fn ruleset(masq: &Masquerade, services: &[IpNet], v4: bool) -> String {
     let family = |c: &&IpNet| c.addr().is_ipv4() == v4;
     let mut out = String::from("*nat\n:WEFT-POSTROUTING - [0:0]\n:WEFT-NAT - [0:0]\n");
     for s in masq.sources.iter().filter(family) {
         out.push_str(&format!("-A WEFT-POSTROUTING -s {s} -j WEFT-NAT\n"));
     }
-    for d in masq.mesh.iter().filter(family) {
+    for d in masq.mesh.iter().chain(services).filter(family) {
         out.push_str(&format!("-A WEFT-NAT -d {d} -j RETURN\n"));
     }
     out.push_str("-A WEFT-NAT -j MASQUERADE\nCOMMIT\n*filter\n:WEFT-FORWARD - [0:0]\n");
@@ -103,7 +105,7 @@ fn binaries(v4: bool) -> (&'static str, &'static str) {
 }
 
 /// Applies the rules of both families and makes sure the jumps exist.
-pub fn apply(masq: &Masquerade) -> Result<(), NatError> {
+pub fn apply(masq: &Masquerade, services: &[IpNet]) -> Result<(), NatError> {
     for v4 in [true, false] {
         let has_any = masq
             .sources
@@ -114,7 +116,8 @@ pub fn apply(masq: &Masquerade) -> Result<(), NatError> {
             continue;
         }
         let (restore, tables) = binaries(v4);
-        run(restore, &["-w", "5", "--noflush"], Some(&ruleset(masq, v4)))?;
+        let rules = ruleset(masq, services, v4);
+        run(restore, &["-w", "5", "--noflush"], Some(&rules))?;
         for j in JUMPS {
             if run(tables, &jump("-C", j), None).is_err() {
                 run(tables, &jump("-I", j), None)?;
@@ -158,7 +161,7 @@ mod tests {
                 "10.4.0.0/16".parse().unwrap(),
             ],
         };
-        let v4 = ruleset(&m, true);
+        let v4 = ruleset(&m, &[], true);
         assert_eq!(
             v4,
             "*nat\n:WEFT-POSTROUTING - [0:0]\n:WEFT-NAT - [0:0]\n\
@@ -168,8 +171,29 @@ mod tests {
              -A WEFT-FORWARD -s 10.42.1.0/24 -j ACCEPT\n-A WEFT-FORWARD -d 10.42.1.0/24 -j ACCEPT\n\
              -A WEFT-FORWARD -s 10.4.0.0/16 -j ACCEPT\n-A WEFT-FORWARD -d 10.4.0.0/16 -j ACCEPT\nCOMMIT\n"
         );
-        let v6 = ruleset(&m, false);
+        let v6 = ruleset(&m, &[], false);
         assert!(v6.contains("-A WEFT-POSTROUTING -s fd42::/64 -j WEFT-NAT"));
         assert!(!v6.contains("10.42"));
+    }
+
+    #[test]
+    fn service_cidrs_keep_the_source_address_and_are_not_forwarded() {
+        let m = Masquerade {
+            sources: vec!["10.42.0.0/24".parse().unwrap()],
+            mesh: vec!["10.4.0.0/16".parse().unwrap()],
+        };
+        let services: Vec<IpNet> = vec![
+            "10.43.0.0/16".parse().unwrap(),
+            "fd43::/112".parse().unwrap(),
+        ];
+        let v4 = ruleset(&m, &services, true);
+        let ret = v4
+            .find("-A WEFT-NAT -d 10.43.0.0/16 -j RETURN\n")
+            .expect("RETURN");
+        assert!(ret < v4.find("-A WEFT-NAT -j MASQUERADE").expect("MASQUERADE"));
+        assert!(!v4.contains("WEFT-FORWARD -d 10.43.0.0/16"), "{v4}");
+        assert!(!v4.contains("fd43"), "{v4}");
+        let v6 = ruleset(&m, &services, false);
+        assert!(v6.contains("-A WEFT-NAT -d fd43::/112 -j RETURN"), "{v6}");
     }
 }
