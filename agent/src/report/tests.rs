@@ -243,3 +243,65 @@ fn ages_read_as_people_read_them() {
     assert_eq!(age(185.0), "3m5s");
     assert_eq!(age(7500.0), "2h5m");
 }
+
+#[test]
+fn a_probe_reads_what_the_agents_http_endpoint_serves() {
+    use crate::metrics::{Metrics, PeerIdentity, PeerStat};
+    use crate::status::{Status, CHECKS};
+    use std::sync::Arc;
+    let metrics = Metrics::new();
+    metrics.set_peer_identities(BTreeMap::from([(
+        "k=".to_string(),
+        PeerIdentity {
+            name: "gcp-1".into(),
+            location: "gcp".into(),
+        },
+    )]));
+    metrics.set_peers(vec![PeerStat {
+        public_key: "k=".into(),
+        rx_bytes: 1,
+        tx_bytes: 2,
+        handshake_age: Some(9.0),
+        latest_handshake: Some(1.0),
+        allowed_ips: "10.4.0.2/32".into(),
+        reachable: Some(false),
+    }]);
+    let status = Arc::new(Status::default());
+    for c in CHECKS {
+        status.set(c, Ok(()));
+    }
+    status.set("cni", Err("cannot write /etc/cni/net.d".into()));
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    crate::http::serve(addr, metrics, status.clone()).expect("serve");
+    let mut p = probe(addr, Duration::from_secs(2));
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while matches!(p.agent, Agent::Unreachable { .. }) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        p = probe(addr, Duration::from_secs(2));
+    }
+    assert_eq!(
+        p.agent,
+        Agent::Answered {
+            address: addr.to_string(),
+            ready: false,
+            failed: vec!["cni failed: cannot write /etc/cni/net.d".into()],
+        }
+    );
+    assert_eq!(
+        p.tunnel,
+        vec![TunnelPeer {
+            peer: "gcp-1".into(),
+            location: "gcp".into(),
+            handshake_age_seconds: Some(9.0),
+            reachable: Some(false),
+        }]
+    );
+    status.set("cni", Ok(()));
+    let p = probe(addr, Duration::from_secs(2));
+    assert!(
+        matches!(p.agent, Agent::Answered { ready: true, .. }),
+        "{p:?}"
+    );
+}
