@@ -99,20 +99,23 @@ impl BackendArgs {
     pub fn open(&self, node_name: &str, waker: Waker) -> Result<Box<dyn Backend>, String> {
         Ok(match self.backend {
             BackendKind::File => Box::new(FileBackend::new(self.mesh.clone())),
-            BackendKind::Kubernetes => Box::new(
-                KubeBackend::connect(
-                    self.kubeconfig.as_deref(),
-                    self.api_server.as_deref().filter(|s| !s.is_empty()),
-                    KubeSettings::new(node_name, self.mesh_options(), &self.topology_label)
-                        .with_timing(
-                            Duration::from_secs(self.check_in_period),
-                            Duration::from_secs(self.stale_after),
-                            Duration::from_secs(self.unready_after),
-                        )?,
-                    waker,
-                )
-                .map_err(|e| e.to_string())?,
-            ),
+            BackendKind::Kubernetes => Box::new(self.open_kube(node_name, waker)?),
         })
+    }
+
+    /// Opens the Kubernetes backend whatever `--backend` says (for what
+    /// only the API can do, such as creating a Peer).
+    pub fn open_kube(&self, node_name: &str, waker: Waker) -> Result<KubeBackend, String> {
+        KubeBackend::connect(
+            self.kubeconfig.as_deref(),
+            self.api_server.as_deref().filter(|s| !s.is_empty()),
+            KubeSettings::new(node_name, self.mesh_options(), &self.topology_label).with_timing(
+                Duration::from_secs(self.check_in_period),
+                Duration::from_secs(self.stale_after),
+                Duration::from_secs(self.unready_after),
+            )?,
+            waker,
+        )
+        .map_err(|e| e.to_string())
     }
 }

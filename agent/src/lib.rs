@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod connect;
 pub mod controller;
 pub mod discover;
 pub mod forwarding;

@@ -128,47 +128,46 @@ pub fn node_as_peer_conf(
 /// `showconf peer NAME`: the `[Peer]` sections an external peer loads to
 /// reach every segment and every other peer.
 pub fn peer_conf(t: &Topology, name: &str) -> Result<String, RenderError> {
+    let mut out = String::new();
+    for (i, p) in peer_configs(t, name)?.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        peer_section(&mut out, p);
+    }
+    Ok(out)
+}
+
+/// The peers an external peer `name` has: every segment's leader (with the
+/// segment's routed IPs), then every other Peer.
+pub fn peer_configs(t: &Topology, name: &str) -> Result<Vec<PeerConfig>, RenderError> {
     let me = t
         .peers
         .iter()
         .find(|p| p.name == name)
         .ok_or_else(|| RenderError::UnknownPeer(name.to_string()))?;
-    let mut out = String::new();
-    let mut first = true;
-    let mut section = |out: &mut String, p: &PeerConfig| {
-        if !first {
-            out.push('\n');
-        }
-        first = false;
-        peer_section(out, p);
-    };
+    let mut out = Vec::new();
     for seg in &t.segments {
         if let Some(public_key) = seg.leader().public_key {
-            section(
-                &mut out,
-                &PeerConfig {
-                    name: seg.key.clone(),
-                    public_key,
-                    endpoint: seg.endpoint(&t.discovered),
-                    allowed_ips: seg.routed_ips(),
-                    persistent_keepalive: me.persistent_keepalive,
-                    preshared_key: me.preshared_key,
-                },
-            );
+            out.push(PeerConfig {
+                name: seg.key.clone(),
+                public_key,
+                endpoint: seg.endpoint(&t.discovered),
+                allowed_ips: seg.routed_ips(),
+                persistent_keepalive: me.persistent_keepalive,
+                preshared_key: me.preshared_key,
+            });
         }
     }
     for other in t.peers.iter().filter(|p| p.name != name) {
-        section(
-            &mut out,
-            &PeerConfig {
-                name: other.name.clone(),
-                public_key: other.public_key,
-                endpoint: other.endpoint.clone(),
-                allowed_ips: other.allowed_ips.clone(),
-                persistent_keepalive: me.persistent_keepalive,
-                preshared_key: None,
-            },
-        );
+        out.push(PeerConfig {
+            name: other.name.clone(),
+            public_key: other.public_key,
+            endpoint: other.endpoint.clone(),
+            allowed_ips: other.allowed_ips.clone(),
+            persistent_keepalive: me.persistent_keepalive,
+            preshared_key: None,
+        });
     }
     Ok(out)
 }

@@ -99,6 +99,7 @@ fn kind_of(path: &str) -> Option<&'static str> {
 }
 
 const EVENTS_PREFIX: &str = "/apis/events.k8s.io/v1/namespaces/";
+const PEERS: &str = "/apis/kilo.squat.ai/v1alpha1/peers";
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query
@@ -427,6 +428,52 @@ impl FakeApi {
                     StatusCode::OK,
                     self.get("nodes", &name).unwrap_or(Value::Null),
                 )
+            }
+            (&Method::POST, Some("peers")) if path == PEERS => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if name.is_empty() {
+                    return status(StatusCode::UNPROCESSABLE_ENTITY, "peer without name".into());
+                }
+                if self.get("peers", &name).is_some() {
+                    return Reply::Now(
+                        StatusCode::CONFLICT,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "message": format!("peers.kilo.squat.ai \"{name}\" already exists"),
+                               "reason": "AlreadyExists", "code": 409}),
+                    );
+                }
+                self.put("peers", body.clone());
+                Reply::Now(
+                    StatusCode::CREATED,
+                    self.get("peers", &name).unwrap_or(Value::Null),
+                )
+            }
+            (&Method::PATCH, Some("peers")) => {
+                let name = path.trim_start_matches(PEERS).trim_start_matches('/');
+                if !self.patch("peers", name, &body) {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        format!("peers.kilo.squat.ai \"{name}\" not found"),
+                    );
+                }
+                Reply::Now(
+                    StatusCode::OK,
+                    self.get("peers", name).unwrap_or(Value::Null),
+                )
+            }
+            (&Method::DELETE, Some("peers")) => {
+                let name = path.trim_start_matches(PEERS).trim_start_matches('/');
+                let Some(gone) = self.get("peers", name) else {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        format!("peers.kilo.squat.ai \"{name}\" not found"),
+                    );
+                };
+                self.delete("peers", name);
+                Reply::Now(StatusCode::OK, gone)
             }
             (&Method::POST, None) if path.starts_with(EVENTS_PREFIX) => {
                 let name = body["metadata"]["name"]

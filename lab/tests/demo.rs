@@ -277,11 +277,19 @@ fn demo_mesh_through_the_kubernetes_backend() {
 
     // weftctl status through the API: every node checked in moments ago
     // (every 3 s here), every agent ready.
+    // With the cluster's clocks, as every agent has them: a node is stale,
+    // and leaves the mesh, by the same rule everywhere.
     let through_api = [
         "--backend",
         "kubernetes",
         "--kubeconfig",
         &kubeconfig.to_string_lossy(),
+        "--check-in-period",
+        "3",
+        "--stale-after",
+        "6",
+        "--unready-after",
+        "6",
     ];
     let (ok, text) = weftctl_status_from(&through_api, false);
     eprintln!("weftctl status through the API:\n{text}");
@@ -533,8 +541,205 @@ fn demo_mesh_through_the_kubernetes_backend() {
             .is_some_and(|s| !s.is_empty()),
         "aws-2 leads aws now"
     );
+    // A laptop on the internet joins with `weftctl connect` (no kernel
+    // WireGuard here either) and reaches the pods of every location (aws-1's
+    // is gone with its node; aws goes through its new leader, aws-2).
+    let laptop = Laptop::connect(&d, &through_api);
+    laptop.reaches_pods(&["aws-2", "gcp-1", "home-1"], Duration::from_secs(30));
+    let peer = api.get("peers", "laptop").expect("the Peer was created");
+    assert_eq!(peer["spec"]["allowedIPs"], json!(["10.5.0.1/32"]));
+    // It follows the mesh: another Peer appears, and the laptop's tunnel
+    // and routes take it in.
+    api.put(
+        "peers",
+        json!({"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer",
+               "metadata": {"name": "ci"},
+               "spec": {"allowedIPs": ["10.5.0.2/32"], "publicKey": "uAW87eBu27C8lOkOuvmJ/oBC875v440ZzJNcAjcH8Sk=",
+                        "persistentKeepalive": 10}}),
+    );
+    let followed = testkit::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        String::from_utf8_lossy(
+            &std::process::Command::new("ip")
+                .args(["-n", LAPTOP_NS, "route", "show", "10.5.0.2/32"])
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default(),
+        )
+        .contains("weft-connect")
+    });
+    assert!(
+        followed,
+        "the laptop did not route to the new Peer:\n{}",
+        laptop.log()
+    );
+    // Stopped, it leaves nothing behind: no Peer, no interface, no route,
+    // no tunnel process.
+    laptop.disconnect();
+    assert!(api.get("peers", "laptop").is_none(), "the Peer stayed");
     drop(d);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+const LAPTOP_NS: &str = "wd-laptop";
+
+/// A machine on the demo's internet running `weftctl connect laptop`.
+struct Laptop {
+    child: Option<std::process::Child>,
+    log: std::path::PathBuf,
+    control: std::path::PathBuf,
+}
+
+impl Laptop {
+    fn connect(d: &Demo, backend: &[&str]) -> Self {
+        let ip = |args: &[&str]| {
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip {args:?}");
+        };
+        // Its namespace starts with the demo's prefix: the demo removes it.
+        ip(&["netns", "add", LAPTOP_NS]);
+        ip(&["-n", LAPTOP_NS, "link", "set", "lo", "up"]);
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            LAPTOP_NS,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lap0",
+            "netns",
+            demo::NET,
+        ]);
+        ip(&[
+            "-n",
+            demo::NET,
+            "link",
+            "set",
+            "lap0",
+            "master",
+            "br-inet",
+            "up",
+        ]);
+        ip(&[
+            "-n",
+            LAPTOP_NS,
+            "addr",
+            "add",
+            "203.0.113.40/24",
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", LAPTOP_NS, "link", "set", "eth0", "up"]);
+        let weftctl = testkit::sibling_binary(env!("CARGO_BIN_EXE_weft-lab"), "weftctl", "agent");
+        let log = d.paths.work.join("laptop.log");
+        let control = d.paths.work.join("laptop.ctl");
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", LAPTOP_NS])
+            .arg(weftctl)
+            .args(backend)
+            .args([
+                "connect",
+                "laptop",
+                "--allowed-ip",
+                "10.5.0.1/32",
+                "--resync",
+                "5",
+            ])
+            .arg("--tunnel-binary")
+            .arg(&d.paths.tunnel)
+            .arg("--control-socket")
+            .arg(&control)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("weftctl connect starts");
+        Laptop {
+            child: Some(child),
+            log,
+            control,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn reaches_pods(&self, nodes: &[&str], within: Duration) {
+        let started = Instant::now();
+        for &n in nodes {
+            let pod = Demo::pod_ip(n);
+            let reached = testkit::wait_until(within, Duration::ZERO, || {
+                demo::ping(LAPTOP_NS, &pod).is_some()
+            });
+            assert!(
+                reached,
+                "the laptop does not reach {n}'s pod {pod}:\n{}",
+                self.log()
+            );
+        }
+        eprintln!(
+            "laptop connected: every location's pods answer after {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// SIGTERM, as Ctrl-C would; then checks that nothing is left.
+    fn disconnect(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child (`ip netns exec` execs weftctl).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let exited =
+            testkit::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+        assert!(exited, "weftctl connect did not stop:\n{}", self.log());
+        let status = child.wait().expect("status");
+        assert!(
+            status.success(),
+            "weftctl connect: {status}\n{}",
+            self.log()
+        );
+        let link = std::process::Command::new("ip")
+            .args(["-n", LAPTOP_NS, "link", "show", "weft-connect"])
+            .output()
+            .expect("ip");
+        assert!(!link.status.success(), "the interface stayed");
+        let routes = std::process::Command::new("ip")
+            .args(["-n", LAPTOP_NS, "route", "show", "proto", "87"])
+            .output()
+            .expect("ip");
+        assert!(
+            routes.stdout.is_empty(),
+            "routes stayed: {}",
+            String::from_utf8_lossy(&routes.stdout)
+        );
+        assert!(
+            wgconf::control::ControlClient::new(&self.control)
+                .get()
+                .is_err(),
+            "the tunnel still answers"
+        );
+        eprintln!("laptop disconnected:\n{}", self.log());
+    }
+}
+
+impl Drop for Laptop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            // Its tunnel outlives it by design: stop it too.
+            let _ = wgconf::control::ControlClient::new(&self.control).stop();
+        }
+    }
 }
 
 /// The agents' logs up to now, as `kubectl logs` would show them (stderr is

@@ -73,6 +73,37 @@ pub mod testing {
         }
     }
 
+    /// aws-1 and aws-2 in location aws, gcp-1 in gcp: public endpoints,
+    /// private addresses, one pod CIDR each.
+    pub fn two_locations() -> Vec<Node> {
+        vec![
+            node(
+                "aws-1",
+                "aws",
+                "203.0.113.11:51820",
+                Some("172.31.0.11/24"),
+                "10.42.1.0/24",
+                false,
+            ),
+            node(
+                "aws-2",
+                "aws",
+                "203.0.113.12:51820",
+                Some("172.31.0.12/24"),
+                "10.42.2.0/24",
+                false,
+            ),
+            node(
+                "gcp-1",
+                "gcp",
+                "203.0.113.21:51820",
+                Some("10.128.0.21/24"),
+                "10.42.3.0/24",
+                false,
+            ),
+        ]
+    }
+
     pub fn snapshot(nodes: Vec<Node>, peers: Vec<Peer>) -> Snapshot {
         Snapshot { nodes, peers }
     }

@@ -6,10 +6,11 @@ use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use weft_agent::backend::Loaded;
+use weft_agent::backend::{Backend, Loaded};
 use weft_agent::cli::BackendArgs;
-use weft_agent::mesh::Topology;
+use weft_agent::mesh::{Liveness, Topology};
 use weft_agent::render::{self, Format, RenderError};
 use weft_agent::report;
 
@@ -32,6 +33,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Join this machine to the mesh as a Peer, with Weft's userspace tunnel
+    /// (no kernel WireGuard, no wireguard-go; needs root): creates the Peer
+    /// resource, runs weft-wg, routes the cluster's ranges into it, follows
+    /// the mesh, and on SIGINT or SIGTERM removes its routes, its tunnel and
+    /// (unless --keep-peer) the Peer. Needs the Kubernetes backend.
+    Connect(ConnectArgs),
     /// Say whether the mesh is healthy: per location its leader and members,
     /// each node's check-in age, its agent's readiness and its tunnel's
     /// handshakes (asked at the node's internal IP), the nodes and Peers left
@@ -75,6 +82,45 @@ enum Command {
         #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u16).range(1280..))]
         mtu: u16,
     },
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// The Peer's name (default: this machine's hostname).
+    name: Option<String>,
+    /// This machine's address in the mesh: the Peer's allowed IP.
+    #[arg(short = 'a', long, default_value = "10.10.10.10/32")]
+    allowed_ip: IpNet,
+    /// More cluster ranges to route into the mesh, e.g. the service CIDR.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    allowed_ips: Vec<IpNet>,
+    /// The private key file (0600; created if missing). Default: a new key
+    /// for this run.
+    #[arg(long)]
+    private_key: Option<PathBuf>,
+    /// Leave the Peer in the cluster on the way out.
+    #[arg(long)]
+    keep_peer: bool,
+    /// The tunnel's interface.
+    #[arg(short, long, default_value = "weft-connect")]
+    interface: String,
+    /// The tunnel's UDP port.
+    #[arg(long, default_value_t = 51820)]
+    port: u16,
+    #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u16).range(1280..))]
+    mtu: u16,
+    /// Seconds between keepalives to the mesh (keeps NAT mappings open).
+    #[arg(long, default_value_t = 10)]
+    persistent_keepalive: u16,
+    /// Seconds between looks at the mesh besides the API's notifications.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    resync: u64,
+    /// The weft-wg binary (default: beside weftctl, else on the PATH).
+    #[arg(long)]
+    tunnel_binary: Option<PathBuf>,
+    /// The tunnel's control socket (default /var/run/weft/INTERFACE.ctl).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -129,6 +175,9 @@ fn run(cli: Cli) -> Result<Outcome, String> {
     if let Command::CniConfig { pod_cidrs, mtu } = &cli.command {
         return Ok(weft_agent::reconcile::cni::conflist(pod_cidrs, *mtu).into());
     }
+    if let Command::Connect(args) = &cli.command {
+        return connect(&cli.backend, args).map(|()| String::new().into());
+    }
     if let Command::Status {
         output,
         no_probe,
@@ -160,19 +209,15 @@ fn run(cli: Cli) -> Result<Outcome, String> {
             std::thread::sleep(std::time::Duration::from_secs(every));
         }
     }
-    let loaded = load(&cli.backend)?;
+    let (loaded, clock) = load(&cli.backend)?;
     for r in &loaded.rejected {
         eprintln!("weftctl: left out {r}");
     }
     for w in &loaded.warnings {
         eprintln!("weftctl: ignored a value: {w}");
     }
-    let topology = Topology::new(
-        &loaded.snapshot,
-        &loaded.options,
-        weft_agent::backend::unix_now(),
-    )
-    .map_err(|e| e.to_string())?;
+    let topology =
+        Topology::new(&loaded.snapshot, &loaded.options, clock).map_err(|e| e.to_string())?;
     for c in &topology.claims {
         eprintln!("weftctl: ignored a value: {c}");
     }
@@ -186,7 +231,9 @@ fn run(cli: Cli) -> Result<Outcome, String> {
         Ok(())
     };
     let result = match cli.command {
-        Command::CniConfig { .. } | Command::Status { .. } => unreachable!("handled above"),
+        Command::CniConfig { .. } | Command::Status { .. } | Command::Connect(_) => {
+            unreachable!("handled above")
+        }
         Command::Graph { svg } => {
             let dot = render::graph(&topology);
             return if svg { to_svg(&dot) } else { Ok(dot) }.map(Outcome::from);
@@ -223,6 +270,90 @@ fn run(cli: Cli) -> Result<Outcome, String> {
     }
 }
 
+/// `weftctl connect`: runs until SIGINT or SIGTERM.
+fn connect(backend: &BackendArgs, args: &ConnectArgs) -> Result<(), String> {
+    use weft_agent::reconcile::tunnel::{Launch, TunnelSettings};
+    use weft_agent::reconcile::{Reconciler, Settings};
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(wgconf::logging::stderr_colour())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => hostname()?,
+    };
+    // Before any thread starts, so every thread has them blocked.
+    let signals = wgconf::signals::TerminationSignals::block();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    signals.on_arrival(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    let key = match &args.private_key {
+        Some(path) => {
+            weft_agent::reconcile::key::load_or_create(path)
+                .map_err(|e| e.to_string())?
+                .0
+        }
+        None => wgconf::PrivateKey::generate().map_err(|e| e.to_string())?,
+    };
+    let (waker, woken) = weft_agent::backend::Waker::new();
+    let mut kube = backend.open_kube("", waker)?;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !kube.ready() {
+        if std::time::Instant::now() >= end {
+            return Err(format!("no answer from {} within 15 s", kube.describe()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let interface = args.interface.clone();
+    let mut reconciler = Reconciler::new(
+        Settings {
+            cni_dir: None,
+            ipam_dir: PathBuf::new(),
+            manage_nat: false,
+            service_cidrs: Vec::new(),
+            tunnel: TunnelSettings {
+                control: args
+                    .control_socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(format!("/var/run/weft/{interface}.ctl"))),
+                interface,
+                uapi_dir: None,
+                launch: match &args.tunnel_binary {
+                    Some(b) => Launch::Spawn { binary: b.clone() },
+                    None => Launch::spawn_default(),
+                },
+            },
+        },
+        key,
+    )
+    .map_err(|e| format!("{e} (connect needs root)"))?;
+    let options = weft_agent::connect::Options {
+        name,
+        address: args.allowed_ip,
+        extra_allowed_ips: args.allowed_ips.clone(),
+        persistent_keepalive: args.persistent_keepalive,
+        listen_port: args.port,
+        mtu: args.mtu,
+        resync: std::time::Duration::from_secs(args.resync),
+        keep_peer: args.keep_peer,
+    };
+    weft_agent::connect::run(&mut kube, &woken, &mut reconciler, &options, &stop)
+}
+
+fn hostname() -> Result<String, String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| format!("no Peer name given and no hostname: {e}"))?;
+    let name = raw.trim().to_ascii_lowercase();
+    if name.is_empty() {
+        return Err("no Peer name given and the hostname is empty".into());
+    }
+    Ok(name)
+}
+
 struct StatusArgs {
     output: StatusFormat,
     probe: bool,
@@ -232,10 +363,10 @@ struct StatusArgs {
 
 /// Reads the mesh, asks every member's agent at once, and reports.
 fn status(backend: &BackendArgs, args: &StatusArgs) -> Result<Outcome, String> {
-    let loaded = load(backend)?;
+    let (loaded, clock) = load(backend)?;
     let now = weft_agent::backend::unix_now();
     let topology =
-        Topology::new(&loaded.snapshot, &loaded.options, now).map_err(|e| e.to_string())?;
+        Topology::new(&loaded.snapshot, &loaded.options, clock).map_err(|e| e.to_string())?;
     let addresses = if args.probe {
         report::agent_addresses(&topology, args.agent_port)
     } else {
@@ -262,8 +393,10 @@ fn status(backend: &BackendArgs, args: &StatusArgs) -> Result<Outcome, String> {
     })
 }
 
-/// Reads the mesh once; the Kubernetes API gets 15 s to answer its lists.
-fn load(args: &BackendArgs) -> Result<Loaded, String> {
+/// Reads the mesh once, with the clock its staleness is judged by (the
+/// backend's: the check-in limits given, outages allowed for); the
+/// Kubernetes API gets 15 s to answer its lists.
+fn load(args: &BackendArgs) -> Result<(Loaded, Liveness), String> {
     // weftctl only reads: no node of its own to announce.
     let mut backend = args.open("", weft_agent::backend::Waker::new().0)?;
     let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -273,7 +406,8 @@ fn load(args: &BackendArgs) -> Result<Loaded, String> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    backend.observe().map_err(|e| e.to_string())
+    let loaded = backend.observe().map_err(|e| e.to_string())?;
+    Ok((loaded, backend.liveness(weft_agent::backend::unix_now())))
 }
 
 fn to_svg(dot: &str) -> Result<String, String> {

@@ -1,44 +1,19 @@
 use super::*;
-use crate::mesh::testing::{key_for, node, peer, snapshot};
+use crate::mesh::testing::{key_for, node, peer, snapshot, two_locations};
 use crate::mesh::{MeshOptions, RecordError};
 
 const NOW: u64 = 1_800_000_000;
 
 fn mesh() -> (Loaded, Topology) {
-    let mut nodes = vec![
-        node(
-            "aws-1",
-            "aws",
-            "203.0.113.11:51820",
-            Some("172.31.0.11/24"),
-            "10.42.1.0/24",
-            false,
-        ),
-        node(
-            "aws-2",
-            "aws",
-            "203.0.113.12:51820",
-            Some("172.31.0.12/24"),
-            "10.42.2.0/24",
-            false,
-        ),
-        node(
-            "gcp-1",
-            "gcp",
-            "203.0.113.21:51820",
-            Some("10.128.0.21/24"),
-            "10.42.3.0/24",
-            false,
-        ),
-        node(
-            "old-1",
-            "gcp",
-            "203.0.113.22:51820",
-            None,
-            "10.42.5.0/24",
-            false,
-        ),
-    ];
+    let mut nodes = two_locations();
+    nodes.push(node(
+        "old-1",
+        "gcp",
+        "203.0.113.22:51820",
+        None,
+        "10.42.5.0/24",
+        false,
+    ));
     for n in &mut nodes {
         n.last_seen = Some(NOW - 12);
     }

@@ -26,12 +26,12 @@ use super::events::{event_key, Events};
 use super::health::{unreachable, ApiHealth, Backoff};
 use super::mirror::{mirror, node_digest, peer_digest, probe_while_down, Mirrored, Shared};
 use super::node::MeshNode;
-use super::peer::{raw_peer, Peer};
+use super::peer::{raw_peer, Peer, PeerSpec};
 use super::{API_CALL_TIMEOUT, FIELD_MANAGER};
 use crate::backend::unix_now;
 use crate::backend::{Backend, BackendError, Loaded, SelfReport, Waker};
 use crate::mesh::{Limits, Liveness, MeshOptions, RecordError, Snapshot};
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
 use std::collections::{BTreeSet, HashSet};
@@ -301,6 +301,52 @@ impl KubeBackend {
                 _ => None,
             },
         );
+    }
+
+    /// Creates the Peer `name` with `spec`, or, if it exists, sets its spec
+    /// to `spec` (`weftctl connect`; the agents themselves only read Peers).
+    pub fn put_peer(&self, name: &str, spec: PeerSpec) -> Result<(), BackendError> {
+        let api = Api::<Peer>::all(self.client.clone());
+        let peer = Peer::new(name, spec.clone());
+        self.rt.block_on(async {
+            match tokio::time::timeout(API_CALL_TIMEOUT, api.create(&PostParams::default(), &peer))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(kube::Error::Api(e))) if e.code == 409 => {
+                    let patch = Patch::Merge(serde_json::json!({ "spec": spec }));
+                    tokio::time::timeout(
+                        API_CALL_TIMEOUT,
+                        api.patch(name, &PatchParams::default(), &patch),
+                    )
+                    .await
+                    .map_err(|_| BackendError::Api(format!("updating Peer {name}: no answer")))?
+                    .map(|_| ())
+                    .map_err(|e| BackendError::Api(format!("updating Peer {name}: {e}")))
+                }
+                Ok(Err(e)) => Err(BackendError::Api(format!("creating Peer {name}: {e}"))),
+                Err(_) => Err(BackendError::Api(format!(
+                    "creating Peer {name}: no answer"
+                ))),
+            }
+        })
+    }
+
+    /// Deletes the Peer `name`; one already gone is fine.
+    pub fn delete_peer(&self, name: &str) -> Result<(), BackendError> {
+        let api = Api::<Peer>::all(self.client.clone());
+        self.rt.block_on(async {
+            match tokio::time::timeout(API_CALL_TIMEOUT, api.delete(name, &DeleteParams::default()))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(kube::Error::Api(e))) if e.code == 404 => Ok(()),
+                Ok(Err(e)) => Err(BackendError::Api(format!("deleting Peer {name}: {e}"))),
+                Err(_) => Err(BackendError::Api(format!(
+                    "deleting Peer {name}: no answer"
+                ))),
+            }
+        })
     }
 }
 
