@@ -548,6 +548,25 @@ fn demo_mesh_through_the_kubernetes_backend() {
     laptop.reaches_pods(&["aws-2", "gcp-1", "home-1"], Duration::from_secs(30));
     let peer = api.get("peers", "laptop").expect("the Peer was created");
     assert_eq!(peer["spec"]["allowedIPs"], json!(["10.5.0.1/32"]));
+    // aws-1 comes back and, first in Kilo's order, leads aws again: the
+    // laptop follows that leader change too and reaches both aws pods.
+    d.set_link("aws-1", "eth0", true).expect("link up");
+    d.set_link("aws-1", "eth1", true).expect("link up");
+    d.start_agent("aws-1").expect("aws-1's agent starts");
+    let back = Instant::now();
+    let leads_again =
+        testkit::wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            ann("aws-1")["kilo.squat.ai/wireguard-ip"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+                && ann("aws-2")["kilo.squat.ai/wireguard-ip"] == ""
+        });
+    assert!(leads_again, "aws-1 did not lead aws again");
+    eprintln!("aws-1 back: leads aws again after {:?}", back.elapsed());
+    laptop.reaches_pods(
+        &["aws-1", "aws-2", "gcp-1", "home-1"],
+        Duration::from_secs(20),
+    );
     // It follows the mesh: another Peer appears, and the laptop's tunnel
     // and routes take it in.
     api.put(
@@ -684,7 +703,7 @@ impl Laptop {
             );
         }
         eprintln!(
-            "laptop connected: every location's pods answer after {:?}",
+            "the laptop reaches the pods of {nodes:?} {:?} after asking",
             started.elapsed()
         );
     }
