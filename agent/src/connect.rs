@@ -121,8 +121,9 @@ pub fn run(
     tracing::info!(peer = %o.name, address = %o.address, "announced this machine as a Peer");
     let mut last: Option<Result<usize, String>> = None;
     let mut next = Instant::now();
+    let mut was_woken = false;
     while !stop.load(Ordering::Relaxed) {
-        if Instant::now() >= next || woken.try_recv().is_ok() {
+        if was_woken || Instant::now() >= next {
             let outcome = pass(kube, reconciler, o);
             if last.as_ref() != Some(&outcome) {
                 match &outcome {
@@ -141,7 +142,8 @@ pub fn run(
                 };
             last = Some(outcome);
         }
-        let _ = woken.recv_timeout(Duration::from_millis(200));
+        // Short waits, so a stop is seen within them.
+        was_woken = woken.recv_timeout(Duration::from_millis(200)).is_ok();
     }
     tracing::info!("disconnecting");
     let cleaned = reconciler.clean_up().map_err(|e| e.to_string());

@@ -284,8 +284,9 @@ fn age(seconds: f64) -> String {
 /// has a few MiB of metrics.
 const MAX_ANSWER: u64 = 16 << 20;
 
-/// `GET path` from an agent: the status code and the body.
-fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+/// `GET path` over plain HTTP/1.0 (an agent's endpoint, or any small
+/// server that closes after answering): the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
@@ -325,8 +326,12 @@ pub fn probe(addr: SocketAddr, timeout: Duration) -> Probe {
             error: format!("/readyz answered {code}"),
         },
     };
-    let tunnel = match (&agent, http_get(addr, "/metrics", timeout)) {
-        (Agent::Answered { .. }, Ok((200, body))) => tunnel_peers(&body),
+    // An agent that did not answer is not asked again (another timeout).
+    let tunnel = match &agent {
+        Agent::Answered { .. } => match http_get(addr, "/metrics", timeout) {
+            Ok((200, body)) => tunnel_peers(&body),
+            _ => Vec::new(),
+        },
         _ => Vec::new(),
     };
     Probe { agent, tunnel }
