@@ -119,3 +119,26 @@ impl BackendArgs {
         .map_err(|e| e.to_string())
     }
 }
+
+/// Without WEFT_LOG: our own lines at info. kube's client logs every failed
+/// request and the protocol core every handshake it sends or drops; the
+/// agent says once what matters instead (the API away and back, a peer
+/// unreachable and back).
+const DEFAULT_LOG_FILTER: &str = "info,kube_client=off,kube_runtime=error,gotatun=off";
+
+/// Logs to stderr as weft-agent and `weftctl connect` write them: filtered
+/// by WEFT_LOG (else [`DEFAULT_LOG_FILTER`]), coloured only on a terminal,
+/// as JSON lines when asked.
+pub fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(wgconf::logging::stderr_colour())
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}

@@ -16,6 +16,11 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 use weft_lab::{self as demo, Demo, DemoPaths};
 
+/// weftctl, built with this test's profile.
+fn weftctl() -> std::path::PathBuf {
+    testkit::sibling_binary(env!("CARGO_BIN_EXE_weft-lab"), "weftctl", "agent")
+}
+
 /// The product's binaries, built with this test's profile.
 fn paths() -> DemoPaths {
     let own = env!("CARGO_BIN_EXE_weft-lab");
@@ -577,14 +582,7 @@ fn demo_mesh_through_the_kubernetes_backend() {
                         "persistentKeepalive": 10}}),
     );
     let followed = testkit::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
-        String::from_utf8_lossy(
-            &std::process::Command::new("ip")
-                .args(["-n", LAPTOP_NS, "route", "show", "10.5.0.2/32"])
-                .output()
-                .map(|o| o.stdout)
-                .unwrap_or_default(),
-        )
-        .contains("weft-connect")
+        testkit::ip(&["-n", LAPTOP_NS, "route", "show", "10.5.0.2/32"]).contains("weft-connect")
     });
     assert!(
         followed,
@@ -610,13 +608,7 @@ struct Laptop {
 
 impl Laptop {
     fn connect(d: &Demo, backend: &[&str]) -> Self {
-        let ip = |args: &[&str]| {
-            let ok = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "ip {args:?}");
-        };
+        let ip = testkit::ip;
         // Its namespace starts with the demo's prefix: the demo removes it.
         ip(&["netns", "add", LAPTOP_NS]);
         ip(&["-n", LAPTOP_NS, "link", "set", "lo", "up"]);
@@ -654,12 +646,11 @@ impl Laptop {
             "eth0",
         ]);
         ip(&["-n", LAPTOP_NS, "link", "set", "eth0", "up"]);
-        let weftctl = testkit::sibling_binary(env!("CARGO_BIN_EXE_weft-lab"), "weftctl", "agent");
         let log = d.paths.work.join("laptop.log");
         let control = d.paths.work.join("laptop.ctl");
         let child = std::process::Command::new("ip")
             .args(["netns", "exec", LAPTOP_NS])
-            .arg(weftctl)
+            .arg(weftctl())
             .args(backend)
             .args([
                 "connect",
@@ -726,20 +717,12 @@ impl Laptop {
             "weftctl connect: {status}\n{}",
             self.log()
         );
-        let link = std::process::Command::new("ip")
-            .args(["-n", LAPTOP_NS, "link", "show", "weft-connect"])
-            .output()
-            .expect("ip");
-        assert!(!link.status.success(), "the interface stayed");
-        let routes = std::process::Command::new("ip")
-            .args(["-n", LAPTOP_NS, "route", "show", "proto", "87"])
-            .output()
-            .expect("ip");
         assert!(
-            routes.stdout.is_empty(),
-            "routes stayed: {}",
-            String::from_utf8_lossy(&routes.stdout)
+            !testkit::try_run(&["ip", "-n", LAPTOP_NS, "link", "show", "weft-connect"]),
+            "the interface stayed"
         );
+        let routes = testkit::ip(&["-n", LAPTOP_NS, "route", "show", "proto", "87"]);
+        assert!(routes.is_empty(), "routes stayed: {routes}");
         assert!(
             wgconf::control::ControlClient::new(&self.control)
                 .get()
@@ -872,12 +855,7 @@ fn demo_mesh_watched_by_prometheus() {
         let q = &queries.iter().find(|(t, _)| t == title).expect("panel").1;
         prom.query(q)
     };
-    let rate = |r: &serde_json::Value| {
-        r["value"][1]
-            .as_str()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let rate = |r: &serde_json::Value| prometheus::value(r).unwrap_or(0.0);
     let aws_to_gcp = testkit::wait_until(Duration::from_secs(20), Duration::from_secs(1), || {
         panel("Between locations").iter().any(|r| {
             r["metric"]["from"] == "aws" && r["metric"]["location"] == "gcp" && rate(r) > 0.0
@@ -891,13 +869,7 @@ fn demo_mesh_watched_by_prometheus() {
     for (title, q) in &queries {
         let result = prom.query(q);
         // The series with the largest value, as a reader's eye goes to it.
-        let value = |r: &serde_json::Value| {
-            r["value"][1]
-                .as_str()
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|v| v.is_finite())
-                .unwrap_or(f64::MIN)
-        };
+        let value = |r: &serde_json::Value| prometheus::value(r).unwrap_or(f64::MIN);
         let top = result
             .iter()
             .max_by(|a, b| value(a).total_cmp(&value(b)))
@@ -1028,10 +1000,9 @@ fn weftctl_status(d: &Demo, json: bool) -> (bool, String) {
 
 /// `weftctl status` on aws-1 with the given backend flags.
 fn weftctl_status_from(backend: &[&str], json: bool) -> (bool, String) {
-    let weftctl = testkit::sibling_binary(env!("CARGO_BIN_EXE_weft-lab"), "weftctl", "agent");
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &demo::node_ns("aws-1")])
-        .arg(weftctl)
+        .arg(weftctl())
         .args(backend)
         .arg("status")
         .args(if json { &["-o", "json"][..] } else { &[][..] })

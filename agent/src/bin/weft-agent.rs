@@ -121,12 +121,6 @@ enum TunnelLaunch {
     External,
 }
 
-/// Without WEFT_LOG: our own lines at info. kube's client logs every failed
-/// request and the protocol core every handshake it sends or drops; the
-/// agent says once what matters instead (the API away and back, a peer
-/// unreachable and back).
-const DEFAULT_LOG_FILTER: &str = "info,kube_client=off,kube_runtime=error,gotatun=off";
-
 /// Finds this node's pod CIDRs (waiting up to 30 s for the API) and turns
 /// on forwarding for their families: the privileged init container's job.
 fn enable_forwarding(cli: &Cli) -> Result<(), String> {
@@ -232,17 +226,7 @@ fn run(cli: Cli) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(wgconf::logging::stderr_colour())
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    weft_agent::cli::init_logs(cli.log_json);
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("weft-agent: must run as root (TUN, routes, netfilter)");
         return ExitCode::FAILURE;

@@ -274,14 +274,7 @@ fn run(cli: Cli) -> Result<Outcome, String> {
 fn connect(backend: &BackendArgs, args: &ConnectArgs) -> Result<(), String> {
     use weft_agent::reconcile::tunnel::{Launch, TunnelSettings};
     use weft_agent::reconcile::{Reconciler, Settings};
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(wgconf::logging::stderr_colour())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    weft_agent::cli::init_logs(false);
     let name = match &args.name {
         Some(n) => n.clone(),
         None => hostname()?,
@@ -301,13 +294,7 @@ fn connect(backend: &BackendArgs, args: &ConnectArgs) -> Result<(), String> {
     };
     let (waker, woken) = weft_agent::backend::Waker::new();
     let mut kube = backend.open_kube("", waker)?;
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !kube.ready() {
-        if std::time::Instant::now() >= end {
-            return Err(format!("no answer from {} within 15 s", kube.describe()));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_ready(&kube)?;
     let interface = args.interface.clone();
     let mut reconciler = Reconciler::new(
         Settings {
@@ -399,6 +386,13 @@ fn status(backend: &BackendArgs, args: &StatusArgs) -> Result<Outcome, String> {
 fn load(args: &BackendArgs) -> Result<(Loaded, Liveness), String> {
     // weftctl only reads: no node of its own to announce.
     let mut backend = args.open("", weft_agent::backend::Waker::new().0)?;
+    wait_ready(backend.as_ref())?;
+    let loaded = backend.observe().map_err(|e| e.to_string())?;
+    Ok((loaded, backend.liveness(weft_agent::backend::unix_now())))
+}
+
+/// Waits up to 15 s for the backend's first picture of the mesh.
+fn wait_ready(backend: &dyn Backend) -> Result<(), String> {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while !backend.ready() {
         if std::time::Instant::now() >= end {
@@ -406,8 +400,7 @@ fn load(args: &BackendArgs) -> Result<(Loaded, Liveness), String> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let loaded = backend.observe().map_err(|e| e.to_string())?;
-    Ok((loaded, backend.liveness(weft_agent::backend::unix_now())))
+    Ok(())
 }
 
 fn to_svg(dot: &str) -> Result<String, String> {

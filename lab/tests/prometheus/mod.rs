@@ -4,8 +4,6 @@
 //! Queries go through its HTTP API from a thread inside that namespace.
 
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -88,19 +86,14 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
 
-    /// GET `path` from Prometheus' HTTP API: status code and body.
+    /// GET `path` from Prometheus' HTTP API (from inside its namespace):
+    /// status code and body.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {LISTEN}\r\n\r\n");
+        let path = path.to_string();
         self.ns
-            .run_in(move || -> Option<(u16, String)> {
-                let mut s = TcpStream::connect(LISTEN).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-                s.write_all(request.as_bytes()).ok()?;
-                let mut reply = String::new();
-                s.read_to_string(&mut reply).ok()?;
-                let (head, body) = reply.split_once("\r\n\r\n")?;
-                let code = head.split_whitespace().nth(1)?.parse().ok()?;
-                Some((code, body.to_string()))
+            .run_in(move || {
+                let addr = LISTEN.parse().ok()?;
+                weft_agent::report::http_get(addr, &path, Duration::from_secs(10)).ok()
             })
             .join()
             .ok()
@@ -174,6 +167,14 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A sample's value in an instant query's result (`None` for NaN or none).
+pub fn value(sample: &Value) -> Option<f64> {
+    sample["value"][1]
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
 }
 
 /// Every query of the shipped dashboard, by panel title, with Grafana's
