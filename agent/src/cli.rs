@@ -4,8 +4,8 @@
 
 use crate::backend::k8s::annotations::DEFAULT_TOPOLOGY_LABEL;
 use crate::backend::k8s::{KubeBackend, KubeSettings};
-use crate::backend::{Backend, FileBackend, Waker};
-use crate::mesh::{Encapsulate, Granularity, MeshOptions};
+use crate::backend::{Backend, FileBackend, Loaded, Waker};
+use crate::mesh::{Encapsulate, Given, Granularity, MeshOptions};
 use ipnet::IpNet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,12 +42,16 @@ pub struct BackendArgs {
     pub topology_label: String,
     /// Kubernetes backend: how nodes are grouped: location (one tunnel per
     /// location, through its leader), full (every node its own), cross
-    /// (tunnels only between locations, no leader bottleneck).
-    #[arg(long = "mesh-granularity", default_value = "location", value_parser = parse_granularity)]
-    pub granularity: Granularity,
+    /// (tunnels only between locations, no leader bottleneck). Default:
+    /// location for weft-agent; weftctl reads what the nodes announce
+    /// (kilo.squat.ai/granularity), as kgctl does.
+    #[arg(long = "mesh-granularity", value_parser = parse_granularity)]
+    pub granularity: Option<Granularity>,
     /// Kubernetes backend: the pool the leaders' WireGuard IPs come from.
-    #[arg(long, default_value = "10.4.0.0/16")]
-    pub subnet: IpNet,
+    /// Default: 10.4.0.0/16 for weft-agent; weftctl reads the pool of the
+    /// leaders' kilo.squat.ai/wireguard-ip, as kgctl does.
+    #[arg(long)]
+    pub subnet: Option<IpNet>,
     /// Kubernetes backend: the WireGuard UDP port.
     #[arg(long, default_value_t = 51820, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
@@ -84,13 +88,37 @@ fn parse_encapsulate(s: &str) -> Result<Encapsulate, String> {
 }
 
 impl BackendArgs {
+    /// The mesh-wide options these flags give, with Kilo's defaults where
+    /// a flag is absent (what an agent runs with).
     pub fn mesh_options(&self) -> MeshOptions {
+        let defaults = MeshOptions::default();
         MeshOptions {
-            granularity: self.granularity,
-            subnet: self.subnet,
+            granularity: self.granularity.unwrap_or(defaults.granularity),
+            subnet: self.subnet.map_or(defaults.subnet, |s| s.trunc()),
             port: self.port,
             encapsulate: self.encapsulate,
             mtu: self.mtu,
+        }
+    }
+
+    /// The options the flags give, each one absent filled in from what the
+    /// cluster's nodes announce (a reader's view: weftctl's, like kgctl's),
+    /// with a sentence for each value guessed or disputed. A mesh file
+    /// carries its own options and is left as it is.
+    pub fn resolve_options(&self, loaded: &mut Loaded) -> Vec<String> {
+        if self.backend != BackendKind::Kubernetes {
+            return Vec::new();
+        }
+        let (options, notes) = loaded.announced.resolve(self.given(), &loaded.options);
+        loaded.options = options;
+        notes
+    }
+
+    /// The mesh-wide options given as flags; the rest is the cluster's.
+    pub fn given(&self) -> Given {
+        Given {
+            subnet: self.subnet.map(|s| s.trunc()),
+            granularity: self.granularity,
         }
     }
 

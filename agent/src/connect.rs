@@ -14,7 +14,7 @@ use crate::backend::k8s::peer::PeerSpec;
 use crate::backend::k8s::KubeBackend;
 use crate::backend::Backend;
 use crate::mesh::desired::Masquerade;
-use crate::mesh::{DesiredState, Route, RouteDevice, Topology, WireGuardConfig};
+use crate::mesh::{DesiredState, Given, Route, RouteDevice, Topology, WireGuardConfig};
 use crate::reconcile::Reconciler;
 use crate::render;
 use ipnet::IpNet;
@@ -40,6 +40,9 @@ pub struct Options {
     pub resync: Duration,
     /// Leave the Peer in the cluster on the way out.
     pub keep_peer: bool,
+    /// The mesh-wide options given as flags; the others are read from what
+    /// the nodes announce, as kgctl does.
+    pub given: Given,
 }
 
 /// The Peer resource this machine announces.
@@ -122,9 +125,10 @@ pub fn run(
     let mut last: Option<Result<usize, String>> = None;
     let mut next = Instant::now();
     let mut was_woken = false;
+    let mut notes = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         if was_woken || Instant::now() >= next {
-            let outcome = pass(kube, reconciler, o);
+            let outcome = pass(kube, reconciler, o, &mut notes);
             if last.as_ref() != Some(&outcome) {
                 match &outcome {
                     Ok(n) => {
@@ -155,8 +159,21 @@ pub fn run(
 }
 
 /// One look at the mesh; the number of tunnel peers applied.
-fn pass(kube: &mut KubeBackend, reconciler: &mut Reconciler, o: &Options) -> Result<usize, String> {
-    let loaded = kube.observe().map_err(|e| e.to_string())?;
+fn pass(
+    kube: &mut KubeBackend,
+    reconciler: &mut Reconciler,
+    o: &Options,
+    said: &mut Vec<String>,
+) -> Result<usize, String> {
+    let mut loaded = kube.observe().map_err(|e| e.to_string())?;
+    let (options, notes) = loaded.announced.resolve(o.given, &loaded.options);
+    loaded.options = options;
+    if notes != *said {
+        for n in &notes {
+            tracing::warn!("{n}");
+        }
+        *said = notes;
+    }
     // Staleness as the agents judge it: the cluster's check-in limits.
     let clock = kube.liveness(crate::backend::unix_now());
     let topology =
@@ -181,6 +198,7 @@ mod tests {
             listen_port: 51820,
             mtu: 1420,
             resync: Duration::from_secs(30),
+            given: Given::default(),
             keep_peer: false,
         }
     }

@@ -197,14 +197,18 @@ pub fn peer_as_peer_conf(
     Ok(render_peer(&conf, name, format))
 }
 
-/// A Kilo `Peer` resource for `p`. The keepalive is in seconds (kgctl's
-/// manifests carry nanoseconds there, a known bug we do not copy).
+/// A Kilo `Peer` resource for `p`, field for field what kgctl prints (the
+/// API machinery's `creationTimestamp: null` included; a keepalive of 0
+/// and an absent key or endpoint left out), except that the keepalive is
+/// in seconds: kgctl's carries nanoseconds, a known bug we do not copy.
 pub fn peer_manifest(p: &PeerConfig, name: &str) -> Value {
     let mut spec = json!({
         "allowedIPs": p.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "publicKey": p.public_key.to_base64(),
-        "persistentKeepalive": p.persistent_keepalive,
     });
+    if p.persistent_keepalive > 0 {
+        spec["persistentKeepalive"] = json!(p.persistent_keepalive);
+    }
     if let Some(ep) = &p.endpoint {
         let dns_or_ip = match ep {
             Endpoint::Ip(a) => json!({"ip": a.ip().to_string()}),
@@ -218,7 +222,7 @@ pub fn peer_manifest(p: &PeerConfig, name: &str) -> Value {
     json!({
         "apiVersion": "kilo.squat.ai/v1alpha1",
         "kind": "Peer",
-        "metadata": {"name": name},
+        "metadata": {"creationTimestamp": null, "name": name},
         "spec": spec,
     })
 }

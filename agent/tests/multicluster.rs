@@ -1,8 +1,11 @@
-//! Two clusters joined live, Kilo's multi-cluster recipe: two in-memory API
-//! servers, one node in each (in network namespaces on a shared
-//! "internet"), each running weft-agent against its own cluster with a pod
-//! wired by weft-cni. Each cluster's node is exported with `weftctl
-//! showconf node N --as-peer -o yaml --allowed-ips ...` and applied as a
+//! Two clusters joined live, Kilo's multi-cluster recipe exactly as its
+//! talk shows it: two in-memory API servers, one node in each (in network
+//! namespaces on a shared "internet"), each running weft-agent against its
+//! own cluster with a pod wired by weft-cni; cluster B's agents run on
+//! another WireGuard subnet (10.14.0.0/16). Each cluster's node is exported
+//! with `weftctl showconf node N --as-peer -o yaml --allowed-ips
+//! SERVICECIDR`, given no mesh-wide flag (weftctl reads the cluster's
+//! subnet from its leaders' annotations, as kgctl does), and applied as a
 //! Peer in the other cluster; then a pod in cluster A reaches a pod in
 //! cluster B and back, through the tunnel between the two leaders.
 
@@ -26,10 +29,12 @@ struct Cluster {
     address: &'static str,
     api_address: &'static str,
     pod_cidr: &'static str,
-    /// The cluster's pod range and WireGuard pool, which must not overlap
-    /// the other cluster's.
-    pod_range: &'static str,
+    /// The cluster's service range and WireGuard pool, which must not
+    /// overlap the other cluster's.
+    service_cidr: &'static str,
     subnet: &'static str,
+    /// The address its agent gives its leader (the pool's first).
+    wireguard_ip: &'static str,
 }
 
 const A: Cluster = Cluster {
@@ -38,17 +43,19 @@ const A: Cluster = Cluster {
     address: "203.0.113.11",
     api_address: "203.0.113.1",
     pod_cidr: "10.42.1.0/24",
-    pod_range: "10.42.0.0/16",
+    service_cidr: "10.43.0.0/16",
     subnet: "10.4.0.0/16",
+    wireguard_ip: "10.4.0.1",
 };
 const B: Cluster = Cluster {
     name: "b",
     node: "b-1",
     address: "203.0.113.21",
     api_address: "203.0.113.2",
-    pod_cidr: "10.43.1.0/24",
-    pod_range: "10.43.0.0/16",
-    subnet: "10.5.0.0/16",
+    pod_cidr: "10.44.1.0/24",
+    service_cidr: "10.45.0.0/16",
+    subnet: "10.14.0.0/16",
+    wireguard_ip: "10.14.0.1",
 };
 
 /// Everything the test creates; removed on drop, failure or not.
@@ -225,34 +232,44 @@ impl World {
             .to_string()
     }
 
-    /// `weftctl showconf node N --as-peer -o yaml` against `c`'s API (run
-    /// where the API is reachable: on the cluster's node): the Peer the
-    /// other cluster applies.
-    fn export_as_peer(&self, c: &Cluster, kubeconfig: &Path, extra: &str) -> Value {
+    /// weftctl against `c`'s API, run where the API is reachable (on the
+    /// cluster's node), with no mesh-wide flag: what it prints, and what it
+    /// said on stderr.
+    fn weftctl(&self, c: &Cluster, kubeconfig: &Path, args: &[&str]) -> (String, String) {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns(c.node), WEFTCTL])
             .args(["--backend", "kubernetes", "--kubeconfig"])
             .arg(kubeconfig)
-            .args([
-                "--subnet",
-                c.subnet,
+            .args(args)
+            .output()
+            .expect("weftctl");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "weftctl {args:?}: {stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    }
+
+    /// `weftctl showconf node N --as-peer -o yaml --allowed-ips SERVICECIDR`:
+    /// the Peer the other cluster applies (`| kubectl apply -f -`).
+    fn export_as_peer(&self, c: &Cluster, kubeconfig: &Path) -> Value {
+        let (yaml, stderr) = self.weftctl(
+            c,
+            kubeconfig,
+            &[
                 "showconf",
                 "node",
                 c.node,
                 "--as-peer",
                 "-o",
                 "yaml",
-            ])
-            .args(["--allowed-ips", extra])
-            .output()
-            .expect("weftctl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+                "--allowed-ips",
+                c.service_cidr,
+            ],
         );
-        let yaml: serde_yaml::Value =
-            serde_yaml::from_slice(&out.stdout).expect("weftctl prints YAML");
+        assert!(
+            stderr.is_empty(),
+            "weftctl had to guess or found a dispute: {stderr}"
+        );
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("weftctl prints YAML");
         serde_json::to_value(yaml).expect("JSON-shaped")
     }
 
@@ -295,15 +312,53 @@ fn two_clusters_joined_by_peers_reach_each_others_pods() {
     let pod_b = w.add_pod(&B);
     assert!(!w.ping(&A, &pod_b), "not joined yet");
 
-    // Each cluster's node, as a Peer of the other: its segment plus the
-    // cluster's whole pod range.
+    // Each cluster's node, as a Peer of the other: its segment (pods,
+    // node, leader's WireGuard IP in its own cluster's pool) plus the
+    // cluster's services.
     let started = Instant::now();
-    let peer_a = w.export_as_peer(&A, &kube_a, A.pod_range);
-    let peer_b = w.export_as_peer(&B, &kube_b, B.pod_range);
-    assert_eq!(peer_a["kind"], "Peer");
-    assert_eq!(peer_a["metadata"]["name"], A.node);
+    let peer_a = w.export_as_peer(&A, &kube_a);
+    let peer_b = w.export_as_peer(&B, &kube_b);
+    for (peer, c, api) in [(&peer_a, &A, &api_a), (&peer_b, &B, &api_b)] {
+        let announced = &api.get("nodes", c.node).expect("node")["metadata"]["annotations"];
+        // The agent leads its one-node cluster at its pool's first address.
+        assert_eq!(
+            announced["kilo.squat.ai/wireguard-ip"],
+            json!(format!("{}/16", c.wireguard_ip))
+        );
+        let key = announced["kilo.squat.ai/key"].clone();
+        // kgctl's manifest, field for field: what the API machinery prints
+        // for a Peer with no keepalive. (The node has a public address only,
+        // so no internal IP to route.)
+        let expected = json!({
+            "apiVersion": "kilo.squat.ai/v1alpha1",
+            "kind": "Peer",
+            "metadata": {"creationTimestamp": null, "name": c.node},
+            "spec": {
+                "allowedIPs": [c.pod_cidr, format!("{}/32", c.wireguard_ip), c.service_cidr],
+                "endpoint": {"dnsOrIP": {"ip": c.address}, "port": 51820},
+                "publicKey": key,
+            },
+        });
+        assert_eq!(*peer, expected, "{}'s Peer", c.node);
+    }
     api_b.put("peers", peer_a);
     api_a.put("peers", peer_b);
+    // Each cluster's weftctl shows the other's leader at the address its
+    // tunnel holds, in the other's pool.
+    for (c, kube, other) in [(&A, &kube_a, &B), (&B, &kube_b, &A)] {
+        let shown = testkit::wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+            let (conf, _) = w.weftctl(c, kube, &["showconf", "node", c.node]);
+            conf.contains(&format!("{}/32", other.wireguard_ip))
+                .then_some(conf)
+        });
+        assert!(
+            shown.is_some(),
+            "{}: weftctl showconf does not list {}'s leader at {}",
+            c.node,
+            other.node,
+            other.wireguard_ip
+        );
+    }
 
     let reached = testkit::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
         w.ping(&A, &pod_b) && w.ping(&B, &pod_a)
@@ -330,7 +385,7 @@ fn two_clusters_joined_by_peers_reach_each_others_pods() {
             info.peers[0]
                 .allowed_ips
                 .iter()
-                .any(|p| p.to_string() == other.pod_range),
+                .any(|p| p.to_string() == other.service_cidr),
             "{}: {:?}",
             c.node,
             info.peers[0].allowed_ips

@@ -152,6 +152,7 @@ impl MeshFile {
             snapshot,
             rejected,
             warnings: Vec::new(),
+            announced: Default::default(),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! clock of its own: everything here is tested with tables, without root,
 //! and the fuzz targets link it without the agent's client stack.
 
+pub mod announced;
 pub mod desired;
 pub mod failover;
 pub mod file;
@@ -13,6 +14,7 @@ pub mod model;
 pub mod objects;
 pub mod topology;
 
+pub use announced::{Announced, Given};
 pub use desired::{DesiredState, PeerConfig, Route, RouteDevice, WireGuardConfig};
 pub use liveness::{Limits, Liveness, OutageLog};
 pub use model::{

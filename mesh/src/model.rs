@@ -455,6 +455,9 @@ pub struct Loaded {
     pub rejected: Vec<RecordError>,
     /// Records kept, but with a field ignored.
     pub warnings: Vec<RecordError>,
+    /// The mesh-wide options the nodes announce (none from a mesh file,
+    /// which carries its options itself).
+    pub announced: crate::announced::Announced,
 }
 
 /// What a node announces about itself: Kilo's agent-owned annotations.

@@ -327,6 +327,7 @@ fn connect(backend: &BackendArgs, args: &ConnectArgs) -> Result<(), String> {
         mtu: args.mtu,
         resync: std::time::Duration::from_secs(args.resync),
         keep_peer: args.keep_peer,
+        given: backend.given(),
     };
     weft_agent::connect::run(&mut kube, &woken, &mut reconciler, &options, &stop)
 }
@@ -387,7 +388,10 @@ fn load(args: &BackendArgs) -> Result<(Loaded, Liveness), String> {
     // weftctl only reads: no node of its own to announce.
     let mut backend = args.open("", weft_agent::backend::Waker::new().0)?;
     wait_ready(backend.as_ref())?;
-    let loaded = backend.observe().map_err(|e| e.to_string())?;
+    let mut loaded = backend.observe().map_err(|e| e.to_string())?;
+    for note in args.resolve_options(&mut loaded) {
+        eprintln!("weftctl: {note}");
+    }
     Ok((loaded, backend.liveness(weft_agent::backend::unix_now())))
 }
 

@@ -94,6 +94,8 @@ struct Memory {
     applied: Option<DesiredState>,
     /// Whether the wait for the backend's first picture was logged.
     waiting_logged: bool,
+    /// Mesh-wide options other nodes announce differently, as last logged.
+    disagreements: Vec<String>,
 }
 
 pub struct Controller {
@@ -238,6 +240,15 @@ impl Controller {
                 return;
             }
         };
+        let disagreements = loaded
+            .announced
+            .disagreements(&loaded.options, &self.hostname);
+        if disagreements != self.memory.disagreements {
+            for d in &disagreements {
+                tracing::warn!("{d}");
+            }
+            self.memory.disagreements = disagreements;
+        }
         let clock = self.backend.liveness(unix_now());
         let topology = Topology::new(&loaded.snapshot, &loaded.options, clock);
         // What was left out or ignored, including prefixes that Peers or

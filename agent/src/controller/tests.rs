@@ -50,6 +50,7 @@ impl Backend for ScriptedBackend {
             snapshot,
             rejected: self.rejected.lock().unwrap().clone(),
             warnings: Vec::new(),
+            announced: Default::default(),
         })
     }
     fn describe(&self) -> String {

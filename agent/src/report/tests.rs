@@ -29,6 +29,7 @@ fn mesh() -> (Loaded, Topology) {
             reason: "not a WireGuard key".into(),
         }],
         warnings: Vec::new(),
+        announced: Default::default(),
     };
     let topology = Topology::new(&loaded.snapshot, &loaded.options, NOW).expect("topology");
     (loaded, topology)

@@ -19,7 +19,8 @@
 //!   answers again.
 
 use super::annotations::{
-    check_in_value, owned_annotations, owned_patch, raw_node, CHECK_IN_PERIOD,
+    check_in_value, owned_annotations, owned_patch, raw_node, CHECK_IN_PERIOD, GRANULARITY,
+    WIREGUARD_IP,
 };
 use super::check_in::{last_seen, next_expiry, CheckIn, Freshness};
 use super::events::{event_key, Events};
@@ -30,7 +31,7 @@ use super::peer::{raw_peer, Peer, PeerSpec};
 use super::{API_CALL_TIMEOUT, FIELD_MANAGER};
 use crate::backend::unix_now;
 use crate::backend::{Backend, BackendError, Loaded, SelfReport, Waker};
-use crate::mesh::{Limits, Liveness, MeshOptions, RecordError, Snapshot};
+use crate::mesh::{Announced, Limits, Liveness, MeshOptions, RecordError, Snapshot};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
@@ -398,7 +399,15 @@ impl Backend for KubeBackend {
         }
         self.freshness.next_expiry = next_expiry(nodes.iter().filter_map(|n| last_seen(n)), &clock);
         *self.shared.stale.lock().unwrap_or_else(|e| e.into_inner()) = stale;
+        let mut announced = Announced::default();
         for node in nodes {
+            let meta = node.as_ref().meta();
+            let annotation = |key| meta.annotations.as_ref()?.get(key).map(String::as_str);
+            announced.add(
+                meta.name.as_deref().unwrap_or_default(),
+                annotation(WIREGUARD_IP),
+                annotation(GRANULARITY),
+            );
             let (raw, w) = raw_node(node.as_ref(), &self.settings.topology_label);
             warnings.extend(w);
             match raw.parse() {
@@ -419,6 +428,7 @@ impl Backend for KubeBackend {
             snapshot,
             rejected,
             warnings,
+            announced,
         })
     }
 
