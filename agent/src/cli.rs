@@ -5,7 +5,7 @@
 use crate::backend::k8s::annotations::DEFAULT_TOPOLOGY_LABEL;
 use crate::backend::k8s::{KubeBackend, KubeSettings};
 use crate::backend::{Backend, FileBackend, Loaded, Waker};
-use crate::mesh::{Encapsulate, Given, Granularity, MeshOptions};
+use crate::mesh::{Encapsulate, Given, Granularity, MeshOptions, Mtu};
 use ipnet::IpNet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,8 +61,13 @@ pub struct BackendArgs {
     #[arg(long, default_value = "always", value_parser = parse_encapsulate)]
     pub encapsulate: Encapsulate,
     /// Kubernetes backend: MTU of the tunnel and of the pods' interfaces.
-    #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u16).range(1280..))]
-    pub mtu: u16,
+    /// auto: each node measures the underlay towards its tunnels' far ends
+    /// (the route's MTU, else its link's) and leaves room for WireGuard (60
+    /// bytes over IPv4, 80 over IPv6), taking the smallest; re-measured on
+    /// every pass. A number (at least 1280) is used as it is. (A mesh file
+    /// says `mtu:` in its options, auto when absent.)
+    #[arg(long, default_value = "auto", value_parser = parse_mtu)]
+    pub mtu: Mtu,
     /// Kubernetes backend: seconds between this node's check-ins
     /// (kilo.squat.ai/last-seen). Kilo's 30 is what Kilo nodes expect;
     /// labs and tests shorten it.
@@ -80,6 +85,10 @@ pub struct BackendArgs {
 }
 
 fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    s.parse()
+}
+
+fn parse_mtu(s: &str) -> Result<Mtu, String> {
     s.parse()
 }
 

@@ -10,6 +10,7 @@ pub mod http;
 /// The mesh core lives in its own crate; its old path stays.
 pub use weft_mesh as mesh;
 pub mod metrics;
+pub mod mtu;
 pub mod probe;
 pub mod reconcile;
 pub mod render;

@@ -3,6 +3,8 @@
 //! per peer the tunnel's traffic, handshake age and reachability (Kilo needs
 //! a separate exporter for those). The names are the documented ones.
 //!
+//! `weft_mtu_bytes` is the MTU the node chose for its tunnel and pods.
+//!
 //! For alerts and dashboards that speak of locations: `weft_node_info`
 //! (1, labelled with this node's name and location), `weft_ready` (what
 //! `/readyz` answers, as 1 or 0), and the per-peer series labelled with the
@@ -238,6 +240,7 @@ pub struct Metrics {
     leader: Gauge,
     api_reachable: Gauge,
     ready: Gauge,
+    mtu: Gauge,
     node_info: Family<NodeInfo, Gauge>,
     reconciles: Counter,
     errors: Family<Stage, Counter>,
@@ -265,6 +268,7 @@ impl Metrics {
         let leader = Gauge::default();
         let api_reachable = Gauge::default();
         let ready = Gauge::default();
+        let mtu = Gauge::default();
         let node_info = Family::<NodeInfo, Gauge>::default();
         let reconciles = Counter::default();
         let errors = Family::<Stage, Counter>::default();
@@ -292,6 +296,11 @@ impl Metrics {
             "weft_ready",
             "1 while every readiness check passes (what /readyz answers)",
             ready.clone(),
+        );
+        registry.register(
+            "weft_mtu_bytes",
+            "The MTU this node gives its tunnel and its pods' interfaces (--mtu auto: measured on the underlay; 0 before the first pass)",
+            mtu.clone(),
         );
         registry.register(
             "weft_node_info",
@@ -341,6 +350,7 @@ impl Metrics {
             leader,
             api_reachable,
             ready,
+            mtu,
             node_info,
             reconciles,
             errors,
@@ -375,6 +385,10 @@ impl Metrics {
             .identities
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = identities;
+    }
+
+    pub fn set_mtu(&self, mtu: u16) {
+        self.mtu.set(i64::from(mtu));
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -17,6 +17,7 @@ pub mod handoff;
 pub mod handshake_budget;
 mod inbound;
 mod index;
+mod link_events;
 pub mod offload;
 pub mod outbound;
 mod peer;

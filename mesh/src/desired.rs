@@ -86,6 +86,17 @@ pub struct DesiredState {
     pub mtu: u16,
 }
 
+impl DesiredState {
+    /// Puts in the MTU an agent measured (for `Mtu::Auto`): the tunnel's,
+    /// and the pods' interfaces', which must fit through it.
+    pub fn set_mtu(&mut self, mtu: u16) {
+        self.mtu = mtu;
+        if let Some(wg) = &mut self.wireguard {
+            wg.mtu = mtu;
+        }
+    }
+}
+
 fn host(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
@@ -211,7 +222,7 @@ impl Topology {
                     .endpoint
                     .as_ref()
                     .map_or(self.options.port, Endpoint::port),
-                mtu: self.options.mtu,
+                mtu: self.options.mtu.planned(),
                 peers,
             })
         } else {
@@ -271,7 +282,7 @@ impl Topology {
             encapsulation,
             private_ip: private,
             pod_cidrs: me.pod_cidrs.clone(),
-            mtu: self.options.mtu,
+            mtu: self.options.mtu.planned(),
         })
     }
 }

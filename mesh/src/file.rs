@@ -19,7 +19,7 @@
 //! the mesh stands.
 
 use crate::{
-    Encapsulate, Granularity, Loaded, MeshOptions, RawNode, RawPeer, RecordError, Snapshot,
+    Encapsulate, Granularity, Loaded, MeshOptions, Mtu, RawNode, RawPeer, RecordError, Snapshot,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -35,8 +35,17 @@ pub struct RawOptions {
     pub port: Option<u16>,
     #[serde(default)]
     pub encapsulate: Option<Encapsulate>,
+    /// A number, or `auto` (the default).
     #[serde(default)]
-    pub mtu: Option<u16>,
+    pub mtu: Option<RawMtu>,
+}
+
+/// `mtu:` as written: a number or a word.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawMtu {
+    Number(u16),
+    Word(String),
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -113,15 +122,23 @@ impl MeshFile {
         if let Some(e) = o.encapsulate {
             options.encapsulate = e;
         }
-        if let Some(m) = o.mtu {
-            if !(1280..=9000).contains(&m) {
+        match &o.mtu {
+            None => {}
+            Some(RawMtu::Number(m)) if (Mtu::MIN..=9000).contains(m) => {
+                options.mtu = Mtu::Fixed(*m)
+            }
+            Some(RawMtu::Word(w)) if w == "auto" => options.mtu = Mtu::Auto,
+            Some(other) => {
+                let shown = match other {
+                    RawMtu::Number(m) => m.to_string(),
+                    RawMtu::Word(w) => format!("{w:?}"),
+                };
                 return Err(FileError::Option {
                     path: name.to_string(),
                     field: "mtu",
-                    reason: format!("{m} is outside 1280..9000"),
+                    reason: format!("{shown} is neither auto nor within 1280..9000"),
                 });
             }
-            options.mtu = m;
         }
         let mut snapshot = Snapshot::default();
         let mut rejected = Vec::new();
@@ -206,6 +223,7 @@ mod tests {
             ("options: {subnet: nope}", "options.subnet"),
             ("options: {port: 0}", "options.port"),
             ("options: {mtu: 100}", "options.mtu"),
+            ("options: {mtu: big}", "options.mtu"),
             ("options: {granularity: mesh}", "unknown variant"),
             ("nodes: [{name: a, colour: red}]", "unknown field"),
         ] {

@@ -64,6 +64,58 @@ macro_rules! named {
 named!(Granularity { Location => "location", Full => "full", Cross => "cross" });
 named!(Encapsulate { Never => "never", CrossSubnet => "crosssubnet", Always => "always" });
 
+/// The tunnel's MTU: measured from the underlay on each node (`auto`), or
+/// one number for every node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mtu {
+    /// The largest that fits the underlay towards every peer, found by
+    /// each node's agent (the core, which does no I/O, plans with
+    /// [`Mtu::FALLBACK`] until the agent puts in what it measured).
+    #[default]
+    Auto,
+    Fixed(u16),
+}
+
+impl Mtu {
+    /// WireGuard's customary MTU: a 1500-byte underlay less IPv6's overhead.
+    pub const FALLBACK: u16 = 1420;
+    /// The smallest MTU IPv6 allows a link, so pods of both families work.
+    pub const MIN: u16 = 1280;
+
+    /// The number the core plans with.
+    pub fn planned(self) -> u16 {
+        match self {
+            Mtu::Auto => Self::FALLBACK,
+            Mtu::Fixed(m) => m,
+        }
+    }
+}
+
+impl FromStr for Mtu {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Mtu::Auto);
+        }
+        match s.parse::<u16>() {
+            Ok(m) if m >= Self::MIN => Ok(Mtu::Fixed(m)),
+            _ => Err(format!(
+                "{s:?} is neither auto nor an MTU of {} to 65535",
+                Self::MIN
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Mtu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mtu::Auto => f.write_str("auto"),
+            Mtu::Fixed(m) => write!(f, "{m}"),
+        }
+    }
+}
+
 /// Mesh-wide settings; every node must use the same ones to agree.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeshOptions {
@@ -72,7 +124,7 @@ pub struct MeshOptions {
     pub subnet: IpNet,
     pub port: u16,
     pub encapsulate: Encapsulate,
-    pub mtu: u16,
+    pub mtu: Mtu,
 }
 
 impl Default for MeshOptions {
@@ -84,7 +136,7 @@ impl Default for MeshOptions {
                 .unwrap_or(IpNet::V4(Default::default())),
             port: 51820,
             encapsulate: Encapsulate::Never,
-            mtu: 1420,
+            mtu: Mtu::Auto,
         }
     }
 }

@@ -201,6 +201,25 @@ impl Topology {
         })
     }
 
+    /// Where `node`'s cross-location traffic is carried to over the
+    /// underlay: the endpoints of the segments its segment has tunnels to
+    /// and of the Peers (what its leader's tunnel sends to; the agent
+    /// measures the path to each to find the tunnel's MTU). Empty when
+    /// the node is not in the mesh or its segment has nobody to reach.
+    pub fn underlay_targets(&self, node: &str) -> Vec<Endpoint> {
+        let Some((si, _)) = self.find(node) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Endpoint> = (0..self.segments.len())
+            .filter(|&j| self.tunnelled(si, j))
+            .filter_map(|j| self.segments[j].endpoint(&self.discovered))
+            .chain(self.peers.iter().filter_map(|p| p.endpoint.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Whether two segments are joined by a tunnel: always, except between
     /// segments of one location under `cross` granularity.
     pub fn tunnelled(&self, a: usize, b: usize) -> bool {
@@ -438,6 +457,63 @@ mod tests {
                 "10.4.0.1/32"
             ]
         );
+    }
+
+    #[test]
+    fn underlay_targets_are_the_far_ends_of_the_tunnels() {
+        let nodes = vec![
+            node(
+                "a",
+                "aws",
+                "3.0.0.1:51820",
+                Some("10.0.0.1/24"),
+                "10.42.0.0/24",
+                false,
+            ),
+            node(
+                "b",
+                "aws",
+                "3.0.0.2:51820",
+                Some("10.0.0.2/24"),
+                "10.42.1.0/24",
+                false,
+            ),
+            node(
+                "c",
+                "gcp",
+                "[2600::1]:51820",
+                Some("10.1.0.1/24"),
+                "10.42.2.0/24",
+                false,
+            ),
+        ];
+        let mut laptop = peer("laptop", &["10.5.0.1/32"]);
+        laptop.endpoint = Some("198.51.100.7:51820".parse().unwrap());
+        let s = snapshot(
+            nodes.clone(),
+            vec![laptop, peer("roaming", &["10.5.0.2/32"])],
+        );
+        let shown = |t: &Topology, n: &str| -> Vec<String> {
+            t.underlay_targets(n)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let t = Topology::new(&s, &MeshOptions::default(), 0).unwrap();
+        // Leader and member alike: gcp's leader and the Peer with an
+        // endpoint (the member's traffic leaves through its leader, over
+        // the same kind of underlay).
+        assert_eq!(shown(&t, "a"), ["198.51.100.7:51820", "[2600::1]:51820"]);
+        assert_eq!(shown(&t, "b"), shown(&t, "a"));
+        assert_eq!(shown(&t, "c"), ["3.0.0.1:51820", "198.51.100.7:51820"]);
+        assert!(t.underlay_targets("nobody").is_empty());
+        // Full: a's segment tunnels to b's too.
+        let full = MeshOptions {
+            granularity: Granularity::Full,
+            ..Default::default()
+        };
+        let t = Topology::new(&snapshot(nodes, vec![]), &full, 0).unwrap();
+        assert_eq!(shown(&t, "a"), ["3.0.0.2:51820", "[2600::1]:51820"]);
     }
 
     #[test]

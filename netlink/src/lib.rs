@@ -9,7 +9,7 @@ use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute}
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 pub use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
@@ -22,6 +22,7 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub struct LinkInfo {
     pub index: u32,
+    pub name: String,
     pub mac: String,
     pub mtu: u32,
 }
@@ -98,11 +99,13 @@ async fn first_link(
         Ok(Some(msg)) => {
             let mut info = LinkInfo {
                 index: msg.header.index,
+                name: String::new(),
                 mac: String::new(),
                 mtu: 0,
             };
             for a in msg.attributes {
                 match a {
+                    LinkAttribute::IfName(n) => info.name = n,
                     LinkAttribute::Address(b) => info.mac = mac_string(&b),
                     LinkAttribute::Mtu(m) => info.mtu = m,
                     _ => {}
@@ -575,6 +578,52 @@ impl Netlink {
             .collect())
     }
 
+    /// The kernel's answer to `ip route get DST`: the link that would carry
+    /// a packet to `dst` and the path MTU the route says, if it says one
+    /// (a route's `mtu` metric, or one learned from ICMP). `None` when
+    /// nothing routes there.
+    pub fn route_to(&self, dst: IpAddr) -> Result<Option<PathTo>, NetlinkError> {
+        let msg = match dst {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let mut s = h.route().get(msg).execute();
+            let reply = match s.try_next().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(None),
+                Err(e)
+                    if is_errno(&e, libc::ENETUNREACH)
+                        || is_errno(&e, libc::EHOSTUNREACH)
+                        || is_errno(&e, libc::ESRCH) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(nl_err(format!("route to {dst}"), e)),
+            };
+            let mut path = PathTo { oif: 0, mtu: None };
+            for a in reply.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => path.oif = i,
+                    RouteAttribute::Metrics(metrics) => {
+                        for m in metrics {
+                            if let RouteMetric::Mtu(v) = m {
+                                path.mtu = Some(v).filter(|v| *v > 0);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok((path.oif != 0).then_some(path))
+        })
+    }
+
     /// Every route of one family with its protocol and table.
     fn list_routes(&self, v4: bool) -> Result<Vec<(RouteProtocol, u8, OwnedRoute)>, NetlinkError> {
         let msg = if v4 {
@@ -652,6 +701,15 @@ pub struct VxlanSpec {
     pub port: u16,
     pub mac: [u8; 6],
     pub mtu: u32,
+}
+
+/// Where the kernel sends packets for one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathTo {
+    /// The output link's index.
+    pub oif: u32,
+    /// The route's MTU, where it has one (else the link's applies).
+    pub mtu: Option<u32>,
 }
 
 /// A route as its owner describes it.

@@ -21,8 +21,9 @@ pub mod schedule;
 
 use crate::backend::{unix_now, Backend};
 use crate::forwarding::{self, Family, Sysctls};
-use crate::mesh::{DesiredState, RecordError, Topology};
+use crate::mesh::{DesiredState, Endpoint, Mtu, RecordError, Topology};
 use crate::metrics::{ErrorStage, Metrics, PeerIdentity, PeerStat};
+use crate::mtu::{self, Choice, Underlay};
 use crate::reconcile::{Changes, ReconcileError, Reconciler};
 use crate::status::Status;
 use announce::Announcer;
@@ -50,6 +51,8 @@ pub trait NodeNetwork {
     fn cni_status(&self, desired: &DesiredState) -> Result<(), String>;
     /// The tunnel's peers as reported after the last apply.
     fn tunnel_peers(&self) -> Vec<PeerInfo>;
+    /// The underlay's paths towards `towards` (see `Reconciler::underlay`).
+    fn underlay(&self, towards: &[Endpoint]) -> Vec<Underlay>;
     /// Removes what the agent created (`--clean-up`).
     fn clean_up(&mut self) -> Result<(), ReconcileError>;
 }
@@ -76,6 +79,9 @@ impl NodeNetwork for HostNetwork {
     fn tunnel_peers(&self) -> Vec<PeerInfo> {
         self.reconciler.tunnel_peers().to_vec()
     }
+    fn underlay(&self, towards: &[Endpoint]) -> Vec<Underlay> {
+        self.reconciler.underlay(towards)
+    }
     fn clean_up(&mut self) -> Result<(), ReconcileError> {
         self.reconciler.clean_up()
     }
@@ -96,6 +102,8 @@ struct Memory {
     waiting_logged: bool,
     /// Mesh-wide options other nodes announce differently, as last logged.
     disagreements: Vec<String>,
+    /// The tunnel's MTU as last chosen (and logged).
+    mtu: Option<Choice>,
 }
 
 pub struct Controller {
@@ -285,7 +293,10 @@ impl Controller {
             }
         };
         let nodes = topology.segments.iter().map(|s| s.nodes.len()).sum();
-        let desired = topology.desired_state(&self.hostname);
+        let mut desired = topology.desired_state(&self.hostname);
+        if let Some(d) = desired.as_mut() {
+            d.set_mtu(self.choose_mtu(loaded.options.mtu, &topology));
+        }
         if let Some(a) = self.announcer.as_mut() {
             a.watch.follow(&topology, &self.hostname);
         }
@@ -302,6 +313,29 @@ impl Controller {
         // Published after applying, whatever its outcome: a node outside
         // the mesh (no key announced yet) gets in only by announcing.
         self.publish(&topology);
+    }
+
+    /// The tunnel's and pods' MTU: fixed, or measured on the underlay
+    /// towards the tunnels' far ends (every pass, so a changed underlay is
+    /// followed). Logged when it changes.
+    fn choose_mtu(&mut self, policy: Mtu, topology: &Topology) -> u16 {
+        let measured = match policy {
+            Mtu::Auto => self
+                .network
+                .underlay(&topology.underlay_targets(&self.hostname)),
+            Mtu::Fixed(_) => Vec::new(),
+        };
+        let choice = mtu::choose(policy, &measured);
+        if self.memory.mtu.as_ref().map(|c| c.mtu) != Some(choice.mtu) {
+            match &choice.problem {
+                Some(_) => tracing::warn!(mtu = choice.mtu, "tunnel and pod MTU {choice}"),
+                None => tracing::info!(mtu = choice.mtu, "tunnel and pod MTU {choice}"),
+            }
+            self.metrics.set_mtu(choice.mtu);
+        }
+        let mtu = choice.mtu;
+        self.memory.mtu = Some(choice);
+        mtu
     }
 
     /// This node's location and who each tunnel peer is, for the metrics'

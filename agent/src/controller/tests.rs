@@ -8,6 +8,7 @@ use crate::backend::{BackendError, Loaded, SelfReport, Waker};
 use crate::discover::Discovered;
 use crate::mesh::testing::{key_for, node, snapshot};
 use crate::mesh::{MeshOptions, Snapshot};
+use crate::mtu::Underlay;
 use crate::probe::SegmentWatch;
 use std::sync::Mutex;
 
@@ -15,6 +16,8 @@ use std::sync::Mutex;
 #[derive(Default)]
 struct Journal {
     steps: Vec<String>,
+    /// The far ends the underlay was last measured towards.
+    measured_towards: Vec<Endpoint>,
     published: Vec<SelfReport>,
     applied: Vec<DesiredState>,
     problems: Vec<Vec<RecordError>>,
@@ -74,6 +77,8 @@ struct RecordingNetwork {
     journal: Shared,
     /// The next applies fail with this.
     failing: Arc<Mutex<Option<String>>>,
+    /// What measuring the underlay finds.
+    underlay: Arc<Mutex<Vec<Underlay>>>,
 }
 
 impl NodeNetwork for RecordingNetwork {
@@ -97,6 +102,10 @@ impl NodeNetwork for RecordingNetwork {
     }
     fn tunnel_peers(&self) -> Vec<PeerInfo> {
         Vec::new()
+    }
+    fn underlay(&self, towards: &[Endpoint]) -> Vec<Underlay> {
+        journal(&self.journal).measured_towards = towards.to_vec();
+        self.underlay.lock().unwrap().clone()
     }
     fn clean_up(&mut self) -> Result<(), ReconcileError> {
         journal(&self.journal).steps.push("clean up".into());
@@ -122,8 +131,10 @@ struct Rig {
     rejected: Arc<Mutex<Vec<RecordError>>>,
     ready: Arc<AtomicBool>,
     failing: Arc<Mutex<Option<String>>>,
+    underlay: Arc<Mutex<Vec<Underlay>>>,
     waker: Waker,
     status: Arc<Status>,
+    metrics: Arc<Metrics>,
 }
 
 /// Node a leads location aws; b is in gcp.
@@ -157,6 +168,8 @@ fn rig(resync: Duration) -> Rig {
     let rejected = Arc::new(Mutex::new(Vec::new()));
     let ready = Arc::new(AtomicBool::new(true));
     let failing = Arc::new(Mutex::new(None));
+    let underlay = Arc::new(Mutex::new(Vec::new()));
+    let metrics = Metrics::new();
     let status = Arc::new(Status::default());
     let (waker, wake) = Waker::new();
     let controller = Controller::new(Parts {
@@ -171,12 +184,13 @@ fn rig(resync: Duration) -> Rig {
         network: Box::new(RecordingNetwork {
             journal: journal.clone(),
             failing: failing.clone(),
+            underlay: underlay.clone(),
         }),
         announcer: Some(Announcer::new(
             Box::new(FixedAddresses),
             SegmentWatch::without_probes(),
         )),
-        metrics: Metrics::new(),
+        metrics: metrics.clone(),
         status: status.clone(),
         resync,
     });
@@ -187,8 +201,10 @@ fn rig(resync: Duration) -> Rig {
         rejected,
         ready,
         failing,
+        underlay,
         waker,
         status,
+        metrics,
     }
 }
 
@@ -206,7 +222,7 @@ fn a_pass_observes_applies_then_publishes_what_it_applied() {
     let applied = &j.applied[0];
     assert!(applied.is_leader);
     assert_eq!(applied.pod_cidrs, ["10.42.0.0/24".parse().unwrap()]);
-    assert_eq!(applied.mtu, MeshOptions::default().mtu);
+    assert_eq!(applied.mtu, 1420, "nothing measured: WireGuard's usual MTU");
     let report = &j.published[0];
     assert_eq!(report.public_key, key_for("a"));
     assert_eq!(report.endpoint, "203.0.113.1:51820");
@@ -261,6 +277,39 @@ fn a_failed_apply_publishes_no_tunnel_address_and_retries_with_back_off() {
     assert!(j.published.last().unwrap().wireguard_ip.is_some());
     let mesh = r.status.ready().1;
     assert!(!mesh.contains("reconcile failed"), "{mesh}");
+}
+
+#[test]
+fn the_mtu_follows_the_underlay_towards_the_tunnels_far_ends() {
+    let mut r = rig(MINUTE);
+    let path = |mtu| Underlay {
+        towards: "198.51.100.1".parse().unwrap(),
+        interface: "eth0".into(),
+        mtu,
+    };
+    *r.underlay.lock().unwrap() = vec![path(1460)];
+    let t0 = Instant::now();
+    assert!(r.controller.turn(t0));
+    {
+        let j = journal(&r.journal);
+        assert_eq!(
+            j.measured_towards,
+            ["198.51.100.1:51820".parse().unwrap()],
+            "b's endpoint, the far end of a's one tunnel"
+        );
+        let applied = &j.applied[0];
+        assert_eq!(applied.mtu, 1400, "1460 less 60 over IPv4: pods too");
+        assert_eq!(applied.wireguard.as_ref().map(|w| w.mtu), Some(1400));
+    }
+    assert!(r.metrics.render().contains("weft_mtu_bytes 1400"));
+    // The underlay changes (jumbo frames): the next pass follows.
+    *r.underlay.lock().unwrap() = vec![path(9001)];
+    r.waker.wake();
+    let passed = (0..2).any(|_| r.controller.turn(t0));
+    assert!(passed);
+    let j = journal(&r.journal);
+    assert_eq!(j.applied.last().map(|d| d.mtu), Some(8941));
+    assert!(r.metrics.render().contains("weft_mtu_bytes 8941"));
 }
 
 #[test]

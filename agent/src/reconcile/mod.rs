@@ -15,8 +15,9 @@ pub mod tunnel;
 pub mod wireguard;
 
 use crate::mesh::{DesiredState, Endpoint, RouteDevice};
+use crate::mtu::Underlay;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use tunnel::{Tunnel, TunnelSettings};
 use weft_netlink::{Cidr, Netlink, OwnedRoute, RouteProtocol, VxlanSpec};
@@ -156,6 +157,40 @@ impl Reconciler {
             )),
             Err(e) => Err(format!("no CNI configuration at {}: {e}", path.display())),
         }
+    }
+
+    /// The paths the kernel would send packets to `towards` along (each
+    /// endpoint resolved as the tunnel would; with none, the default
+    /// route's, as a reference). Nothing is sent: routes are looked up.
+    pub fn underlay(&self, towards: &[Endpoint]) -> Vec<Underlay> {
+        let mut targets: Vec<IpAddr> = towards.iter().filter_map(resolve).map(|a| a.ip()).collect();
+        if targets.is_empty() {
+            // Any global address follows the default route.
+            targets = vec![
+                IpAddr::from([192, 0, 2, 1]),
+                IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+            ];
+        }
+        let mut out = Vec::new();
+        for t in targets {
+            let path = match self.nl.route_to(t) {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!("no route to {t} to measure the underlay by: {e}");
+                    continue;
+                }
+            };
+            let Ok(Some(link)) = self.nl.link_by_index(path.oif) else {
+                continue;
+            };
+            out.push(Underlay {
+                towards: t,
+                interface: link.name,
+                mtu: path.mtu.map_or(link.mtu, |m| m.min(link.mtu)),
+            });
+        }
+        out
     }
 
     /// The tunnel's peers as it reported them after the last pass.
