@@ -51,7 +51,8 @@ pub struct Choice {
     pub mtu: u16,
     /// The path that decided it (`None`: fixed, or nothing measured).
     pub decided_by: Option<Underlay>,
-    /// Set when the measured value could not be used as it is.
+    /// Set when the measured value could not be used as it is (nothing
+    /// measured is no problem: a node may have no far end yet).
     pub problem: Option<String>,
     pub fixed: bool,
 }
@@ -72,7 +73,11 @@ impl fmt::Display for Choice {
                 u.overhead(),
                 if u.towards.is_ipv4() { 4 } else { 6 }
             )?,
-            None => write!(f, "{} (auto)", self.mtu)?,
+            None => write!(
+                f,
+                "{} (auto: no route to measure the underlay by yet; WireGuard's usual value)",
+                self.mtu
+            )?,
         }
         if let Some(p) = &self.problem {
             write!(f, "; {p}")?;
@@ -98,9 +103,7 @@ pub fn choose(policy: Mtu, measured: &[Underlay]) -> Choice {
         return Choice {
             mtu: Mtu::FALLBACK,
             decided_by: None,
-            problem: Some(
-                "no route to measure the underlay by; using WireGuard's usual value".into(),
-            ),
+            problem: None,
             fixed: false,
         };
     };
@@ -172,7 +175,8 @@ mod tests {
         );
         let none = choose(Mtu::Auto, &[]);
         assert_eq!(none.mtu, 1420);
-        assert!(none.problem.is_some());
+        assert!(none.problem.is_none(), "a node alone is not a problem");
+        assert!(none.to_string().contains("no route"), "{none}");
         let tiny = choose(Mtu::Auto, &[path("2001:db8::1", "ppp0", 1300)]);
         assert_eq!(tiny.mtu, 1280);
         assert!(tiny.to_string().contains("only 1220 bytes"), "{tiny}");

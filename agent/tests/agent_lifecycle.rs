@@ -180,9 +180,10 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
     assert!(!set.status.success(), "wg set must be refused");
     assert!(node.sh(&["wg", "show", "weft0", "listen-port"]).trim() == "51820");
     // What `weftctl cni-config` prints (and the containerd CRI e2e runs
-    // weft-cni on) is byte for byte what the agent wrote.
+    // weft-cni on) is byte for byte what the agent wrote, given the MTU the
+    // agent chose: its underlay is a 1500-byte IPv4 link (less 60).
     let printed = Command::new(env!("CARGO_BIN_EXE_weftctl"))
-        .args(["cni-config", "--pod-cidr", "10.42.0.0/24"])
+        .args(["cni-config", "--pod-cidr", "10.42.0.0/24", "--mtu", "1440"])
         .output()
         .expect("weftctl");
     assert_eq!(String::from_utf8_lossy(&printed.stdout), conf);
