@@ -516,6 +516,106 @@ mod tests {
         assert_eq!(shown(&t, "a"), ["3.0.0.2:51820", "[2600::1]:51820"]);
     }
 
+    /// `cross` as Kilo PR #490 (#328 rebased) computes it, on the nodes of
+    /// Kilo's own topology tests: a segment per node (`node:NAME`, so the
+    /// WireGuard IPs go by name), every node its own leader, each node's
+    /// peers the nodes of *other* locations only (a node without an
+    /// internal IP, d, counts as in its location there too), and the
+    /// allowed IPs of `full`. The expectations are the PR's test table
+    /// ("cross from a" .. "cross from d"), read from its diff.
+    #[test]
+    fn cross_is_kilo_pr_490s() {
+        let mut b = node(
+            "b",
+            "2",
+            "10.1.0.2:51820",
+            Some("192.168.0.1/32"),
+            "10.2.2.0/24",
+            false,
+        );
+        b.allowed_location_ips = vec!["192.168.178.3/32".parse().unwrap()];
+        let nodes = vec![
+            node(
+                "a",
+                "1",
+                "10.1.0.1:51820",
+                Some("192.168.0.1/32"),
+                "10.2.1.0/24",
+                false,
+            ),
+            b,
+            node(
+                "c",
+                "2",
+                "10.1.0.3:51820",
+                Some("192.168.0.2/32"),
+                "10.2.3.0/24",
+                false,
+            ),
+            node("d", "1", "10.1.0.4:51820", None, "10.2.4.0/24", false),
+        ];
+        let cross = MeshOptions {
+            granularity: Granularity::Cross,
+            ..Default::default()
+        };
+        let t = Topology::new(&snapshot(nodes, vec![]), &cross, 0).unwrap();
+        let summary: Vec<(String, String, usize, Vec<String>)> = t
+            .segments
+            .iter()
+            .map(|s| {
+                (
+                    s.key.clone(),
+                    s.wireguard_ip.to_string(),
+                    s.leader,
+                    s.allowed_ips.iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect();
+        let row = |k: &str, w: &str, ips: &[&str]| {
+            (
+                k.to_string(),
+                w.to_string(),
+                0,
+                ips.iter().map(|s| s.to_string()).collect(),
+            )
+        };
+        assert_eq!(
+            summary,
+            [
+                row(
+                    "node:a",
+                    "10.4.0.1/16",
+                    &["10.2.1.0/24", "192.168.0.1/32", "10.4.0.1/32"]
+                ),
+                row(
+                    "node:b",
+                    "10.4.0.2/16",
+                    &["10.2.2.0/24", "192.168.0.1/32", "10.4.0.2/32"]
+                ),
+                row(
+                    "node:c",
+                    "10.4.0.3/16",
+                    &["10.2.3.0/24", "192.168.0.2/32", "10.4.0.3/32"]
+                ),
+                row("node:d", "10.4.0.4/16", &["10.2.4.0/24", "10.4.0.4/32"]),
+            ]
+        );
+        assert_eq!(
+            t.segments[1].location_ips,
+            ["192.168.178.3/32".parse::<IpNet>().unwrap()]
+        );
+        let peers_of = |n: &str| -> Vec<String> {
+            t.desired_state(n)
+                .and_then(|d| d.wireguard)
+                .map(|w| w.peers.into_iter().map(|p| p.name).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(peers_of("a"), ["node:b", "node:c"]);
+        assert_eq!(peers_of("b"), ["node:a", "node:d"]);
+        assert_eq!(peers_of("c"), ["node:a", "node:d"]);
+        assert_eq!(peers_of("d"), ["node:b", "node:c"]);
+    }
+
     #[test]
     fn leader_rules() {
         let mk = |name: &str, ep: &str, leader: bool| {
