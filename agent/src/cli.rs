@@ -5,7 +5,7 @@
 use crate::backend::k8s::annotations::DEFAULT_TOPOLOGY_LABEL;
 use crate::backend::k8s::{KubeBackend, KubeSettings};
 use crate::backend::{Backend, FileBackend, Loaded, Waker};
-use crate::mesh::{Encapsulate, Given, Granularity, MeshOptions, Mtu};
+use crate::mesh::{Compatibility, Encapsulate, Given, Granularity, MeshOptions, Mtu};
 use ipnet::IpNet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub struct BackendArgs {
     /// replacing the one the kubeconfig or the in-cluster configuration
     /// names. Needed where the kubernetes Service address does not work
     /// yet, e.g. kubeadm nodes without kube-proxy.
-    #[arg(long, env = "WEFT_API_SERVER")]
+    #[arg(long, env = "WEFT_API_SERVER", alias = "master")]
     pub api_server: Option<String>,
     /// Kubernetes backend: the Node label read as the location when a node
     /// has no kilo.squat.ai/location annotation.
@@ -68,6 +68,18 @@ pub struct BackendArgs {
     /// says `mtu:` in its options, auto when absent.)
     #[arg(long, default_value = "auto", value_parser = parse_mtu)]
     pub mtu: Mtu,
+    /// Kubernetes backend: whether Weft routes inside a location (Kilo's
+    /// --local). --local=false is add-on mode: the CNI already installed
+    /// keeps each location's network, Weft only joins locations, and its
+    /// routes go in a table of their own so the other CNI's stay untouched.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub local: bool,
+    /// Kubernetes backend: the CNI Weft runs on as an add-on (Kilo's
+    /// --compatibility): flannel (its VXLAN backend: members reach their
+    /// leader through flannel.1). Goes with --local=false --cni=false.
+    #[arg(long, default_value = "", value_parser = parse_compatibility)]
+    pub compatibility: Compatibility,
     /// Kubernetes backend: seconds between this node's check-ins
     /// (kilo.squat.ai/last-seen). Kilo's 30 is what Kilo nodes expect;
     /// labs and tests shorten it.
@@ -85,6 +97,10 @@ pub struct BackendArgs {
 }
 
 fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    s.parse()
+}
+
+fn parse_compatibility(s: &str) -> Result<Compatibility, String> {
     s.parse()
 }
 
@@ -107,6 +123,8 @@ impl BackendArgs {
             port: self.port,
             encapsulate: self.encapsulate,
             mtu: self.mtu,
+            local: self.local,
+            compatibility: self.compatibility,
         }
     }
 
@@ -163,12 +181,39 @@ impl BackendArgs {
 /// unreachable and back).
 const DEFAULT_LOG_FILTER: &str = "info,kube_client=off,kube_runtime=error,gotatun=off";
 
+/// Kilo's `--log-level` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    All,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    None,
+}
+
+impl LogLevel {
+    /// The filter it stands for (the default keeps the client libraries'
+    /// chatter out, as [`DEFAULT_LOG_FILTER`] does).
+    pub fn filter(self) -> &'static str {
+        match self {
+            LogLevel::All => "trace",
+            LogLevel::Debug => "debug,kube_client=info,gotatun=info",
+            LogLevel::Info => DEFAULT_LOG_FILTER,
+            LogLevel::Warn => "warn,kube_client=off,kube_runtime=error,gotatun=off",
+            LogLevel::Error => "error,kube_client=off,gotatun=off",
+            LogLevel::None => "off",
+        }
+    }
+}
+
 /// Logs to stderr as weft-agent and `weftctl connect` write them: filtered
-/// by WEFT_LOG (else [`DEFAULT_LOG_FILTER`]), coloured only on a terminal,
-/// as JSON lines when asked.
-pub fn init_logs(json: bool) {
+/// by WEFT_LOG, else by `level`, else [`DEFAULT_LOG_FILTER`]; coloured only
+/// on a terminal; as JSON lines when asked.
+pub fn init_logs(json: bool, level: Option<LogLevel>) {
+    let default = level.map_or(DEFAULT_LOG_FILTER, LogLevel::filter);
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(wgconf::logging::stderr_colour())

@@ -106,6 +106,7 @@ pub fn desired(topology: &Topology, o: &Options) -> Result<DesiredState, String>
         private_ip: None,
         pod_cidrs: Vec::new(),
         mtu: o.mtu,
+        own_table: false,
     })
 }
 
@@ -150,7 +151,9 @@ pub fn run(
         was_woken = woken.recv_timeout(Duration::from_millis(200)).is_ok();
     }
     tracing::info!("disconnecting");
-    let cleaned = reconciler.clean_up().map_err(|e| e.to_string());
+    let cleaned = reconciler
+        .clean_up(crate::reconcile::CleanUp::EVERYTHING)
+        .map_err(|e| e.to_string());
     if !o.keep_peer {
         kube.delete_peer(&o.name).map_err(|e| e.to_string())?;
         tracing::info!(peer = %o.name, "removed the Peer");

@@ -31,6 +31,21 @@ pub struct Discovered {
     pub public_ip: IpAddr,
 }
 
+impl Discovered {
+    /// Kilo's `--prioritise-private-addresses`: the endpoint is built from
+    /// the internal IP where there is one (nodes that reach each other
+    /// over a private network, a VPN or a peering, not the internet).
+    pub fn with_private_endpoint(self) -> Self {
+        match self.internal_ip {
+            Some(ip) => Self {
+                public_ip: ip.addr(),
+                ..self
+            },
+            None => self,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("no usable address on this host (ignored: loopback, link-local, {ignored})")]
 pub struct NoAddress {
@@ -217,5 +232,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("weft0"), "{e}");
+    }
+
+    #[test]
+    fn a_private_endpoint_when_asked_and_possible() {
+        let both = Discovered {
+            internal_ip: Some("10.0.0.5/24".parse().unwrap()),
+            public_ip: "203.0.113.5".parse().unwrap(),
+        };
+        assert_eq!(
+            both.clone().with_private_endpoint().public_ip,
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        let public_only = Discovered {
+            internal_ip: None,
+            ..both
+        };
+        assert_eq!(public_only.clone().with_private_endpoint(), public_only);
     }
 }

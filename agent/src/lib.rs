@@ -5,6 +5,7 @@ pub mod cli;
 pub mod connect;
 pub mod controller;
 pub mod discover;
+pub mod flags;
 pub mod forwarding;
 pub mod http;
 /// The mesh core lives in its own crate; its old path stays.

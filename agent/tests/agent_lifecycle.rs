@@ -46,7 +46,8 @@ impl Node {
         std::fs::write(self.dir.join("mesh.yaml"), mesh).expect("mesh");
     }
 
-    fn start(&self, clean_up: bool) -> Agent {
+    /// Starts the agent with `extra` arguments and waits until it applied.
+    fn start(&self, extra: &[&str]) -> Agent {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns.name, AGENT, "--hostname", "me"])
             .arg("--mesh")
@@ -61,9 +62,7 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(self.log())
             .stderr(self.log());
-        if clean_up {
-            c.arg("--clean-up");
-        }
+        c.args(extra);
         let child = Agent(c.spawn().expect("start agent"));
         let conf = self.dir.join("cni/10-weft.conflist");
         let applied =
@@ -145,7 +144,7 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
 
     // Applied: tunnel address, a route tagged with our protocol, NAT chains,
     // the CNI conflist with the node's pod CIDR.
-    let agent = node.start(false);
+    let agent = node.start(&[]);
     assert!(node
         .sh(&["ip", "-4", "addr", "show", "weft0"])
         .contains("10.4.0.1/16"));
@@ -277,29 +276,41 @@ fn applies_keeps_on_stop_and_cleans_up_on_request() {
         .sh(&["iptables", "-t", "nat", "-S", "WEFT-NAT"])
         .contains("MASQUERADE"));
 
-    // The same key comes back, and --clean-up removes everything on exit.
+    // The same key comes back. Kilo's two flags: --clean-up removes the
+    // routes, rules and conflist but leaves the tunnel running;
+    // --clean-up-interface takes the tunnel too.
     let key_before = std::fs::read_to_string(node.dir.join("key")).expect("key");
     // Removed so that start() can tell when the new agent has applied.
     std::fs::remove_file(node.cni_conf()).expect("remove conflist");
-    let agent = node.start(true);
+    let agent = node.start(&["--clean-up"]);
     assert_eq!(
         std::fs::read_to_string(node.dir.join("key")).expect("key"),
         key_before
     );
     stop(agent);
-    assert!(!node.cni_conf().exists(), "conflist left behind");
-    assert!(node
-        .sh(&["ip", "route", "show", "proto", "87"])
-        .trim()
-        .is_empty());
+    let network_gone = |node: &Node| {
+        assert!(!node.cni_conf().exists(), "conflist left behind");
+        assert!(node
+            .sh(&["ip", "route", "show", "proto", "87"])
+            .trim()
+            .is_empty());
+        assert!(
+            !node.sh(&["iptables", "-t", "nat", "-S"]).contains("WEFT"),
+            "NAT rules left"
+        );
+        assert!(
+            !node.sh(&["iptables", "-S"]).contains("WEFT"),
+            "filter rules left"
+        );
+    };
+    network_gone(&node);
     assert!(
-        !node.sh(&["iptables", "-t", "nat", "-S"]).contains("WEFT"),
-        "NAT rules left"
+        !node.sh(&["ip", "link", "show", "weft0"]).is_empty(),
+        "--clean-up alone keeps the tunnel"
     );
-    assert!(
-        !node.sh(&["iptables", "-S"]).contains("WEFT"),
-        "filter rules left"
-    );
+    let agent = node.start(&["--clean-up=true", "--clean-up-interface=true"]);
+    stop(agent);
+    network_gone(&node);
     assert!(
         node.sh(&["ip", "link", "show", "weft0"]).is_empty(),
         "weft0 left"

@@ -13,7 +13,7 @@
 //! - Encapsulation inside a location uses VXLAN, since the target kernels
 //!   may have no IPIP (Kilo uses IPIP).
 
-use super::model::{Encapsulate, Endpoint};
+use super::model::{Compatibility, Encapsulate, Endpoint};
 use super::topology::Topology;
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -28,6 +28,9 @@ pub enum RouteDevice {
     Private,
     /// The encapsulation (VXLAN) interface.
     Encapsulation,
+    /// flannel's VXLAN device (`flannel.1`), in `--compatibility=flannel`:
+    /// on-link to the gateway, which is a flannel VTEP address.
+    Flannel,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,6 +87,10 @@ pub struct DesiredState {
     pub pod_cidrs: Vec<IpNet>,
     /// The mesh's MTU, which pods' interfaces take.
     pub mtu: u16,
+    /// Add-on mode (`local` off): the routes go in a table of Weft's own,
+    /// consulted before the main one, so the other CNI's routes in main
+    /// (some to the same prefixes) stay exactly as it made them.
+    pub own_table: bool,
 }
 
 impl DesiredState {
@@ -132,14 +139,15 @@ impl Topology {
         let mut routes = Vec::new();
 
         // Inside the segment (and, under cross, inside the location): other
-        // nodes' pod CIDRs over the private network.
+        // nodes' pod CIDRs over the private network, unless another CNI
+        // keeps the location (add-on mode).
         let local_nodes = self
             .segments
             .iter()
             .enumerate()
             .filter(|(j, s)| *j == si || (!self.tunnelled(si, *j) && s.location == seg.location))
             .flat_map(|(_, s)| &s.nodes)
-            .filter(|n| n.name != me.name);
+            .filter(|n| n.name != me.name && self.options.local);
         for n in local_nodes {
             let Some(gw) = n.internal_ip.map(|c| c.addr()) else {
                 continue;
@@ -226,10 +234,31 @@ impl Topology {
                 peers,
             })
         } else {
-            // A non-leader sends everything outside its segment to its leader.
-            if let Some(gw) = seg.leader().internal_ip.map(|c| c.addr()) {
+            // A non-leader sends everything outside its segment to its
+            // leader: over the private network, or with flannel through
+            // its VXLAN to the leader's VTEP (its pod CIDR's network
+            // address, IPv4 only, as flannel's vxlan backend has it).
+            let via_leader = |dst: IpNet, gw: IpAddr| match self.options.compatibility {
+                Compatibility::Flannel => Route {
+                    dst,
+                    gateway: Some(gw),
+                    device: RouteDevice::Flannel,
+                    src: None,
+                },
+                Compatibility::None => via_private(dst, gw),
+            };
+            let leader_gw = match self.options.compatibility {
+                Compatibility::Flannel => seg
+                    .leader()
+                    .pod_cidrs
+                    .iter()
+                    .find(|c| c.addr().is_ipv4())
+                    .map(|c| c.network()),
+                Compatibility::None => seg.leader().internal_ip.map(|c| c.addr()),
+            };
+            if let Some(gw) = leader_gw {
                 for (j, other) in self.segments.iter().enumerate() {
-                    routes.push(via_private(host(other.wireguard_ip.addr()), gw));
+                    routes.push(via_leader(host(other.wireguard_ip.addr()), gw));
                     if j == si {
                         continue;
                     }
@@ -239,13 +268,13 @@ impl Topology {
                         .filter(|c| same_family(c, gw))
                     {
                         if dst != host(other.wireguard_ip.addr()) {
-                            routes.push(via_private(dst, gw));
+                            routes.push(via_leader(dst, gw));
                         }
                     }
                 }
                 for dst in self.peers.iter().flat_map(|p| &p.allowed_ips) {
                     if same_family(dst, gw) {
-                        routes.push(via_private(*dst, gw));
+                        routes.push(via_leader(*dst, gw));
                     }
                 }
             }
@@ -283,6 +312,7 @@ impl Topology {
             private_ip: private,
             pod_cidrs: me.pod_cidrs.clone(),
             mtu: self.options.mtu.planned(),
+            own_table: !self.options.local,
         })
     }
 }
@@ -382,6 +412,50 @@ mod tests {
         assert!(r.contains(&"10.42.2.0/24 WireGuard".to_string()), "{r:?}");
         assert!(r.contains(&"10.5.0.1/32 WireGuard".to_string()), "{r:?}");
         assert!(!r.iter().any(|x| x.starts_with("10.4.0.2/32")), "{r:?}");
+    }
+
+    /// Add-on mode over flannel (`local: false`, `compatibility: flannel`):
+    /// nothing inside a location (flannel's), a member reaches its leader
+    /// through `flannel.1` at the leader's VTEP (its pod CIDR's network
+    /// address), the leader's tunnel as always, all in Weft's own table.
+    #[test]
+    fn over_flannel_only_locations_are_joined() {
+        let mut t = three_locations(Granularity::Location);
+        t.options.local = false;
+        t.options.compatibility = crate::model::Compatibility::Flannel;
+        let leader = t.desired_state("a1").unwrap();
+        assert!(leader.own_table);
+        let r = routes(&t, "a1");
+        assert!(
+            !r.iter().any(|x| x.starts_with("10.42.1.0/24")),
+            "a2's pods are flannel's: {r:?}"
+        );
+        assert!(r.contains(&"10.42.2.0/24 WireGuard".to_string()), "{r:?}");
+        let r = routes(&t, "a2");
+        assert!(
+            !r.iter().any(|x| x.starts_with("10.42.0.0/24")),
+            "a1's pods are flannel's: {r:?}"
+        );
+        for want in [
+            "10.42.2.0/24 Flannel via 10.42.0.0",
+            "10.42.3.0/24 Flannel via 10.42.0.0",
+            "10.1.0.1/32 Flannel via 10.42.0.0",
+            "10.4.0.2/32 Flannel via 10.42.0.0",
+            "10.5.0.1/32 Flannel via 10.42.0.0",
+        ] {
+            assert!(r.contains(&want.to_string()), "{want} in {r:?}");
+        }
+        assert!(r.iter().all(|x| x.contains("Flannel")), "{r:?}");
+        assert!(!t.desired_state("a2").unwrap().encapsulation);
+        // Without flannel, add-on mode still routes to the leader over the
+        // private network, and still leaves the location alone.
+        t.options.compatibility = crate::model::Compatibility::None;
+        let r = routes(&t, "a2");
+        assert!(
+            r.contains(&"10.42.2.0/24 Private via 10.0.0.1".to_string()),
+            "{r:?}"
+        );
+        assert!(!r.iter().any(|x| x.starts_with("10.42.0.0/24")), "{r:?}");
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub struct RawOptions {
     /// A number, or `auto` (the default).
     #[serde(default)]
     pub mtu: Option<RawMtu>,
+    /// false: add-on mode, another CNI routes inside locations.
+    #[serde(default)]
+    pub local: Option<bool>,
+    /// `flannel` (or `none`, the default).
+    #[serde(default)]
+    pub compatibility: Option<String>,
 }
 
 /// `mtu:` as written: a number or a word.
@@ -140,6 +146,16 @@ impl MeshFile {
                 });
             }
         }
+        if let Some(l) = o.local {
+            options.local = l;
+        }
+        if let Some(c) = &o.compatibility {
+            options.compatibility = c.parse().map_err(|reason| FileError::Option {
+                path: name.to_string(),
+                field: "compatibility",
+                reason,
+            })?;
+        }
         let mut snapshot = Snapshot::default();
         let mut rejected = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -224,6 +240,7 @@ mod tests {
             ("options: {port: 0}", "options.port"),
             ("options: {mtu: 100}", "options.mtu"),
             ("options: {mtu: big}", "options.mtu"),
+            ("options: {compatibility: cilium}", "options.compatibility"),
             ("options: {granularity: mesh}", "unknown variant"),
             ("nodes: [{name: a, colour: red}]", "unknown field"),
         ] {

@@ -18,8 +18,8 @@ pub use announced::{Announced, Given};
 pub use desired::{DesiredState, PeerConfig, Route, RouteDevice, WireGuardConfig};
 pub use liveness::{Limits, Liveness, OutageLog};
 pub use model::{
-    Encapsulate, Endpoint, Granularity, Loaded, MeshOptions, Mtu, Node, Peer, RawNode, RawPeer,
-    RecordError, SelfReport, Snapshot,
+    Compatibility, Encapsulate, Endpoint, Granularity, Loaded, MeshOptions, Mtu, Node, Peer,
+    RawNode, RawPeer, RecordError, SelfReport, Snapshot,
 };
 pub use topology::{Excluded, Segment, Topology, TopologyError};
 

@@ -116,6 +116,41 @@ impl fmt::Display for Mtu {
     }
 }
 
+/// Which CNI already keeps the network inside a location, when Weft runs
+/// as an add-on that only joins locations (Kilo's `--compatibility`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compatibility {
+    /// Weft is the CNI (or the other CNI needs nothing from it).
+    #[default]
+    None,
+    /// flannel's VXLAN backend: a node reaches its location's leader
+    /// through `flannel.1`, at the address flannel gives the leader's VTEP
+    /// (the network address of its pod CIDR).
+    Flannel,
+}
+
+impl FromStr for Compatibility {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "none" => Ok(Self::None),
+            "flannel" => Ok(Self::Flannel),
+            "cilium" => Err("cilium is not supported yet (docs/addon.md says what it would take);                              flannel is"
+                .into()),
+            _ => Err(format!("{s:?} is not one of flannel, none")),
+        }
+    }
+}
+
+impl fmt::Display for Compatibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Flannel => "flannel",
+        })
+    }
+}
+
 /// Mesh-wide settings; every node must use the same ones to agree.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeshOptions {
@@ -125,6 +160,10 @@ pub struct MeshOptions {
     pub port: u16,
     pub encapsulate: Encapsulate,
     pub mtu: Mtu,
+    /// Whether Weft routes inside a location (Kilo's `--local`); false
+    /// leaves that to the CNI already there (add-on mode).
+    pub local: bool,
+    pub compatibility: Compatibility,
 }
 
 impl Default for MeshOptions {
@@ -137,6 +176,8 @@ impl Default for MeshOptions {
             port: 51820,
             encapsulate: Encapsulate::Never,
             mtu: Mtu::Auto,
+            local: true,
+            compatibility: Compatibility::None,
         }
     }
 }

@@ -369,6 +369,7 @@ impl Netlink {
                 oif: index,
                 src: None,
                 onlink: false,
+                table: MAIN_TABLE,
             },
             RouteProtocol::Static,
         )
@@ -390,7 +391,7 @@ impl Netlink {
                 if r.onlink {
                     b = b.onlink();
                 }
-                b.build()
+                b.table_id(r.table).build()
             }
             IpAddr::V6(d) => {
                 let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
@@ -403,7 +404,7 @@ impl Netlink {
                 if r.onlink {
                     b = b.onlink();
                 }
-                b.build()
+                b.table_id(r.table).build()
             }
         }
     }
@@ -444,18 +445,107 @@ impl Netlink {
         }
     }
 
-    /// Routes of the main table tagged with `protocol`, both families.
-    pub fn owned_routes(&self, protocol: RouteProtocol) -> Result<Vec<OwnedRoute>, NetlinkError> {
+    /// Routes tagged with `protocol` in the main table or in `own_table`,
+    /// both families.
+    pub fn owned_routes(
+        &self,
+        protocol: RouteProtocol,
+        own_table: u32,
+    ) -> Result<Vec<OwnedRoute>, NetlinkError> {
         let mut out = Vec::new();
         for v4 in [true, false] {
             out.extend(
                 self.list_routes(v4)?
                     .into_iter()
-                    .filter(|(p, table, _)| *p == protocol && *table == RouteHeader::RT_TABLE_MAIN)
+                    .filter(|(p, _, r)| {
+                        *p == protocol && (r.table == MAIN_TABLE || r.table == own_table)
+                    })
                     .map(|(_, _, r)| r),
             );
         }
         Ok(out)
+    }
+
+    /// Makes sure one rule per family sends every lookup to `table` at
+    /// `priority` (before the main table's 32766); a table without a route
+    /// for the destination passes the lookup on to the next rule.
+    pub fn ensure_lookup_rule(&self, table: u32, priority: u32) -> Result<(), NetlinkError> {
+        for v4 in [true, false] {
+            if self.lookup_rules(table, priority, v4)?.is_empty() {
+                let h = self.handle.clone();
+                let result = self.rt.block_on(async move {
+                    let add = h.rule().add().table_id(table).priority(priority);
+                    if v4 {
+                        add.v4().execute().await
+                    } else {
+                        add.v6().execute().await
+                    }
+                });
+                match result {
+                    Ok(()) => {}
+                    Err(e) if is_errno(&e, libc::EEXIST) => {}
+                    Err(e) => return Err(nl_err(format!("add rule lookup {table}"), e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the rules [`Netlink::ensure_lookup_rule`] made.
+    pub fn remove_lookup_rule(&self, table: u32, priority: u32) -> Result<(), NetlinkError> {
+        for v4 in [true, false] {
+            for rule in self.lookup_rules(table, priority, v4)? {
+                let h = self.handle.clone();
+                match self
+                    .rt
+                    .block_on(async move { h.rule().del(rule).execute().await })
+                {
+                    Ok(()) => {}
+                    Err(e) if is_errno(&e, libc::ENOENT) => {}
+                    Err(e) => return Err(nl_err(format!("delete rule lookup {table}"), e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules of one family that look `table` up at `priority`.
+    fn lookup_rules(
+        &self,
+        table: u32,
+        priority: u32,
+        v4: bool,
+    ) -> Result<Vec<rtnetlink::packet_route::rule::RuleMessage>, NetlinkError> {
+        use rtnetlink::packet_route::rule::RuleAttribute;
+        let h = self.handle.clone();
+        self.rt.block_on(async move {
+            let version = if v4 {
+                rtnetlink::IpVersion::V4
+            } else {
+                rtnetlink::IpVersion::V6
+            };
+            let mut rules = h.rule().get(version).execute();
+            let mut out = Vec::new();
+            while let Some(m) = rules
+                .try_next()
+                .await
+                .map_err(|e| nl_err("list rules", e))?
+            {
+                let mut t = u32::from(m.header.table);
+                let mut p = 0;
+                for a in &m.attributes {
+                    match a {
+                        RuleAttribute::Table(v) => t = *v,
+                        RuleAttribute::Priority(v) => p = *v,
+                        _ => {}
+                    }
+                }
+                if t == table && p == priority {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Every address on every link, with the link's name (for discovering
@@ -650,6 +740,7 @@ impl Netlink {
                     oif: 0,
                     src: None,
                     onlink: m.header.flags.contains(RouteFlags::Onlink),
+                    table: u32::from(m.header.table),
                 };
                 for a in m.attributes {
                     match a {
@@ -672,6 +763,7 @@ impl Netlink {
                             r.src = Some(IpAddr::V6(a))
                         }
                         RouteAttribute::Oif(i) => r.oif = i,
+                        RouteAttribute::Table(t) => r.table = t,
                         _ => {}
                     }
                 }
@@ -721,7 +813,12 @@ pub struct OwnedRoute {
     pub src: Option<IpAddr>,
     /// The gateway is reachable on the link even outside its subnets.
     pub onlink: bool,
+    /// The routing table (`MAIN_TABLE` unless the owner keeps its own).
+    pub table: u32,
 }
+
+/// The kernel's main routing table.
+pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// Runs `f` with a netlink connection inside the network namespace at `path`,
 /// on a thread of its own so this process's namespace never changes.

@@ -274,7 +274,7 @@ fn run(cli: Cli) -> Result<Outcome, String> {
 fn connect(backend: &BackendArgs, args: &ConnectArgs) -> Result<(), String> {
     use weft_agent::reconcile::tunnel::{Launch, TunnelSettings};
     use weft_agent::reconcile::{Reconciler, Settings};
-    weft_agent::cli::init_logs(false);
+    weft_agent::cli::init_logs(false, None);
     let name = match &args.name {
         Some(n) => n.clone(),
         None => hostname()?,
@@ -302,6 +302,8 @@ fn connect(backend: &BackendArgs, args: &ConnectArgs) -> Result<(), String> {
             ipam_dir: PathBuf::new(),
             manage_nat: false,
             service_cidrs: Vec::new(),
+            masquerade_pods: false,
+            accept_forward: false,
             tunnel: TunnelSettings {
                 control: args
                     .control_socket

@@ -138,6 +138,9 @@ pub struct HostAddresses {
     /// Interfaces whose addresses are the mesh's own.
     ignore: Vec<String>,
     internal_cidrs: Vec<IpNet>,
+    /// Announce the internal IP as the endpoint (Kilo's
+    /// `--prioritise-private-addresses`).
+    private_endpoint: bool,
 }
 
 impl HostAddresses {
@@ -162,6 +165,15 @@ impl HostAddresses {
             lookup,
             ignore,
             internal_cidrs,
+            private_endpoint: false,
+        }
+    }
+
+    /// Announces the internal IP as the endpoint where there is one.
+    pub fn with_private_endpoint(self, on: bool) -> Self {
+        Self {
+            private_endpoint: on,
+            ..self
         }
     }
 }
@@ -182,7 +194,13 @@ impl AddressSource for HostAddresses {
         let candidates = discover::candidates(&self.hostname_ips)
             .map_err(|e| format!("reading this node's addresses: {e}"))?;
         let ignore: Vec<&str> = self.ignore.iter().map(String::as_str).collect();
-        discover::choose(&candidates, &ignore, &self.internal_cidrs).map_err(|e| e.to_string())
+        let found = discover::choose(&candidates, &ignore, &self.internal_cidrs)
+            .map_err(|e| e.to_string())?;
+        Ok(if self.private_endpoint {
+            found.with_private_endpoint()
+        } else {
+            found
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use crate::forwarding::{self, Family, Sysctls};
 use crate::mesh::{DesiredState, Endpoint, Mtu, RecordError, Topology};
 use crate::metrics::{ErrorStage, Metrics, PeerIdentity, PeerStat};
 use crate::mtu::{self, Choice, Underlay};
-use crate::reconcile::{Changes, ReconcileError, Reconciler};
+use crate::reconcile::{Changes, CleanUp, ReconcileError, Reconciler};
 use crate::status::Status;
 use announce::Announcer;
 use schedule::Schedule;
@@ -54,7 +54,7 @@ pub trait NodeNetwork {
     /// The underlay's paths towards `towards` (see `Reconciler::underlay`).
     fn underlay(&self, towards: &[Endpoint]) -> Vec<Underlay>;
     /// Removes what the agent created (`--clean-up`).
-    fn clean_up(&mut self) -> Result<(), ReconcileError>;
+    fn clean_up(&mut self, what: CleanUp) -> Result<(), ReconcileError>;
 }
 
 /// The real node: the reconciler and the forwarding sysctls.
@@ -82,8 +82,8 @@ impl NodeNetwork for HostNetwork {
     fn underlay(&self, towards: &[Endpoint]) -> Vec<Underlay> {
         self.reconciler.underlay(towards)
     }
-    fn clean_up(&mut self) -> Result<(), ReconcileError> {
-        self.reconciler.clean_up()
+    fn clean_up(&mut self, what: CleanUp) -> Result<(), ReconcileError> {
+        self.reconciler.clean_up(what)
     }
 }
 
@@ -176,15 +176,18 @@ impl Controller {
 
     /// Turns until `stop` is set; then, with `clean_up`, removes what the
     /// agent created.
-    pub fn run(&mut self, stop: &AtomicBool, clean_up: bool) -> Result<(), ReconcileError> {
+    pub fn run(&mut self, stop: &AtomicBool, clean_up: CleanUp) -> Result<(), ReconcileError> {
         while !stop.load(Ordering::SeqCst) {
             self.turn(Instant::now());
         }
-        if clean_up {
-            tracing::info!("cleaning up");
-            self.network.clean_up()?;
-        } else {
-            tracing::info!("stopping; the node's network stays as it is");
+        match (clean_up.network, clean_up.interface) {
+            (false, false) => tracing::info!("stopping; the node's network stays as it is"),
+            (true, false) => tracing::info!("cleaning up; the tunnel stays"),
+            (false, true) => tracing::info!("stopping the tunnel; routes and rules stay"),
+            (true, true) => tracing::info!("cleaning up, tunnel included"),
+        }
+        if clean_up != CleanUp::default() {
+            self.network.clean_up(clean_up)?;
         }
         Ok(())
     }

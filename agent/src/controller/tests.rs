@@ -107,8 +107,15 @@ impl NodeNetwork for RecordingNetwork {
         journal(&self.journal).measured_towards = towards.to_vec();
         self.underlay.lock().unwrap().clone()
     }
-    fn clean_up(&mut self) -> Result<(), ReconcileError> {
-        journal(&self.journal).steps.push("clean up".into());
+    fn clean_up(&mut self, what: CleanUp) -> Result<(), ReconcileError> {
+        let parts: Vec<&str> = [("network", what.network), ("interface", what.interface)]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect();
+        journal(&self.journal)
+            .steps
+            .push(format!("clean up: {}", parts.join(", ")));
         Ok(())
     }
 }
@@ -418,8 +425,17 @@ fn problems_are_reported_once_per_change_of_the_set() {
 fn stopping_cleans_up_only_when_asked() {
     let mut r = rig(MINUTE);
     let stop = AtomicBool::new(true);
-    r.controller.run(&stop, false).unwrap();
+    r.controller.run(&stop, CleanUp::default()).unwrap();
     assert!(journal(&r.journal).steps.is_empty());
-    r.controller.run(&stop, true).unwrap();
-    assert_eq!(journal(&r.journal).steps, ["clean up"]);
+    let interface_only = CleanUp {
+        network: false,
+        interface: true,
+    };
+    for what in [interface_only, CleanUp::EVERYTHING] {
+        r.controller.run(&stop, what).unwrap();
+    }
+    assert_eq!(
+        journal(&r.journal).steps,
+        ["clean up: interface", "clean up: network, interface"]
+    );
 }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use tunnel::{Tunnel, TunnelSettings};
-use weft_netlink::{Cidr, Netlink, OwnedRoute, RouteProtocol, VxlanSpec};
+use weft_netlink::{Cidr, Netlink, OwnedRoute, RouteProtocol, VxlanSpec, MAIN_TABLE};
 use wgconf::{PrivateKey, PublicKey};
 
 /// The protocol number on every route the agent adds ("W"), so it can tell
@@ -33,6 +33,14 @@ const NAT_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// The encapsulation device. The kernels Weft targets may lack IPIP (Kilo's
 /// choice), so nodes of one location that need encapsulation talk VXLAN.
 pub const VXLAN_NAME: &str = "weft-vxlan";
+/// The routing table of add-on mode (`--local=false`): Weft's routes live
+/// there, looked up by one rule per family at [`RULE_PRIORITY`] (before the
+/// main table), so the other CNI's routes in main are never touched.
+pub const ROUTE_TABLE: u32 = 87;
+/// The priority of the rule that looks [`ROUTE_TABLE`] up.
+pub const RULE_PRIORITY: u32 = 87;
+/// flannel's VXLAN device (`--compatibility=flannel`).
+pub const FLANNEL_DEVICE: &str = "flannel.1";
 const VXLAN_VNI: u32 = 1107;
 const VXLAN_PORT: u16 = 4789;
 /// Outer IPv4 + UDP + VXLAN + inner Ethernet headers.
@@ -83,8 +91,31 @@ pub struct Settings {
     pub manage_nat: bool,
     /// The cluster's service CIDRs: traffic to them is not masqueraded.
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Masquerade the pods' traffic that leaves the mesh. Off with Kilo's
+    /// `--cni=false`: the CNI that wires the pods masquerades them.
+    pub masquerade_pods: bool,
+    /// FORWARD accepts for the mesh's prefixes (`--iptables-forward-rules`).
+    pub accept_forward: bool,
     /// The tunnel: its interface, control socket and who starts it.
     pub tunnel: TunnelSettings,
+}
+
+/// What to remove on the way out, in Kilo's two flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanUp {
+    /// Routes, rules, netfilter chains, the CNI configuration, the VXLAN
+    /// device (`--clean-up`).
+    pub network: bool,
+    /// The tunnel: weft-wg stops and its interface goes
+    /// (`--clean-up-interface`).
+    pub interface: bool,
+}
+
+impl CleanUp {
+    pub const EVERYTHING: CleanUp = CleanUp {
+        network: true,
+        interface: true,
+    };
 }
 
 pub struct Reconciler {
@@ -292,7 +323,17 @@ impl Reconciler {
             .as_ref()
             .is_none_or(|(_, at)| at.elapsed() >= NAT_REFRESH);
         if self.settings.manage_nat && (changed || due) {
-            nat::apply(&desired.masquerade, &self.settings.service_cidrs)?;
+            let mut masquerade = desired.masquerade.clone();
+            if !self.settings.masquerade_pods {
+                masquerade
+                    .sources
+                    .retain(|s| !desired.pod_cidrs.contains(s));
+            }
+            nat::apply(&nat::Rules {
+                masquerade: &masquerade,
+                services: &self.settings.service_cidrs,
+                accept_forward: self.settings.accept_forward,
+            })?;
             self.applied_nat = Some((desired.masquerade.clone(), std::time::Instant::now()));
             // A refresh of unchanged rules is not a change.
             changes.nat_applied = changed;
@@ -374,6 +415,12 @@ impl Reconciler {
                 .find(|(dst, _, _)| dst.contains(gw))
                 .map(|(_, _, oif)| *oif)
         };
+        let table = if desired.own_table {
+            ROUTE_TABLE
+        } else {
+            MAIN_TABLE
+        };
+        let mut flannel = None;
         let mut want: BTreeSet<OwnedRoute> = BTreeSet::new();
         for r in &desired.routes {
             let (oif, onlink) = match (r.device, r.gateway, vxlan_index) {
@@ -381,6 +428,23 @@ impl Reconciler {
                     Some(i) => (i, false),
                     None => continue,
                 },
+                (RouteDevice::Flannel, Some(_), _) => {
+                    let index = match flannel {
+                        Some(i) => i,
+                        None => {
+                            let i = self.nl.link(FLANNEL_DEVICE)?.map(|l| l.index).ok_or_else(
+                                || {
+                                    ReconcileError::Other(format!(
+                                    "no {FLANNEL_DEVICE} on this node: --compatibility=flannel \
+                                     needs flannel's VXLAN backend running here"
+                                ))
+                                },
+                            )?;
+                            *flannel.insert(i)
+                        }
+                    };
+                    (index, true)
+                }
                 (RouteDevice::Encapsulation, Some(std::net::IpAddr::V4(gw)), Some(vx)) => {
                     // The remote end answers on its own VXLAN MAC, found
                     // through a permanent neighbour and forwarding entry.
@@ -405,10 +469,17 @@ impl Reconciler {
                 oif,
                 src: r.src,
                 onlink,
+                table,
             });
         }
-        let have: BTreeSet<OwnedRoute> =
-            self.nl.owned_routes(ROUTE_PROTOCOL)?.into_iter().collect();
+        if desired.own_table {
+            self.nl.ensure_lookup_rule(ROUTE_TABLE, RULE_PRIORITY)?;
+        }
+        let have: BTreeSet<OwnedRoute> = self
+            .nl
+            .owned_routes(ROUTE_PROTOCOL, ROUTE_TABLE)?
+            .into_iter()
+            .collect();
         for r in have.difference(&want) {
             self.nl.del_owned_route(r, ROUTE_PROTOCOL)?;
             changes.routes_removed += 1;
@@ -417,24 +488,32 @@ impl Reconciler {
             self.nl.add_owned_route(r, ROUTE_PROTOCOL)?;
             changes.routes_added += 1;
         }
+        if !desired.own_table {
+            self.nl.remove_lookup_rule(ROUTE_TABLE, RULE_PRIORITY)?;
+        }
         Ok(())
     }
 
-    /// Removes everything this agent created (for `--clean-up`).
-    pub fn clean_up(&mut self) -> Result<(), ReconcileError> {
-        for r in self.nl.owned_routes(ROUTE_PROTOCOL)? {
-            self.nl.del_owned_route(&r, ROUTE_PROTOCOL)?;
+    /// Removes what this agent created, as far as `what` says.
+    pub fn clean_up(&mut self, what: CleanUp) -> Result<(), ReconcileError> {
+        if what.network {
+            for r in self.nl.owned_routes(ROUTE_PROTOCOL, ROUTE_TABLE)? {
+                self.nl.del_owned_route(&r, ROUTE_PROTOCOL)?;
+            }
+            self.nl.remove_lookup_rule(ROUTE_TABLE, RULE_PRIORITY)?;
+            if self.settings.manage_nat {
+                nat::remove();
+            }
+            if let Some(dir) = &self.settings.cni_dir {
+                let _ = std::fs::remove_file(dir.join(cni::FILE_NAME));
+            }
+            if let Some(l) = self.nl.link(VXLAN_NAME)? {
+                self.nl.delete(l.index, VXLAN_NAME)?;
+            }
         }
-        if self.settings.manage_nat {
-            nat::remove();
+        if what.interface {
+            self.tunnel.stop()?;
         }
-        if let Some(dir) = &self.settings.cni_dir {
-            let _ = std::fs::remove_file(dir.join(cni::FILE_NAME));
-        }
-        if let Some(l) = self.nl.link(VXLAN_NAME)? {
-            self.nl.delete(l.index, VXLAN_NAME)?;
-        }
-        self.tunnel.stop()?;
         Ok(())
     }
 }

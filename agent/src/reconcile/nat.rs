@@ -19,11 +19,25 @@ pub struct NatError(pub String);
 
 const COMMENT: &str = "weft: mesh";
 
+/// What the rules say.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules<'a> {
+    pub masquerade: &'a Masquerade,
+    /// The cluster's service CIDRs (Kilo's `--service-cidr`): traffic to
+    /// them keeps its source address too, so a Service sees which pod or
+    /// peer called.
+    pub services: &'a [IpNet],
+    /// FORWARD accepts to and from the mesh's prefixes (Kilo's
+    /// `--iptables-forward-rules`, which Weft has on by default: hosts
+    /// whose FORWARD policy is DROP, as Docker sets it, drop pods'
+    /// traffic otherwise).
+    pub accept_forward: bool,
+}
+
 /// The `*-restore --noflush` input for one family. Declaring a chain flushes
-/// it, so each apply replaces exactly our rules and nobody else's. Traffic
-/// to `services` (the cluster's service CIDRs, Kilo's `--service-cidr`)
-/// keeps its source address too, so a Service sees which pod or peer called.
-pub fn ruleset(masq: &Masquerade, services: &[IpNet], v4: bool) -> String {
+/// it, so each apply replaces exactly our rules and nobody else's.
+pub fn ruleset(rules: &Rules, v4: bool) -> String {
+    let (masq, services) = (rules.masquerade, rules.services);
     let family = |c: &&IpNet| c.addr().is_ipv4() == v4;
     let mut out = String::from("*nat\n:WEFT-POSTROUTING - [0:0]\n:WEFT-NAT - [0:0]\n");
     for s in masq.sources.iter().filter(family) {
@@ -33,7 +47,12 @@ pub fn ruleset(masq: &Masquerade, services: &[IpNet], v4: bool) -> String {
         out.push_str(&format!("-A WEFT-NAT -d {d} -j RETURN\n"));
     }
     out.push_str("-A WEFT-NAT -j MASQUERADE\nCOMMIT\n*filter\n:WEFT-FORWARD - [0:0]\n");
-    for c in masq.mesh.iter().filter(family) {
+    for c in masq
+        .mesh
+        .iter()
+        .filter(family)
+        .filter(|_| rules.accept_forward)
+    {
         out.push_str(&format!(
             "-A WEFT-FORWARD -s {c} -j ACCEPT\n-A WEFT-FORWARD -d {c} -j ACCEPT\n"
         ));
@@ -105,7 +124,8 @@ fn binaries(v4: bool) -> (&'static str, &'static str) {
 }
 
 /// Applies the rules of both families and makes sure the jumps exist.
-pub fn apply(masq: &Masquerade, services: &[IpNet]) -> Result<(), NatError> {
+pub fn apply(rules: &Rules) -> Result<(), NatError> {
+    let masq = rules.masquerade;
     for v4 in [true, false] {
         let has_any = masq
             .sources
@@ -116,8 +136,8 @@ pub fn apply(masq: &Masquerade, services: &[IpNet]) -> Result<(), NatError> {
             continue;
         }
         let (restore, tables) = binaries(v4);
-        let rules = ruleset(masq, services, v4);
-        run(restore, &["-w", "5", "--noflush"], Some(&rules))?;
+        let text = ruleset(rules, v4);
+        run(restore, &["-w", "5", "--noflush"], Some(&text))?;
         for j in JUMPS {
             if run(tables, &jump("-C", j), None).is_err() {
                 run(tables, &jump("-I", j), None)?;
@@ -161,7 +181,12 @@ mod tests {
                 "10.4.0.0/16".parse().unwrap(),
             ],
         };
-        let v4 = ruleset(&m, &[], true);
+        let rules = |accept_forward| Rules {
+            masquerade: &m,
+            services: &[],
+            accept_forward,
+        };
+        let v4 = ruleset(&rules(true), true);
         assert_eq!(
             v4,
             "*nat\n:WEFT-POSTROUTING - [0:0]\n:WEFT-NAT - [0:0]\n\
@@ -171,9 +196,13 @@ mod tests {
              -A WEFT-FORWARD -s 10.42.1.0/24 -j ACCEPT\n-A WEFT-FORWARD -d 10.42.1.0/24 -j ACCEPT\n\
              -A WEFT-FORWARD -s 10.4.0.0/16 -j ACCEPT\n-A WEFT-FORWARD -d 10.4.0.0/16 -j ACCEPT\nCOMMIT\n"
         );
-        let v6 = ruleset(&m, &[], false);
+        let v6 = ruleset(&rules(true), false);
         assert!(v6.contains("-A WEFT-POSTROUTING -s fd42::/64 -j WEFT-NAT"));
         assert!(!v6.contains("10.42"));
+        // --iptables-forward-rules=false: the chain stays, empty.
+        let quiet = ruleset(&rules(false), true);
+        assert!(quiet.contains(":WEFT-FORWARD - [0:0]\nCOMMIT"), "{quiet}");
+        assert!(!quiet.contains("-A WEFT-FORWARD"), "{quiet}");
     }
 
     #[test]
@@ -186,14 +215,19 @@ mod tests {
             "10.43.0.0/16".parse().unwrap(),
             "fd43::/112".parse().unwrap(),
         ];
-        let v4 = ruleset(&m, &services, true);
+        let rules = Rules {
+            masquerade: &m,
+            services: &services,
+            accept_forward: true,
+        };
+        let v4 = ruleset(&rules, true);
         let ret = v4
             .find("-A WEFT-NAT -d 10.43.0.0/16 -j RETURN\n")
             .expect("RETURN");
         assert!(ret < v4.find("-A WEFT-NAT -j MASQUERADE").expect("MASQUERADE"));
         assert!(!v4.contains("WEFT-FORWARD -d 10.43.0.0/16"), "{v4}");
         assert!(!v4.contains("fd43"), "{v4}");
-        let v6 = ruleset(&m, &services, false);
+        let v6 = ruleset(&rules, false);
         assert!(v6.contains("-A WEFT-NAT -d fd43::/112 -j RETURN"), "{v6}");
     }
 }
