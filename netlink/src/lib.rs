@@ -11,6 +11,7 @@ pub use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
 };
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
@@ -474,7 +475,14 @@ impl Netlink {
             if self.lookup_rules(table, priority, v4)?.is_empty() {
                 let h = self.handle.clone();
                 let result = self.rt.block_on(async move {
-                    let add = h.rule().add().table_id(table).priority(priority);
+                    // The action must be said: a rule without one matches
+                    // and then fails every lookup with EINVAL.
+                    let add = h
+                        .rule()
+                        .add()
+                        .table_id(table)
+                        .priority(priority)
+                        .action(rtnetlink::packet_route::rule::RuleAction::ToTable);
                     if v4 {
                         add.v4().execute().await
                     } else {
@@ -673,14 +681,17 @@ impl Netlink {
     /// (a route's `mtu` metric, or one learned from ICMP). `None` when
     /// nothing routes there.
     pub fn route_to(&self, dst: IpAddr) -> Result<Option<PathTo>, NetlinkError> {
-        let msg = match dst {
-            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(a, 32)
-                .build(),
-            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(a, 128)
-                .build(),
+        // A bare request, as `ip route get` sends it: the builder's table,
+        // protocol and type make the kernel answer an unroutable address
+        // with EINVAL instead of ENETUNREACH.
+        let mut msg = RouteMessage::default();
+        let (family, len, address) = match dst {
+            IpAddr::V4(a) => (AddressFamily::Inet, 32, RouteAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(a)),
         };
+        msg.header.address_family = family;
+        msg.header.destination_prefix_length = len;
+        msg.attributes.push(RouteAttribute::Destination(address));
         let h = self.handle.clone();
         self.rt.block_on(async move {
             let mut s = h.route().get(msg).execute();
