@@ -6,6 +6,7 @@
 
 mod common;
 
+use clap::Parser;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
@@ -103,7 +104,18 @@ fn container<'a>(list: &'a [Container], name: &str) -> &'a Container {
         .unwrap_or_else(|| panic!("no container {name}"))
 }
 
-fn check(file: &str, k3s: bool) {
+/// Which manifest: Weft as the CNI on k3s or kubeadm, or as an add-on
+/// over k3s's flannel.
+#[derive(Clone, Copy, PartialEq)]
+enum Flavour {
+    K3s,
+    Kubeadm,
+    K3sAddon,
+}
+
+fn check(file: &str, flavour: Flavour) {
+    let k3s = flavour != Flavour::Kubeadm;
+    let addon = flavour == Flavour::K3sAddon;
     let docs = documents(file);
     let kinds: BTreeSet<&str> = docs.keys().map(String::as_str).collect();
     assert_eq!(
@@ -291,7 +303,8 @@ fn check(file: &str, k3s: bool) {
         assert!(
             help.contains(&format!("{flag} "))
                 || help.contains(&format!("{flag}\n"))
-                || help.contains(&format!("{flag} <")),
+                || help.contains(&format!("{flag} <"))
+                || help.contains(&format!("{flag}[=")),
             "weft-agent has no {flag}"
         );
     }
@@ -303,14 +316,43 @@ fn check(file: &str, k3s: bool) {
     let m = mounts(&ds, agent);
     let state = arg_value(agent, "--state-dir").unwrap();
     assert_eq!(m[state].as_deref(), Some("/var/lib/weft"));
-    let cni_dir = arg_value(agent, "--cni-dir").unwrap();
-    assert_eq!(m[cni_dir].as_deref(), Some("/etc/cni/net.d"));
     assert_eq!(m["/run/xtables.lock"].as_deref(), Some("/run/xtables.lock"));
-    // Kilo's allocations, where the agent looks for them on a migration.
-    assert_eq!(
-        m["/var/lib/cni/networks"].as_deref(),
-        Some("/var/lib/cni/networks")
-    );
+    if addon {
+        // Kilo's flannel add-on arguments; flannel's CNI wires the pods, so
+        // nothing of Weft's touches the CNI directories.
+        for (flag, value) in [
+            ("--cni", "false"),
+            ("--local", "false"),
+            ("--compatibility", "flannel"),
+            ("--internal-cidr", "$(HOST_IP)/32"),
+        ] {
+            assert_eq!(arg_value(agent, flag), Some(value), "{flag}");
+        }
+        assert_eq!(arg_value(agent, "--cni-dir"), None);
+        assert!(!m.contains_key("/etc/cni/net.d") && !m.contains_key("/var/lib/cni/networks"));
+        // And the agent takes them as spelled, once the kubelet has put
+        // the node's values in.
+        let args = agent.args.clone().unwrap().into_iter().map(|a| {
+            a.replace("$(HOST_IP)", "10.0.0.5")
+                .replace("$(NODE_NAME)", "node-1")
+        });
+        let parsed = weft_agent::flags::AgentArgs::try_parse_from(
+            std::iter::once("weft-agent".to_string()).chain(args),
+        )
+        .expect("the add-on arguments parse");
+        let o = parsed.backend.mesh_options();
+        assert!(!parsed.cni() && !o.local);
+        assert_eq!(parsed.internal_cidrs[0].to_string(), "10.0.0.5/32");
+        assert_eq!(o.compatibility, weft_agent::mesh::Compatibility::Flannel);
+    } else {
+        let cni_dir = arg_value(agent, "--cni-dir").unwrap();
+        assert_eq!(m[cni_dir].as_deref(), Some("/etc/cni/net.d"));
+        // Kilo's allocations, where the agent looks for them on a migration.
+        assert_eq!(
+            m["/var/lib/cni/networks"].as_deref(),
+            Some("/var/lib/cni/networks")
+        );
+    }
     let vols = pod.volumes.clone().unwrap();
     let tun = vols
         .iter()
@@ -325,21 +367,24 @@ fn check(file: &str, k3s: bool) {
         Some("CharDevice")
     );
 
-    // The init containers: install-cni into the host's plugin dirs.
+    // The init containers: install-cni into the host's plugin dirs (not
+    // as an add-on: flannel's plugins are k3s's own).
     let init = pod.init_containers.clone().unwrap();
-    let install = init
-        .iter()
-        .find(|c| c.name == "install-cni")
-        .expect("install-cni");
-    let cmd = install.command.clone().unwrap();
-    assert_eq!(cmd[0], "install-cni.sh");
-    let im = mounts(&ds, install);
-    let targets: Vec<Option<String>> = cmd[1..].iter().map(|d| im[d].clone()).collect();
-    let mut want = vec![Some("/opt/cni/bin".to_string())];
-    if k3s {
-        want.push(Some("/var/lib/rancher/k3s/data/cni".to_string()));
+    let install = init.iter().find(|c| c.name == "install-cni");
+    if addon {
+        assert!(install.is_none(), "an add-on installs no CNI plugin");
+    } else {
+        let install = install.expect("install-cni");
+        let cmd = install.command.clone().unwrap();
+        assert_eq!(cmd[0], "install-cni.sh");
+        let im = mounts(&ds, install);
+        let targets: Vec<Option<String>> = cmd[1..].iter().map(|d| im[d].clone()).collect();
+        let mut want = vec![Some("/opt/cni/bin".to_string())];
+        if k3s {
+            want.push(Some("/var/lib/rancher/k3s/data/cni".to_string()));
+        }
+        assert_eq!(targets, want);
     }
-    assert_eq!(targets, want);
     // One image for all containers.
     let images: BTreeSet<_> = init
         .iter()
@@ -429,12 +474,17 @@ fn check(file: &str, k3s: bool) {
 
 #[test]
 fn k3s_manifest() {
-    check("weft-k3s.yaml", true);
+    check("weft-k3s.yaml", Flavour::K3s);
 }
 
 #[test]
 fn kubeadm_manifest() {
-    check("weft-kubeadm.yaml", false);
+    check("weft-kubeadm.yaml", Flavour::Kubeadm);
+}
+
+#[test]
+fn k3s_addon_manifest() {
+    check("weft-k3s-addon.yaml", Flavour::K3sAddon);
 }
 
 fn tempdir(tag: &str) -> PathBuf {
