@@ -27,6 +27,9 @@ pub struct Discovered {
     /// The first private address, with its interface's prefix (Kilo's
     /// `internal-ip` format); `None` if the node has none.
     pub internal_ip: Option<IpNet>,
+    /// The first private IPv6 address (a unique local one, fc00::/7), when
+    /// the internal IP is IPv4: IPv6 pods' next hop inside the location.
+    pub internal_ip6: Option<IpNet>,
     /// The first public address, else the first private one.
     pub public_ip: IpAddr,
 }
@@ -87,12 +90,16 @@ pub fn choose(
     usable.dedup_by_key(|c| c.cidr.addr());
     let (private, public): (Vec<&Candidate>, Vec<&Candidate>) =
         usable.iter().partition(|c| is_private(c.cidr.addr()));
-    let internal_ip = private
+    let allowed = |c: &&&Candidate| {
+        internal_cidrs.is_empty() || internal_cidrs.iter().any(|n| n.contains(&c.cidr.addr()))
+    };
+    let internal_ip = private.iter().find(allowed).map(|c| c.cidr);
+    let internal_ip6 = private
         .iter()
-        .find(|c| {
-            internal_cidrs.is_empty() || internal_cidrs.iter().any(|n| n.contains(&c.cidr.addr()))
-        })
-        .map(|c| c.cidr);
+        .filter(allowed)
+        .map(|c| c.cidr)
+        .find(|c| c.addr().is_ipv6())
+        .filter(|_| internal_ip.is_some_and(|i| i.addr().is_ipv4()));
     let public_ip = public
         .first()
         .or(private.first())
@@ -102,6 +109,7 @@ pub fn choose(
         })?;
     Ok(Discovered {
         internal_ip,
+        internal_ip6,
         public_ip,
     })
 }
@@ -186,6 +194,8 @@ mod tests {
         .unwrap();
         assert_eq!(got.internal_ip, Some("192.168.1.20/24".parse().unwrap()));
         assert_eq!(got.public_ip, "192.168.1.20".parse::<IpAddr>().unwrap());
+        // Dual stack: the unique local IPv6 address beside the IPv4 one.
+        assert_eq!(got.internal_ip6, Some("fd00:1::20/64".parse().unwrap()));
     }
 
     #[test]
@@ -217,6 +227,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got.internal_ip, None);
+        assert_eq!(got.internal_ip6, None, "2001:db8::/32 is not private");
         assert_eq!(got.public_ip, "203.0.113.5".parse::<IpAddr>().unwrap());
     }
 
@@ -238,6 +249,7 @@ mod tests {
     fn a_private_endpoint_when_asked_and_possible() {
         let both = Discovered {
             internal_ip: Some("10.0.0.5/24".parse().unwrap()),
+            internal_ip6: None,
             public_ip: "203.0.113.5".parse().unwrap(),
         };
         assert_eq!(

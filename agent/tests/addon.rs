@@ -20,13 +20,11 @@
 
 mod common;
 
-use common::ip;
+use common::{ip, Lab};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 const BRIDGE_PLUGIN: &str = "/usr/lib/cni/bridge";
 
 struct Node {
@@ -88,72 +86,39 @@ impl Node {
     }
 }
 
-/// Everything the test creates; removed on drop, failure or not.
+/// The four nodes, their networks and what runs on them.
 struct World {
-    tag: String,
-    dir: PathBuf,
-    agents: Vec<Child>,
-    namespaces: Vec<String>,
-    pods: Vec<String>,
+    lab: Lab,
 }
 
 impl World {
     fn new() -> Self {
-        let tag = format!("wa{}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("weft-addon-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let mut w = World {
-            tag,
-            dir,
-            agents: Vec::new(),
-            namespaces: Vec::new(),
-            pods: Vec::new(),
-        };
-        let net = w.ns("net");
-        w.add_ns(&net);
+        let mut lab = Lab::new("wa");
+        let net = lab.ns("net");
+        lab.add_ns(&net);
         for br in ["br-inet", "br-east", "br-west"] {
             ip(&["-n", &net, "link", "add", br, "type", "bridge"]);
             ip(&["-n", &net, "link", "set", br, "up"]);
         }
         for (i, n) in NODES.iter().enumerate() {
-            let ns = w.ns(n.name);
-            w.add_ns(&ns);
-            let plug = |ifname: &str, bridge: &str, addr: &str, port: String| {
-                ip(&[
-                    "link", "add", ifname, "netns", &ns, "type", "veth", "peer", "name", &port,
-                    "netns", &net,
-                ]);
-                ip(&["-n", &net, "link", "set", &port, "master", bridge, "up"]);
-                ip(&["-n", &ns, "addr", "add", addr, "dev", ifname]);
-                ip(&["-n", &ns, "link", "set", ifname, "up"]);
-            };
-            plug(
-                "eth1",
-                n.lan(),
-                &format!("{}/24", n.private),
-                format!("p{i}l"),
-            );
+            let ns = lab.ns(n.name);
+            lab.add_ns(&ns);
+            let private = format!("{}/24", n.private);
+            lab.plug(&ns, "eth1", &net, n.lan(), &format!("p{i}l"), &[&private]);
             if let Some(public) = n.public {
-                plug("eth0", "br-inet", &format!("{public}/24"), format!("p{i}i"));
+                let public = format!("{public}/24");
+                lab.plug(&ns, "eth0", &net, "br-inet", &format!("p{i}i"), &[&public]);
             }
+        }
+        let w = World { lab };
+        for n in &NODES {
             w.sh(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         }
         w
     }
 
-    fn ns(&self, what: &str) -> String {
-        format!("{}-{what}", self.tag)
-    }
-
-    fn add_ns(&mut self, name: &str) {
-        ip(&["netns", "add", name]);
-        ip(&["-n", name, "link", "set", "lo", "up"]);
-        self.namespaces.push(name.to_string());
-    }
-
     fn sh(&self, n: &Node, args: &[&str]) -> String {
-        let ns = self.ns(n.name);
+        let ns = self.lab.ns(n.name);
         let mut v = vec!["ip", "netns", "exec", ns.as_str()];
         v.extend_from_slice(args);
         testkit::run(&v)
@@ -162,7 +127,7 @@ impl World {
     /// flannel's VXLAN backend on every node, as flannel sets it up.
     fn flannel(&self) {
         for (i, n) in NODES.iter().enumerate() {
-            let ns = self.ns(n.name);
+            let ns = self.lab.ns(n.name);
             ip(&[
                 "-n",
                 &ns,
@@ -243,8 +208,6 @@ impl World {
     /// (bridge cni0, the default gateway, no masquerade, host-local in the
     /// subnet).
     fn add_pod(&mut self, n: &Node) -> String {
-        let pod = self.ns(&format!("{}-pod", n.name));
-        self.add_ns(&pod);
         let conflist = json!({
             "cniVersion": "1.0.0",
             "name": "cbr0",
@@ -255,39 +218,14 @@ impl World {
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": n.pod_cidr}]]}
             }]
         });
-        let result = common::cni_call(
-            &self.ns(n.name),
-            Path::new(BRIDGE_PLUGIN),
-            "ADD",
-            &pod,
-            &conflist,
-            &self.dir.join(n.name).join("ipam"),
-        );
-        self.pods.push(pod);
-        result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .expect("the pod's address")
-            .to_string()
-    }
-
-    fn pod_ns(&self, n: &Node) -> String {
-        self.ns(&format!("{}-pod", n.name))
+        let addrs = self
+            .lab
+            .add_pod(n.name, Path::new(BRIDGE_PLUGIN), &conflist);
+        addrs.first().expect("the pod's address").to_string()
     }
 
     fn ping(&self, from: &Node, to: &str) -> bool {
-        testkit::try_run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.pod_ns(from),
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            to,
-        ])
+        self.lab.ping(from.name, to)
     }
 
     /// What flannel made: the main table's routes (Weft's are elsewhere;
@@ -318,8 +256,7 @@ impl World {
             "options: {local: false, compatibility: flannel, encapsulate: never}\nnodes:\n",
         );
         for n in &NODES {
-            let dir = self.dir.join(n.name);
-            std::fs::create_dir_all(&dir).expect("dir");
+            let dir = self.lab.node_dir(n.name);
             let (key, _) =
                 weft_agent::reconcile::key::load_or_create(&dir.join("key")).expect("key");
             let endpoint = n.public.unwrap_or(n.private);
@@ -332,7 +269,7 @@ impl World {
                 key.public_key()
             ));
         }
-        let path = self.dir.join("mesh.yaml");
+        let path = self.lab.dir.join("mesh.yaml");
         std::fs::write(&path, yaml).expect("mesh file");
         path
     }
@@ -341,33 +278,21 @@ impl World {
     fn start_agents(&mut self) {
         let mesh = self.mesh_file();
         for n in &NODES {
-            let dir = self.dir.join(n.name);
-            let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-            let child = Command::new("ip")
-                .args(["netns", "exec", &self.ns(n.name), AGENT])
-                .args(["--hostname", n.name, "--resync", "1", "--listen", ""])
-                .args(["--cni=false", "--compatibility=flannel", "--local=false"])
-                .arg("--mesh")
-                .arg(&mesh)
-                .arg("--tunnel-binary")
-                .arg(common::sibling_binary("weft-wg", "dataplane"))
-                .arg("--state-dir")
-                .arg(&dir)
-                .arg("--control-socket")
-                .arg(dir.join("weft0.ctl"))
-                .arg("--uapi-dir")
-                .arg(dir.join("run"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("agent");
-            self.agents.push(child);
+            let args = [
+                "--listen",
+                "",
+                "--cni=false",
+                "--compatibility=flannel",
+                "--local=false",
+            ];
+            let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+            args.extend(["--mesh".as_ref(), mesh.as_os_str()]);
+            self.lab.start_agent(n.name, &args);
         }
     }
 
     fn log(&self, n: &Node) -> String {
-        std::fs::read_to_string(self.dir.join(n.name).join("agent.log")).unwrap_or_default()
+        self.lab.log(n.name)
     }
 
     /// Packets the kernel sent into and received from a leader's tunnel.
@@ -381,23 +306,6 @@ impl World {
                     .unwrap_or(0)
             })
             .sum()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for mut a in self.agents.drain(..) {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        for n in &NODES {
-            let _ =
-                wgconf::control::ControlClient::new(self.dir.join(n.name).join("weft0.ctl")).stop();
-        }
-        for ns in self.namespaces.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

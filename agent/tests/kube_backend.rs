@@ -200,6 +200,7 @@ impl Agent {
             public_key: self.key.public_key(),
             endpoint: format!("203.0.113.{index}:51820"),
             internal_ip: Some(format!("10.0.{}.{index}/24", index / 3).parse().unwrap()),
+            internal_ip6: None,
             wireguard_ip: desired
                 .as_ref()
                 .filter(|d| d.is_leader)
@@ -441,6 +442,7 @@ fn api_failures_are_reported_not_fatal() {
         public_key: PrivateKey::generate().unwrap().public_key(),
         endpoint: "203.0.113.1:51820".into(),
         internal_ip: None,
+        internal_ip6: None,
         wireguard_ip: None,
         granularity: Default::default(),
         discovered_endpoints: BTreeMap::new(),

@@ -15,16 +15,17 @@
 
 mod common;
 
-use common::ip;
+use common::{ip, Lab};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 const MB_50: usize = 50 * 1024 * 1024;
+/// How long a transfer may stall before it counts as failed.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 /// One underlay between the two nodes.
 struct Underlay {
@@ -40,49 +41,31 @@ const POD_CIDRS: [&str; 2] = ["10.42.1.0/24", "10.42.2.0/24"];
 
 /// Everything one scenario creates; removed on drop, failure or not.
 struct Pair {
-    tag: String,
-    dir: PathBuf,
-    agents: Vec<Child>,
-    namespaces: Vec<String>,
+    lab: Lab,
 }
 
 impl Pair {
     /// Two node namespaces joined by a veth pair of `u.mtu`, with a mesh
     /// file whose options are `options` (YAML flow mapping).
     fn new(scenario: &str, u: &Underlay, options: &str) -> Self {
-        let tag = format!("wm{}{scenario}", std::process::id() % 10_000);
-        let dir = std::env::temp_dir().join(format!("weft-mtu-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let mut p = Pair {
-            tag,
-            dir,
-            agents: Vec::new(),
-            namespaces: Vec::new(),
-        };
+        let mut lab = Lab::new(&format!("wm{scenario}"));
         for n in NODES {
-            let ns = p.node_ns(n);
-            p.add_ns(&ns);
+            let ns = lab.ns(n);
+            lab.add_ns(&ns);
         }
-        let (a, b) = (p.node_ns("a"), p.node_ns("b"));
+        let (a, b) = (lab.ns("a"), lab.ns("b"));
         ip(&[
             "link", "add", "eth0", "netns", &a, "type", "veth", "peer", "name", "eth0", "netns", &b,
         ]);
         let mut mesh = format!("options: {options}\nnodes:\n");
         for (i, n) in NODES.iter().enumerate() {
-            let ns = p.node_ns(n);
+            let ns = lab.ns(n);
             ip(&["-n", &ns, "link", "set", "eth0", "mtu", &u.mtu.to_string()]);
             let addr = format!("{}/{}", u.addresses[i], u.prefix);
-            if u.addresses[i].contains(':') {
-                ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0", "nodad"]);
-            } else {
-                ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
-            }
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0", "nodad"]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            let node_dir = p.node_dir(n);
-            std::fs::create_dir_all(&node_dir).expect("dir");
-            let (key, _) =
-                weft_agent::reconcile::key::load_or_create(&node_dir.join("key")).expect("key");
+            let (key, _) = weft_agent::reconcile::key::load_or_create(&lab.node_dir(n).join("key"))
+                .expect("key");
             let endpoint = SocketAddr::new(u.addresses[i].parse().expect("address"), 51820);
             mesh.push_str(&format!(
                 "  - {{name: {n}, location: {n}, endpoint: '{endpoint}', podCIDRs: [{}], publicKey: {}}}\n",
@@ -90,100 +73,44 @@ impl Pair {
                 key.public_key()
             ));
         }
-        std::fs::write(p.dir.join("mesh.yaml"), mesh).expect("mesh file");
+        let mesh_path = lab.dir.join("mesh.yaml");
+        std::fs::write(&mesh_path, mesh).expect("mesh file");
         for n in NODES {
-            p.start_agent(n);
+            lab.start_agent(
+                n,
+                &[
+                    "--listen".as_ref(),
+                    "127.0.0.1:1107".as_ref(),
+                    "--mesh".as_ref(),
+                    mesh_path.as_os_str(),
+                ],
+            );
         }
-        p
+        Pair { lab }
     }
 
     fn node_ns(&self, n: &str) -> String {
-        format!("{}-{n}", self.tag)
+        self.lab.ns(n)
     }
 
     fn pod_ns(&self, n: &str) -> String {
-        format!("{}-{n}-pod", self.tag)
+        self.lab.pod_ns(n)
     }
 
     fn node_dir(&self, n: &str) -> PathBuf {
-        self.dir.join(n)
-    }
-
-    fn add_ns(&mut self, name: &str) {
-        ip(&["netns", "add", name]);
-        ip(&["-n", name, "link", "set", "lo", "up"]);
-        self.namespaces.push(name.to_string());
-    }
-
-    fn start_agent(&mut self, n: &str) {
-        let dir = self.node_dir(n);
-        let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.node_ns(n), AGENT])
-            .args([
-                "--hostname",
-                n,
-                "--resync",
-                "1",
-                "--listen",
-                "127.0.0.1:1107",
-            ])
-            .arg("--mesh")
-            .arg(self.dir.join("mesh.yaml"))
-            .arg("--tunnel-binary")
-            .arg(common::sibling_binary("weft-wg", "dataplane"))
-            .arg("--state-dir")
-            .arg(&dir)
-            .arg("--cni-dir")
-            .arg(dir.join("cni"))
-            .arg("--control-socket")
-            .arg(dir.join("weft0.ctl"))
-            .arg("--uapi-dir")
-            .arg(dir.join("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent");
-        self.agents.push(child);
+        self.lab.node_dir(n)
     }
 
     fn log(&self, n: &str) -> String {
-        std::fs::read_to_string(self.node_dir(n).join("agent.log")).unwrap_or_default()
+        self.lab.log(n)
     }
 
     /// A pod on `n` wired by weft-cni from the conflist the agent wrote
     /// with `mtu`; its address.
     fn add_pod(&mut self, n: &str, mtu: u16) -> IpAddr {
-        let path = self.node_dir(n).join("cni/10-weft.conflist");
-        let conflist =
-            testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
-                let text = std::fs::read_to_string(&path).ok()?;
-                let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-                (v["plugins"][0]["mtu"] == mtu).then_some(v)
-            });
-        let Some(conflist) = conflist else {
-            panic!(
-                "{n}'s agent wrote no conflist with MTU {mtu}:\n{}\n{}",
-                std::fs::read_to_string(&path).unwrap_or_default(),
-                self.log(n)
-            );
-        };
-        let pod = self.pod_ns(n);
-        self.add_ns(&pod);
-        let result = common::cni_call(
-            &self.node_ns(n),
-            &common::sibling_binary("weft-cni", "cni-plugin"),
-            "ADD",
-            &pod,
-            &conflist,
-            &self.node_dir(n).join("ipam"),
-        );
-        result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .expect("the pod's address")
+        let conflist = self.lab.conflist(n, |v| v["plugins"][0]["mtu"] == mtu);
+        let cni = common::sibling_binary("weft-cni", "cni-plugin");
+        self.lab.add_pod(n, &cni, &conflist)[0]
     }
 
     /// `n`'s /metrics.
@@ -225,7 +152,8 @@ impl Pair {
 
     /// Every namespace's fragmentation counters, summed.
     fn fragments(&self) -> Fragments {
-        self.namespaces
+        self.lab
+            .namespaces()
             .iter()
             .map(|ns| fragment_counters(ns))
             .fold(Fragments::default(), |a, b| Fragments {
@@ -253,23 +181,6 @@ impl std::ops::Sub for Fragments {
             made: self.made - before.made,
             refused: self.refused - before.refused,
         }
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for mut a in self.agents.drain(..) {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        // The tunnels outlive their agents by design: stop them too.
-        for n in NODES {
-            let _ = wgconf::control::ControlClient::new(self.node_dir(n).join("weft0.ctl")).stop();
-        }
-        for ns in self.namespaces.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -312,12 +223,14 @@ fn fragment_counters(ns: &str) -> Fragments {
 /// Sends `bytes` over TCP from a socket in namespace `from` (DF set: the
 /// kernel never fragments it, whatever the route says) to `to` port 5201,
 /// where a listener in namespace `to_ns` counts them; the count received
-/// and the time taken, or why it failed. Bounded by 60 s.
+/// and the time taken, or why it failed: a stall of `patience` ends it.
+/// Bounded by 60 s.
 fn transfer(
     from: &str,
     to_ns: &str,
     to: IpAddr,
     bytes: usize,
+    patience: Duration,
 ) -> Result<(usize, Duration), String> {
     let netns = |ns: &str| PathBuf::from(format!("/var/run/netns/{ns}"));
     let failed = |e: std::io::Error| weft_netlink::NetlinkError::Failed(e.to_string());
@@ -341,7 +254,7 @@ fn transfer(
             }
         };
         conn.set_nonblocking(false).map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
+        conn.set_read_timeout(Some(patience))
             .map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut got = 0;
@@ -380,7 +293,7 @@ fn transfer(
                 std::io::Error::last_os_error()
             ));
         }
-        s.set_write_timeout(Some(Duration::from_secs(10)))
+        s.set_write_timeout(Some(patience))
             .map_err(|e| e.to_string())?;
         let chunk = vec![0x5au8; 64 * 1024];
         let mut left = bytes;
@@ -429,7 +342,7 @@ fn carries_50_mb_whole(scenario: &str, u: &Underlay, expected: u16) -> Pair {
         );
     }
     let before = p.fragments();
-    let (got, took) = transfer(&p.pod_ns("a"), &p.pod_ns("b"), pod_b, MB_50)
+    let (got, took) = transfer(&p.pod_ns("a"), &p.pod_ns("b"), pod_b, MB_50, PATIENCE)
         .unwrap_or_else(|e| panic!("{}: 50 MB from {pod_a} to {pod_b}: {e}", u.name));
     let fragments = p.fragments() - before;
     eprintln!(
@@ -488,8 +401,8 @@ fn auto_mtu_fits_a_1460_underlay_and_follows_it_down() {
         .and_then(|a| a.parse().ok())
         .expect("pod b's address");
     let before = p.fragments();
-    let (got, took) =
-        transfer(&p.pod_ns("a"), &p.pod_ns("b"), pod_b, MB_50).expect("50 MB after the change");
+    let (got, took) = transfer(&p.pod_ns("a"), &p.pod_ns("b"), pod_b, MB_50, PATIENCE)
+        .expect("50 MB after the change");
     let fragments = p.fragments() - before;
     eprintln!("after the change: 50 MB in {took:?}, {fragments:?}");
     assert_eq!(got, MB_50);
@@ -537,7 +450,14 @@ fn a_fixed_1420_over_a_1460_underlay_is_fragmented() {
     p.add_pod("a", 1420);
     let pod_b = p.add_pod("b", 1420);
     let before = p.fragments();
-    let outcome = transfer(&p.pod_ns("a"), &p.pod_ns("b"), pod_b, MB_50);
+    // A hang shows within 2 s (a healthy transfer takes a fraction of that).
+    let outcome = transfer(
+        &p.pod_ns("a"),
+        &p.pod_ns("b"),
+        pod_b,
+        MB_50,
+        Duration::from_secs(2),
+    );
     let fragments = p.fragments() - before;
     eprintln!("fixed 1420 over 1460: {outcome:?}, {fragments:?}");
     // The tunnel sends with DF: its 1480-byte packets cannot leave, and

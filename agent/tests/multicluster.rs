@@ -11,14 +11,13 @@
 
 mod common;
 
-use common::ip;
+use common::{ip, Lab};
 use fake_apiserver::{k3s_node, FakeApi, HttpServer};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_weft-agent");
 const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
 
 /// One cluster of one node.
@@ -58,74 +57,43 @@ const B: Cluster = Cluster {
     wireguard_ip: "10.14.0.1",
 };
 
-/// Everything the test creates; removed on drop, failure or not.
+/// The two clusters' nodes on a shared internet, and their API servers'
+/// addresses.
 struct World {
-    tag: String,
-    dir: PathBuf,
-    agents: Vec<Child>,
-    namespaces: Vec<String>,
+    lab: Lab,
 }
 
 impl World {
     fn new() -> Self {
-        let tag = format!("wx{}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("weft-multicluster-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let mut w = Self {
-            tag,
-            dir,
-            agents: Vec::new(),
-            namespaces: Vec::new(),
-        };
-        let inet = w.ns("inet");
-        w.add_ns(&inet);
+        let mut lab = Lab::new("wx");
+        let inet = lab.ns("inet");
+        lab.add_ns(&inet);
         ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &inet, "link", "set", "br0", "up"]);
         for c in [&A, &B] {
-            ip(&[
-                "-n",
-                &inet,
-                "addr",
-                "add",
-                &format!("{}/24", c.api_address),
-                "dev",
-                "br0",
-            ]);
-            let node = w.ns(c.node);
-            w.add_ns(&node);
-            let port = format!("{}{}", w.tag, c.name);
-            ip(&[
-                "link", "add", "eth0", "netns", &node, "type", "veth", "peer", "name", &port,
-                "netns", &inet,
-            ]);
-            ip(&["-n", &inet, "link", "set", &port, "master", "br0", "up"]);
-            ip(&[
-                "-n",
+            let api = format!("{}/24", c.api_address);
+            ip(&["-n", &inet, "addr", "add", &api, "dev", "br0"]);
+            let node = lab.ns(c.node);
+            lab.add_ns(&node);
+            let port = format!("{}{}", lab.tag, c.name);
+            lab.plug(
                 &node,
-                "addr",
-                "add",
-                &format!("{}/24", c.address),
-                "dev",
                 "eth0",
-            ]);
-            ip(&["-n", &node, "link", "set", "eth0", "up"]);
+                &inet,
+                "br0",
+                &port,
+                &[&format!("{}/24", c.address)],
+            );
         }
-        w
+        World { lab }
     }
 
     fn ns(&self, what: &str) -> String {
-        format!("{}-{what}", self.tag)
-    }
-
-    fn add_ns(&mut self, name: &str) {
-        ip(&["netns", "add", name]);
-        ip(&["-n", name, "link", "set", "lo", "up"]);
-        self.namespaces.push(name.to_string());
+        self.lab.ns(what)
     }
 
     fn node_dir(&self, c: &Cluster) -> PathBuf {
-        self.dir.join(c.node)
+        self.lab.node_dir(c.node)
     }
 
     /// The cluster's API server, listening in the internet namespace.
@@ -143,7 +111,7 @@ impl World {
         )
         .expect("listen");
         let server = api.serve_http(listener);
-        let kubeconfig = self.dir.join(format!("kubeconfig-{}", c.name));
+        let kubeconfig = self.lab.dir.join(format!("kubeconfig-{}", c.name));
         std::fs::write(
             &kubeconfig,
             format!(
@@ -158,78 +126,27 @@ impl World {
     }
 
     fn start_agent(&mut self, c: &Cluster, kubeconfig: &Path) {
-        let dir = self.node_dir(c);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(c.node), AGENT])
-            .args([
-                "--hostname",
-                c.node,
-                "--backend",
-                "kubernetes",
-                "--kubeconfig",
-            ])
-            .arg(kubeconfig)
-            .args([
-                "--subnet",
-                c.subnet,
-                "--encapsulate",
-                "never",
-                "--listen",
-                "",
-            ])
-            .arg("--tunnel-binary")
-            .arg(common::sibling_binary("weft-wg", "dataplane"))
-            .arg("--state-dir")
-            .arg(&dir)
-            .arg("--cni-dir")
-            .arg(dir.join("cni"))
-            .arg("--control-socket")
-            .arg(dir.join("weft0.ctl"))
-            .arg("--uapi-dir")
-            .arg(dir.join("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent");
-        self.agents.push(child);
+        let args = [
+            "--backend",
+            "kubernetes",
+            "--subnet",
+            c.subnet,
+            "--encapsulate",
+            "never",
+            "--listen",
+            "",
+        ];
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        args.extend(["--kubeconfig".as_ref(), kubeconfig.as_os_str()]);
+        self.lab.start_agent(c.node, &args);
     }
 
     /// A pod on `c`'s node wired by weft-cni from the conflist the agent
     /// wrote; its address.
     fn add_pod(&mut self, c: &Cluster) -> String {
-        let conflist_path = self.node_dir(c).join("cni/10-weft.conflist");
-        let applied =
-            testkit::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-                conflist_path.exists()
-            });
-        assert!(
-            applied,
-            "{}'s agent did not apply:\n{}",
-            c.node,
-            std::fs::read_to_string(self.node_dir(c).join("agent.log")).unwrap_or_default()
-        );
-        let conflist: Value =
-            serde_json::from_str(&std::fs::read_to_string(&conflist_path).expect("read"))
-                .expect("JSON");
-        let pod = self.ns(&format!("{}-pod", c.node));
-        self.add_ns(&pod);
+        let conflist = self.lab.conflist(c.node, |_| true);
         let cni = common::sibling_binary("weft-cni", "cni-plugin");
-        let result = common::cni_call(
-            &self.ns(c.node),
-            &cni,
-            "ADD",
-            &pod,
-            &conflist,
-            &self.node_dir(c).join("ipam"),
-        );
-        result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .expect("address")
-            .to_string()
+        self.lab.add_pod(c.node, &cni, &conflist)[0].to_string()
     }
 
     /// weftctl against `c`'s API, run where the API is reachable (on the
@@ -274,28 +191,7 @@ impl World {
     }
 
     fn ping(&self, from: &Cluster, to: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns(&format!("{}-pod", from.node))])
-            .args(["ping", "-c", "1", "-W", "1", to])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for mut a in self.agents.drain(..) {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        for c in [&A, &B] {
-            let _ = wgconf::control::ControlClient::new(self.node_dir(c).join("weft0.ctl")).stop();
-        }
-        for ns in self.namespaces.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.lab.ping(from.node, to)
     }
 }
 
@@ -366,8 +262,8 @@ fn two_clusters_joined_by_peers_reach_each_others_pods() {
     assert!(
         reached,
         "the clusters' pods do not reach each other:\n{}\n{}",
-        std::fs::read_to_string(w.node_dir(&A).join("agent.log")).unwrap_or_default(),
-        std::fs::read_to_string(w.node_dir(&B).join("agent.log")).unwrap_or_default()
+        w.lab.log(A.node),
+        w.lab.log(B.node)
     );
     eprintln!(
         "pod {pod_a} (cluster a) and pod {pod_b} (cluster b) reach each other {:?} after the Peers were applied",

@@ -34,6 +34,7 @@ fn snapshot(nodes: u32, locations: u32, peers: u32) -> Snapshot {
                         .parse()
                         .expect("ip"),
                 ),
+                internal_ip6: None,
                 pod_cidrs: vec![format!("10.{}.{}.0/24", 40 + i / 256, i % 256)
                     .parse()
                     .expect("cidr")],

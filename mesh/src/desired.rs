@@ -108,10 +108,6 @@ fn host(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-fn same_family(a: &IpNet, b: IpAddr) -> bool {
-    a.addr().is_ipv4() == b.is_ipv4()
-}
-
 impl Topology {
     /// The desired state of `node`, or `None` if it is not in the mesh.
     pub fn desired_state(&self, node: &str) -> Option<DesiredState> {
@@ -120,11 +116,12 @@ impl Topology {
         let me = &seg.nodes[ni];
         let is_leader = seg.leader == ni;
         let private = me.internal_ip;
-        let private_ip = private.map(|c| c.addr());
+        // VXLAN runs over the IPv4 private network: an IPv6 next hop (the
+        // node's internal IPv6) is routed to directly.
         let encapsulate = |gw: IpAddr| match self.options.encapsulate {
             Encapsulate::Never => false,
-            Encapsulate::Always => true,
-            Encapsulate::CrossSubnet => !private.is_some_and(|c| c.contains(&gw)),
+            Encapsulate::Always => gw.is_ipv4(),
+            Encapsulate::CrossSubnet => gw.is_ipv4() && !private.is_some_and(|c| c.contains(&gw)),
         };
         let via_private = |dst: IpNet, gw: IpAddr| Route {
             dst,
@@ -149,11 +146,10 @@ impl Topology {
             .flat_map(|(_, s)| &s.nodes)
             .filter(|n| n.name != me.name && self.options.local);
         for n in local_nodes {
-            let Some(gw) = n.internal_ip.map(|c| c.addr()) else {
-                continue;
-            };
-            for c in n.pod_cidrs.iter().filter(|c| same_family(c, gw)) {
-                routes.push(via_private(*c, gw));
+            for c in &n.pod_cidrs {
+                if let Some(gw) = n.private_for(c.addr()) {
+                    routes.push(via_private(*c, gw));
+                }
             }
         }
 
@@ -194,7 +190,7 @@ impl Topology {
                         dst,
                         gateway: None,
                         device: RouteDevice::WireGuard,
-                        src: private_ip.filter(|ip| same_family(&dst, *ip)),
+                        src: me.private_for(dst.addr()),
                     });
                 }
             }
@@ -247,36 +243,37 @@ impl Topology {
                 },
                 Compatibility::None => via_private(dst, gw),
             };
-            let leader_gw = match self.options.compatibility {
-                Compatibility::Flannel => seg
-                    .leader()
+            // The leader's address of the destination's family (an IPv6
+            // destination needs the leader's internal IPv6).
+            let leader = seg.leader();
+            let gw_for = |dst: &IpNet| match self.options.compatibility {
+                Compatibility::Flannel => leader
                     .pod_cidrs
                     .iter()
                     .find(|c| c.addr().is_ipv4())
+                    .filter(|_| dst.addr().is_ipv4())
                     .map(|c| c.network()),
-                Compatibility::None => seg.leader().internal_ip.map(|c| c.addr()),
+                Compatibility::None => leader.private_for(dst.addr()),
             };
-            if let Some(gw) = leader_gw {
-                for (j, other) in self.segments.iter().enumerate() {
-                    routes.push(via_leader(host(other.wireguard_ip.addr()), gw));
-                    if j == si {
-                        continue;
-                    }
-                    for dst in other
-                        .routed_ips()
-                        .into_iter()
-                        .filter(|c| same_family(c, gw))
-                    {
-                        if dst != host(other.wireguard_ip.addr()) {
-                            routes.push(via_leader(dst, gw));
-                        }
+            let mut to_leader = |dst: IpNet| {
+                if let Some(gw) = gw_for(&dst) {
+                    routes.push(via_leader(dst, gw));
+                }
+            };
+            for (j, other) in self.segments.iter().enumerate() {
+                let wireguard_ip = host(other.wireguard_ip.addr());
+                to_leader(wireguard_ip);
+                if j == si {
+                    continue;
+                }
+                for dst in other.routed_ips() {
+                    if dst != wireguard_ip {
+                        to_leader(dst);
                     }
                 }
-                for dst in self.peers.iter().flat_map(|p| &p.allowed_ips) {
-                    if same_family(dst, gw) {
-                        routes.push(via_leader(*dst, gw));
-                    }
-                }
+            }
+            for dst in self.peers.iter().flat_map(|p| &p.allowed_ips) {
+                to_leader(*dst);
             }
             None
         };
@@ -456,6 +453,96 @@ mod tests {
             "{r:?}"
         );
         assert!(!r.iter().any(|x| x.starts_with("10.42.0.0/24")), "{r:?}");
+    }
+
+    /// Dual stack: every node has an IPv4 and an IPv6 pod CIDR and internal
+    /// address. IPv6 goes to the same next hops as IPv4, by their IPv6
+    /// addresses, and never into VXLAN (an IPv4 underlay).
+    #[test]
+    fn both_families_go_the_same_way() {
+        let dual = |name: &str, loc: &str, ep: &str, v4: &str, v6: &str, i: u8| {
+            let mut n = node(name, loc, ep, Some(v4), &format!("10.42.{i}.0/24"), false);
+            n.internal_ip6 = Some(v6.parse().unwrap());
+            n.pod_cidrs
+                .push(format!("fd42:0:0:{i}::/64").parse().unwrap());
+            n
+        };
+        let s = snapshot(
+            vec![
+                dual(
+                    "a1",
+                    "aws",
+                    "3.0.0.1:51820",
+                    "10.0.0.1/24",
+                    "fd00:a::1/64",
+                    0,
+                ),
+                dual(
+                    "a2",
+                    "aws",
+                    "3.0.0.2:51820",
+                    "10.0.0.2/24",
+                    "fd00:a::2/64",
+                    1,
+                ),
+                dual(
+                    "g1",
+                    "gcp",
+                    "[2001:db8::21]:51820",
+                    "10.1.0.1/24",
+                    "fd00:b::1/64",
+                    2,
+                ),
+            ],
+            vec![],
+        );
+        let opts = MeshOptions {
+            encapsulate: Encapsulate::Always,
+            ..Default::default()
+        };
+        let t = Topology::new(&s, &opts, 0).unwrap();
+        let r = routes(&t, "a1");
+        for want in [
+            "10.42.1.0/24 Encapsulation via 10.0.0.2",
+            "fd42:0:0:1::/64 Private via fd00:a::2",
+            "10.42.2.0/24 WireGuard",
+            "fd42:0:0:2::/64 WireGuard",
+        ] {
+            assert!(r.contains(&want.to_string()), "{want} in {r:?}");
+        }
+        let leader = t.desired_state("a1").unwrap();
+        let src = |dst: &str| {
+            leader
+                .routes
+                .iter()
+                .find(|r| r.dst.to_string() == dst)
+                .and_then(|r| r.src)
+                .map(|a| a.to_string())
+        };
+        assert_eq!(src("fd42:0:0:2::/64").as_deref(), Some("fd00:a::1"));
+        assert_eq!(src("10.42.2.0/24").as_deref(), Some("10.0.0.1"));
+        let gcp = &leader.wireguard.unwrap().peers[0];
+        assert!(gcp
+            .allowed_ips
+            .contains(&"fd42:0:0:2::/64".parse().unwrap()));
+        assert_eq!(
+            gcp.endpoint.as_ref().unwrap().to_string(),
+            "[2001:db8::21]:51820"
+        );
+        let r = routes(&t, "a2");
+        for want in [
+            "10.42.2.0/24 Encapsulation via 10.0.0.1",
+            "fd42:0:0:2::/64 Private via fd00:a::1",
+            "fd42::/64 Private via fd00:a::1",
+        ] {
+            assert!(r.contains(&want.to_string()), "{want} in {r:?}");
+        }
+        // Without an internal IPv6, a member routes IPv4 only (as Kilo).
+        let mut v4_only = s.clone();
+        v4_only.nodes[0].internal_ip6 = None;
+        let t = Topology::new(&v4_only, &opts, 0).unwrap();
+        let r = routes(&t, "a2");
+        assert!(!r.iter().any(|x| x.starts_with("fd42:0:0:2::")), "{r:?}");
     }
 
     #[test]

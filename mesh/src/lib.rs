@@ -53,6 +53,7 @@ pub mod testing {
             location: location.into(),
             endpoint: Some(endpoint.parse().expect("endpoint")),
             internal_ip: internal.map(|s| s.parse().expect("cidr")),
+            internal_ip6: None,
             pod_cidrs: vec![pods.parse().expect("cidr")],
             public_key: Some(key_for(name)),
             persistent_keepalive: 0,

@@ -267,6 +267,10 @@ pub struct Node {
     pub endpoint: Option<Endpoint>,
     /// The node's private address with its interface's prefix (10.0.1.5/24).
     pub internal_ip: Option<IpNet>,
+    /// A private IPv6 address too (Weft's own `weft.dev/internal-ip6`):
+    /// the next hop of IPv6 pod traffic inside a location, which Kilo's one
+    /// internal IP cannot be for both families.
+    pub internal_ip6: Option<IpNet>,
     pub pod_cidrs: Vec<IpNet>,
     pub public_key: Option<PublicKey>,
     /// Seconds; > 0 also means "behind NAT, may roam".
@@ -291,6 +295,16 @@ impl Node {
             .as_ref()
             .and_then(Endpoint::ip)
             .is_some_and(|ip| !is_private(ip))
+    }
+
+    /// The node's private address of `ip`'s family, if it has one: the
+    /// next hop towards it inside its location.
+    pub fn private_for(&self, ip: IpAddr) -> Option<IpAddr> {
+        [self.internal_ip, self.internal_ip6]
+            .into_iter()
+            .flatten()
+            .map(|c| c.addr())
+            .find(|a| a.is_ipv4() == ip.is_ipv4())
     }
 
     /// Why the node cannot take part now, if it cannot; its check-in age is
@@ -351,6 +365,12 @@ pub struct RawNode {
     pub endpoint: Option<String>,
     #[serde(default, rename = "internalIP")]
     pub internal_ip: Option<String>,
+    #[serde(
+        default,
+        rename = "internalIP6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub internal_ip6: Option<String>,
     #[serde(default, rename = "podCIDRs")]
     pub pod_cidrs: Vec<String>,
     #[serde(default)]
@@ -427,6 +447,15 @@ impl RawNode {
             .filter(|s| !s.is_empty() && *s != "-")
             .map(|s| parse_cidr("node", n, "internalIP", s))
             .transpose()?;
+        let internal_ip6 = self
+            .internal_ip6
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| match parse_cidr("node", n, "internalIP6", s)? {
+                c @ IpNet::V6(_) => Ok(c),
+                IpNet::V4(_) => Err(err("internalIP6", format!("{s:?} is not IPv6"))),
+            })
+            .transpose()?;
         let pod_cidrs = self
             .pod_cidrs
             .iter()
@@ -469,6 +498,7 @@ impl RawNode {
             location: self.location.clone(),
             endpoint,
             internal_ip,
+            internal_ip6,
             pod_cidrs,
             public_key,
             persistent_keepalive,
@@ -561,6 +591,8 @@ pub struct SelfReport {
     pub endpoint: String,
     /// The private address with its interface prefix, if the node has one.
     pub internal_ip: Option<IpNet>,
+    /// A private IPv6 address too (`weft.dev/internal-ip6`).
+    pub internal_ip6: Option<IpNet>,
     /// Set while this node leads its segment.
     pub wireguard_ip: Option<IpNet>,
     pub granularity: Granularity,

@@ -37,6 +37,7 @@ pub fn self_report(
         public_key,
         endpoint: SocketAddr::new(found.public_ip, topology.options.port).to_string(),
         internal_ip: found.internal_ip,
+        internal_ip6: found.internal_ip6,
         wireguard_ip: applied
             .filter(|d| d.is_leader)
             .and_then(|d| d.wireguard.as_ref())
@@ -249,6 +250,7 @@ mod tests {
         let desired = t.desired_state("a").unwrap();
         let found = Discovered {
             internal_ip: Some("10.0.0.1/24".parse().unwrap()),
+            internal_ip6: None,
             public_ip: "203.0.113.1".parse().unwrap(),
         };
         let tunnel = [

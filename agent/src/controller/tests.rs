@@ -126,6 +126,7 @@ impl AddressSource for FixedAddresses {
     fn find(&mut self) -> Result<Discovered, String> {
         Ok(Discovered {
             internal_ip: Some("10.0.0.1/24".parse().unwrap()),
+            internal_ip6: None,
             public_ip: "203.0.113.1".parse().unwrap(),
         })
     }

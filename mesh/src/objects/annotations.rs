@@ -29,8 +29,12 @@ pub const DISCOVERED_ENDPOINTS: &str = "kilo.squat.ai/discovered-endpoints";
 /// Weft's own, written by Weft agents only (Kilo ignores it): the segment
 /// members this node cannot reach, comma-separated (see `mesh::failover`).
 pub const UNREACHABLE: &str = "weft.dev/unreachable";
+/// Weft's own: the node's private IPv6 address with its prefix, the next
+/// hop of IPv6 pods inside its location (Kilo's `internal-ip` is one
+/// address; Kilo nodes ignore this and route IPv4 only).
+pub const INTERNAL_IP6: &str = "weft.dev/internal-ip6";
 /// The agent-owned keys, all of which `owned_patch` manages.
-pub const OWNED: [&str; 8] = [
+pub const OWNED: [&str; 9] = [
     ENDPOINT,
     INTERNAL_IP,
     KEY,
@@ -39,6 +43,7 @@ pub const OWNED: [&str; 8] = [
     GRANULARITY,
     DISCOVERED_ENDPOINTS,
     UNREACHABLE,
+    INTERNAL_IP6,
 ];
 /// Where the location comes from when there is no annotation.
 pub const DEFAULT_TOPOLOGY_LABEL: &str = "topology.kubernetes.io/region";
@@ -139,6 +144,9 @@ pub fn owned_annotations(report: &SelfReport, last_seen: u64) -> BTreeMap<String
     if let Some(names) = &report.unreachable {
         let list: Vec<&str> = names.iter().map(String::as_str).collect();
         owned.insert(UNREACHABLE.to_string(), list.join(","));
+    }
+    if let Some(ip6) = report.internal_ip6 {
+        owned.insert(INTERNAL_IP6.to_string(), ip6.to_string());
     }
     owned
 }
@@ -251,6 +259,15 @@ pub fn raw_node(node: &impl NodeView, topology_label: &str) -> (RawNode, Vec<Rec
             allowed_location_ips.push(ip.to_string());
         }
     }
+    let internal_ip6 = ann
+        .get(INTERNAL_IP6)
+        .and_then(|v| match v.trim().parse::<ipnet::IpNet>() {
+            Ok(c @ ipnet::IpNet::V6(_)) => Some(c.to_string()),
+            _ => {
+                warn(INTERNAL_IP6, format!("{v:?} is not an IPv6 CIDR; ignored"));
+                None
+            }
+        });
     let last_seen = match ann.get(LAST_SEEN).map(|v| v.trim().parse::<u64>()) {
         Some(Ok(t)) => Some(t),
         Some(Err(_)) => {
@@ -274,6 +291,7 @@ pub fn raw_node(node: &impl NodeView, topology_label: &str) -> (RawNode, Vec<Rec
             location,
             endpoint,
             internal_ip,
+            internal_ip6,
             pod_cidrs,
             public_key: ann.get(KEY).cloned(),
             persistent_keepalive,
@@ -599,14 +617,17 @@ mod tests {
             public_key: PublicKey::from_base64(KEY_B64).unwrap(),
             endpoint: "203.0.113.9:51820".into(),
             internal_ip: None,
+            internal_ip6: None,
             wireguard_ip: Some("10.4.0.2/16".parse().unwrap()),
             granularity: crate::Granularity::Full,
             discovered_endpoints: BTreeMap::new(),
             unreachable: None,
         };
         let a = owned_annotations(&report, 1234);
-        // Kilo's seven; Weft's report only from a node that probes.
-        assert_eq!(a.len(), OWNED.len() - 1);
+        // Kilo's seven; Weft's report only from a node that probes, its
+        // IPv6 address only from a node that has one.
+        assert_eq!(a.len(), OWNED.len() - 2);
+        assert!(!a.contains_key(INTERNAL_IP6));
         assert!(!a.contains_key(UNREACHABLE));
         assert_eq!(a[INTERNAL_IP], "");
         assert_eq!(a[DISCOVERED_ENDPOINTS], "");
@@ -616,7 +637,7 @@ mod tests {
         assert_eq!(a[KEY], KEY_B64);
         let probing = SelfReport {
             unreachable: Some(["b".to_string(), "a".to_string()].into()),
-            ..report
+            ..report.clone()
         };
         let a = owned_annotations(&probing, 1234);
         assert_eq!(a[UNREACHABLE], "a,b");
@@ -626,5 +647,24 @@ mod tests {
         )
         .0;
         assert_eq!(back.unreachable, Some(vec!["a".into(), "b".into()]));
+        // The IPv6 internal address goes out and comes back; a value that
+        // is not IPv6 is reported and ignored, the node kept.
+        let dual = SelfReport {
+            internal_ip6: Some("fd00:1::11/64".parse().unwrap()),
+            ..report
+        };
+        assert_eq!(owned_annotations(&dual, 1)[INTERNAL_IP6], "fd00:1::11/64");
+        let (back, warnings) = raw_node(
+            &node_json(json!({INTERNAL_IP6: "fd00:1::11/64"}), json!({}), json!({})),
+            DEFAULT_TOPOLOGY_LABEL,
+        );
+        assert_eq!(back.internal_ip6.as_deref(), Some("fd00:1::11/64"));
+        assert!(warnings.is_empty());
+        let (back, warnings) = raw_node(
+            &node_json(json!({INTERNAL_IP6: "10.0.0.1/24"}), json!({}), json!({})),
+            DEFAULT_TOPOLOGY_LABEL,
+        );
+        assert_eq!(back.internal_ip6, None);
+        assert_eq!(warnings[0].field, INTERNAL_IP6);
     }
 }
