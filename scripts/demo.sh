@@ -6,9 +6,11 @@
 # tunnel (weft-wg) and a pod wired by weft-cni; it proves pod-to-pod and
 # pod-to-node reachability, prints the table and the graph, and tears down.
 #
-#   sudo scripts/demo.sh            run, check, tear down
-#   sudo scripts/demo.sh --keep     stay up until Enter / Ctrl-C
-#   sudo scripts/demo.sh down       remove leftovers of an interrupted run
+#   sudo scripts/demo.sh              run, check, tear down
+#   sudo scripts/demo.sh --keep       stay up until Enter / Ctrl-C
+#   sudo scripts/demo.sh --dual-stack IPv4 and IPv6 pods, gcp on an IPv6-only
+#                                     underlay (combines with --keep)
+#   sudo scripts/demo.sh down         remove leftovers of an interrupted run
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 [[ $(id -u) == 0 ]] || { echo "needs root (network namespaces, TUN, routes): sudo $0 $*" >&2; exit 1; }
@@ -26,9 +28,13 @@ for b in "${bins[@]}"; do
         break
     fi
 done
-case ${1:-up} in
+[[ ${1:-} == up ]] && shift
+case ${1:-} in
     down) exec "$root/target/release/weft-lab" down ;;
-    --keep) exec "$root/target/release/weft-lab" up --keep ;;
-    up|"") exec "$root/target/release/weft-lab" up ;;
+    ""|--keep|--dual-stack)
+        for a in "$@"; do
+            [[ $a == --keep || $a == --dual-stack ]] || { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+        done
+        exec "$root/target/release/weft-lab" up "$@" ;;
     *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -43,6 +43,12 @@ pub struct DemoNode {
     pub pod_cidr: &'static str,
     /// The endpoint others use (forced for the node behind NAT).
     pub endpoint: &'static str,
+    /// In the dual-stack demo: the IPv6 pod CIDR, the IPv6 address on the
+    /// location's network, and on the internet (behind the home router:
+    /// routed, not translated).
+    pub pod_cidr6: &'static str,
+    pub private6: &'static str,
+    pub public6: &'static str,
 }
 
 pub fn nodes() -> Vec<DemoNode> {
@@ -55,6 +61,9 @@ pub fn nodes() -> Vec<DemoNode> {
             lan: "br-aws",
             pod_cidr: "10.42.1.0/24",
             endpoint: "203.0.113.11:51820",
+            pod_cidr6: "fd42:0:0:1::/64",
+            private6: "fd00:a::11/64",
+            public6: "2001:db8:1::11/64",
         },
         DemoNode {
             name: "aws-2",
@@ -64,6 +73,9 @@ pub fn nodes() -> Vec<DemoNode> {
             lan: "br-aws",
             pod_cidr: "10.42.2.0/24",
             endpoint: "203.0.113.12:51820",
+            pod_cidr6: "fd42:0:0:2::/64",
+            private6: "fd00:a::12/64",
+            public6: "2001:db8:1::12/64",
         },
         DemoNode {
             name: "gcp-1",
@@ -73,6 +85,9 @@ pub fn nodes() -> Vec<DemoNode> {
             lan: "br-gcp",
             pod_cidr: "10.42.3.0/24",
             endpoint: "203.0.113.21:51820",
+            pod_cidr6: "fd42:0:0:3::/64",
+            private6: "fd00:b::21/64",
+            public6: "2001:db8:1::21/64",
         },
         DemoNode {
             name: "home-1",
@@ -82,6 +97,9 @@ pub fn nodes() -> Vec<DemoNode> {
             lan: "br-home",
             pod_cidr: "10.42.4.0/24",
             endpoint: "203.0.113.31:51820",
+            pod_cidr6: "fd42:0:0:4::/64",
+            private6: "fd00:c::10/64",
+            public6: "2001:db8:31::10/64",
         },
     ]
 }
@@ -192,7 +210,16 @@ pub struct Demo {
     agents: Vec<(String, Child)>,
     encapsulate: Encapsulate,
     source: MeshSource,
+    dual_stack: bool,
 }
+
+/// In the dual-stack demo, the node whose location is reached over an
+/// IPv6-only underlay: it has no public IPv4 address.
+pub const IPV6_ONLY: &str = "gcp-1";
+/// The home router's IPv6: it routes the home network's /64, no NAT.
+const ROUTER_WAN6: &str = "2001:db8:1::31";
+const HOME_NET6: &str = "2001:db8:31::/64";
+const HOME_GW6: &str = "2001:db8:31::1";
 
 /// One row of the reachability table.
 #[derive(Clone, Debug)]
@@ -221,10 +248,33 @@ impl Demo {
         Ok(demo)
     }
 
+    /// The dual-stack demo (mesh file): every node with an IPv4 and an IPv6
+    /// pod CIDR and internal address, the nodes with public addresses
+    /// dialled over IPv6, gcp reached over an IPv6-only underlay, home
+    /// behind NAT for IPv4 and routed for IPv6.
+    pub fn up_dual_stack(
+        paths: DemoPaths,
+        encapsulate: Encapsulate,
+        progress: &dyn Fn(&str),
+    ) -> Result<Self, DemoError> {
+        let mut demo = Self::networks_of(paths, encapsulate, true, progress)?;
+        demo.start(MeshSource::File, progress)?;
+        Ok(demo)
+    }
+
     /// The namespaces and networks only, no agents yet (see [`Demo::start`]).
     pub fn networks(
         paths: DemoPaths,
         encapsulate: Encapsulate,
+        progress: &dyn Fn(&str),
+    ) -> Result<Self, DemoError> {
+        Self::networks_of(paths, encapsulate, false, progress)
+    }
+
+    fn networks_of(
+        paths: DemoPaths,
+        encapsulate: Encapsulate,
+        dual_stack: bool,
         progress: &dyn Fn(&str),
     ) -> Result<Self, DemoError> {
         for (what, p) in [
@@ -245,6 +295,7 @@ impl Demo {
             agents: Vec::new(),
             encapsulate,
             source: MeshSource::File,
+            dual_stack,
         };
         progress("creating the internet, three clouds' networks and a home router");
         demo.build_networks()?;
@@ -340,16 +391,41 @@ impl Demo {
                 "192.168.1.10:51820",
             ],
         )?;
+        let v6 = |ns: &str, addr: &str, dev: &str| {
+            ip_n(ns, &["addr", "add", addr, "dev", dev, "nodad"]).map(|_| ())
+        };
+        if self.dual_stack {
+            v6(ROUTER, &format!("{ROUTER_WAN6}/64"), "wan")?;
+            v6(ROUTER, &format!("{HOME_GW6}/64"), "lan")?;
+            ns_exec(ROUTER, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        }
         for n in nodes() {
             let ns = node_ns(n.name);
             sh(&["ip", "netns", "add", &ns])?;
             ip_n(&ns, &["link", "set", "lo", "up"])?;
             if let Some(public) = n.public {
-                plug(&ns, "eth0", "br-inet", public)?;
+                if self.dual_stack && n.name == IPV6_ONLY {
+                    plug(&ns, "eth0", "br-inet", n.public6)?;
+                } else {
+                    plug(&ns, "eth0", "br-inet", public)?;
+                    if self.dual_stack {
+                        v6(&ns, n.public6, "eth0")?;
+                    }
+                }
+                if self.dual_stack {
+                    ip_n(&ns, &["-6", "route", "add", HOME_NET6, "via", ROUTER_WAN6])?;
+                }
             }
             plug(&ns, "eth1", n.lan, n.private)?;
+            if self.dual_stack {
+                v6(&ns, n.private6, "eth1")?;
+            }
             if n.public.is_none() {
                 ip_n(&ns, &["route", "add", "default", "via", "192.168.1.1"])?;
+                if self.dual_stack {
+                    v6(&ns, n.public6, "eth1")?;
+                    ip_n(&ns, &["-6", "route", "add", "default", "via", HOME_GW6])?;
+                }
             }
         }
         Ok(())
@@ -370,14 +446,33 @@ impl Demo {
             let dir = self.paths.work.join(n.name);
             let (key, _) = weft_agent::reconcile::key::load_or_create(&dir.join("key"))
                 .map_err(|e| DemoError(e.to_string()))?;
+            // Dual stack: the nodes with public addresses are dialled over
+            // IPv6; home keeps its forced IPv4 endpoint (its router's NAT),
+            // and a node that cannot reach it there (IPv6 only) answers the
+            // handshakes its keepalive starts, at their IPv6 source.
+            let (endpoint, pods, internal6) = if self.dual_stack {
+                let endpoint = match n.public {
+                    Some(_) => format!("'[{}]:51820'", n.public6.split('/').next().unwrap_or("")),
+                    None => n.endpoint.to_string(),
+                };
+                (
+                    endpoint,
+                    format!("'{}', '{}'", n.pod_cidr, n.pod_cidr6),
+                    format!("\n    internalIP6: '{}'", n.private6),
+                )
+            } else {
+                (
+                    n.endpoint.to_string(),
+                    n.pod_cidr.to_string(),
+                    String::new(),
+                )
+            };
             let _ = writeln!(
                 yaml,
-                "  - name: {}\n    location: {}\n    endpoint: {}\n    internalIP: {}\n    podCIDRs: [{}]\n    publicKey: {}{}",
+                "  - name: {}\n    location: {}\n    endpoint: {endpoint}\n    internalIP: {}{internal6}\n    podCIDRs: [{pods}]\n    publicKey: {}{}",
                 n.name,
                 n.location,
-                n.endpoint,
                 n.private,
-                n.pod_cidr,
                 key.public_key(),
                 if n.public.is_none() { "\n    persistentKeepalive: \"25\"" } else { "" }
             );
@@ -619,26 +714,41 @@ impl Demo {
         format!("{}.2", parts.join("."))
     }
 
-    /// Pings from every pod to every other pod and to every other node's
-    /// private address, waiting up to `settle` for tunnels to come up.
+    /// The pod's IPv6 address on `node` in the dual-stack demo.
+    pub fn pod_ip6(node: &str) -> String {
+        let cidr = nodes()
+            .into_iter()
+            .find(|n| n.name == node)
+            .map_or("::/64", |n| n.pod_cidr6);
+        format!("{}2", cidr.split('/').next().unwrap_or("::"))
+    }
+
+    /// Pings from every pod to every other pod (in both families in the
+    /// dual-stack demo) and to every other node's private address, waiting
+    /// up to `settle` for tunnels to come up.
     pub fn check(&self, settle: Duration) -> Vec<Reach> {
         let all = nodes();
         let mut rows = Vec::new();
         let end = Instant::now() + settle;
         for a in &all {
             for b in all.iter().filter(|b| b.name != a.name) {
-                let path = match (a.location == b.location, self.encapsulate) {
+                let path = |target: &str| match (a.location == b.location, self.encapsulate) {
                     (false, _) => "encrypted",
-                    (true, Encapsulate::Always) => "vxlan",
+                    // VXLAN runs over IPv4: IPv6 goes plain.
+                    (true, Encapsulate::Always) if !target.contains(':') => "vxlan",
                     (true, _) => "private",
                 };
-                for (to, target) in [
+                let mut targets = vec![
                     (format!("pod@{}", b.name), Self::pod_ip(b.name)),
                     (
                         format!("node {}", b.name),
                         b.private.split('/').next().unwrap_or("").to_string(),
                     ),
-                ] {
+                ];
+                if self.dual_stack {
+                    targets.insert(1, (format!("pod@{}", b.name), Self::pod_ip6(b.name)));
+                }
+                for (to, target) in targets {
                     let mut rtt = ping(&pod_ns(a.name), &target);
                     while rtt.is_none() && Instant::now() < end {
                         rtt = ping(&pod_ns(a.name), &target);
@@ -646,8 +756,8 @@ impl Demo {
                     rows.push(Reach {
                         from: format!("pod@{}", a.name),
                         to,
+                        path: path(&target),
                         target,
-                        path,
                         rtt_ms: rtt,
                     });
                 }
@@ -766,7 +876,7 @@ pub fn ping(ns: &str, target: &str) -> Option<f64> {
 /// Renders the reachability table.
 pub fn table(rows: &[Reach]) -> String {
     let mut out = format!(
-        "{:<12} {:<14} {:<15} {:<10} {}\n",
+        "{:<12} {:<14} {:<17} {:<10} {}\n",
         "from", "to", "address", "path", "rtt"
     );
     for r in rows {
@@ -775,7 +885,7 @@ pub fn table(rows: &[Reach]) -> String {
             .map_or("UNREACHABLE".to_string(), |t| format!("{t:.3} ms"));
         let _ = writeln!(
             out,
-            "{:<12} {:<14} {:<15} {:<10} {rtt}",
+            "{:<12} {:<14} {:<17} {:<10} {rtt}",
             r.from, r.to, r.target, r.path
         );
     }

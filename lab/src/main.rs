@@ -32,6 +32,12 @@ enum Action {
         /// Encapsulate traffic between the nodes of one location (VXLAN).
         #[arg(long, default_value = "never", value_parser = ["never", "crosssubnet", "always"])]
         encapsulate: String,
+        /// Both families: an IPv6 pod CIDR and internal address per node
+        /// beside the IPv4 ones, the public nodes dialled over IPv6, gcp on
+        /// an IPv6-only underlay, home NATed for IPv4 and routed for IPv6;
+        /// every pod-to-pod path checked in both families.
+        #[arg(long)]
+        dual_stack: bool,
     },
     /// Remove what an interrupted demo left behind.
     Down,
@@ -43,9 +49,17 @@ fn run(action: Action) -> Result<String, String> {
         weft_lab::down(&paths.work);
         return Ok("removed the demo's namespaces, agents and files\n".into());
     }
-    let (keep, encapsulate) = match &action {
-        Action::Up { keep, encapsulate } => (*keep, encapsulate.parse().map_err(|e: String| e)?),
-        Action::Down => (false, weft_agent::mesh::Encapsulate::Never),
+    let (keep, encapsulate, dual_stack) = match &action {
+        Action::Up {
+            keep,
+            encapsulate,
+            dual_stack,
+        } => (
+            *keep,
+            encapsulate.parse().map_err(|e: String| e)?,
+            *dual_stack,
+        ),
+        Action::Down => (false, weft_agent::mesh::Encapsulate::Never, false),
     };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -59,8 +73,13 @@ fn run(action: Action) -> Result<String, String> {
         std::process::exit(130);
     });
     let started = std::time::Instant::now();
-    let d = weft_lab::Demo::up_with(paths, encapsulate, &|step| eprintln!("== {step}"))
-        .map_err(|e| e.to_string())?;
+    let progress = |step: &str| eprintln!("== {step}");
+    let d = if dual_stack {
+        weft_lab::Demo::up_dual_stack(paths, encapsulate, &progress)
+    } else {
+        weft_lab::Demo::up_with(paths, encapsulate, &progress)
+    }
+    .map_err(|e| e.to_string())?;
     eprintln!("== checking reachability across the mesh");
     let rows = d.check(std::time::Duration::from_secs(15));
     let mut out = String::new();

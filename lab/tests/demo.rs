@@ -40,6 +40,7 @@ fn demo_scenarios() {
     testkit::require_root("network namespaces");
     demo_mesh_end_to_end_and_agent_restart();
     demo_mesh_with_vxlan_inside_a_location();
+    demo_mesh_in_both_families();
     demo_mesh_through_the_kubernetes_backend();
     demo_mesh_watched_by_prometheus();
 }
@@ -192,6 +193,41 @@ fn demo_mesh_with_vxlan_inside_a_location() {
         .output()
         .expect("ip link");
     assert!(String::from_utf8_lossy(&link.stdout).contains("vxlan id 1107"));
+}
+
+/// The dual-stack demo (`scripts/demo.sh --dual-stack`): every pod reaches
+/// every other pod in both families and every node, with VXLAN inside aws
+/// for IPv4; gcp has no public IPv4, so everything reaches it over IPv6,
+/// and it reaches home (IPv4 NAT) at the IPv6 source of home's keepalives.
+fn demo_mesh_in_both_families() {
+    let d = Demo::up_dual_stack(paths(), weft_agent::mesh::Encapsulate::Always, &|step| {
+        eprintln!("== {step}")
+    })
+    .expect("dual-stack demo up");
+    let rows = d.check(Duration::from_secs(20));
+    eprintln!("{}", demo::table(&rows));
+    let unreachable: Vec<_> = rows.iter().filter(|r| r.rtt_ms.is_none()).collect();
+    assert!(unreachable.is_empty(), "unreachable: {unreachable:?}");
+    assert_eq!(
+        rows.len(),
+        36,
+        "4 nodes x 3 others x (pod v4, pod v6, node)"
+    );
+    let v6 = rows.iter().filter(|r| r.target.contains(':')).count();
+    assert_eq!(v6, 12);
+    // gcp-1 is on an IPv6-only underlay: its tunnel's peers are at IPv6
+    // endpoints, home included (learned from home's handshakes).
+    let control = d.paths.work.join(demo::IPV6_ONLY).join("weft0.ctl");
+    let (info, _) = wgconf::control::ControlClient::new(control)
+        .get()
+        .expect("gcp-1's tunnel");
+    for p in &info.peers {
+        let ep = p.endpoint.expect("an endpoint");
+        assert!(ep.is_ipv6(), "gcp-1 reaches {} at {ep}", p.public_key);
+        assert!(p.last_handshake.is_some(), "{}", p.public_key);
+    }
+    let graph = d.graph().expect("graph");
+    assert!(graph.contains("fd42:0:0:3::/64") && graph.contains("10.42.3.0/24"));
 }
 
 /// The demo's nodes as k3s would register them, with only what users set
