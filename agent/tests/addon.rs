@@ -380,6 +380,11 @@ fn weft_joins_flannels_locations_and_leaves_flannel_alone() {
     assert!(w.ping(e2, &pods[2]));
     assert!(w.tunnel_packets(e1) > t_e1);
 
+    // --cni=false: the pods are flannel's to masquerade, not Weft's (its
+    // chain masquerades nothing from the pod CIDR).
+    let nat = w.sh(e1, &["iptables", "-t", "nat", "-S", "WEFT-POSTROUTING"]);
+    assert!(!nat.contains(e1.pod_cidr), "{nat}");
+
     // flannel's routes, neighbours and forwarding entries: untouched.
     assert_eq!(w.flannels_state(), flannel_before);
 }
