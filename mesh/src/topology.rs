@@ -396,6 +396,36 @@ mod tests {
     use super::*;
     use crate::testing::{node, peer, snapshot};
 
+    /// a and b in aws, c in gcp at `gcp_endpoint`.
+    fn two_aws_one_gcp(gcp_endpoint: &str) -> Vec<Node> {
+        vec![
+            node(
+                "a",
+                "aws",
+                "3.0.0.1:51820",
+                Some("10.0.0.1/24"),
+                "10.42.0.0/24",
+                false,
+            ),
+            node(
+                "b",
+                "aws",
+                "3.0.0.2:51820",
+                Some("10.0.0.2/24"),
+                "10.42.1.0/24",
+                false,
+            ),
+            node(
+                "c",
+                "gcp",
+                gcp_endpoint,
+                Some("10.1.0.1/24"),
+                "10.42.2.0/24",
+                false,
+            ),
+        ]
+    }
+
     #[test]
     fn location_segments_leaders_and_ips() {
         let s = snapshot(
@@ -461,32 +491,7 @@ mod tests {
 
     #[test]
     fn underlay_targets_are_the_far_ends_of_the_tunnels() {
-        let nodes = vec![
-            node(
-                "a",
-                "aws",
-                "3.0.0.1:51820",
-                Some("10.0.0.1/24"),
-                "10.42.0.0/24",
-                false,
-            ),
-            node(
-                "b",
-                "aws",
-                "3.0.0.2:51820",
-                Some("10.0.0.2/24"),
-                "10.42.1.0/24",
-                false,
-            ),
-            node(
-                "c",
-                "gcp",
-                "[2600::1]:51820",
-                Some("10.1.0.1/24"),
-                "10.42.2.0/24",
-                false,
-            ),
-        ];
+        let nodes = two_aws_one_gcp("[2600::1]:51820");
         let mut laptop = peer("laptop", &["10.5.0.1/32"]);
         laptop.endpoint = Some("198.51.100.7:51820".parse().unwrap());
         let s = snapshot(
@@ -641,32 +646,7 @@ mod tests {
 
     #[test]
     fn full_and_cross_granularity() {
-        let nodes = vec![
-            node(
-                "a",
-                "aws",
-                "3.0.0.1:51820",
-                Some("10.0.0.1/24"),
-                "10.42.0.0/24",
-                false,
-            ),
-            node(
-                "b",
-                "aws",
-                "3.0.0.2:51820",
-                Some("10.0.0.2/24"),
-                "10.42.1.0/24",
-                false,
-            ),
-            node(
-                "c",
-                "gcp",
-                "35.0.0.1:51820",
-                Some("10.1.0.1/24"),
-                "10.42.2.0/24",
-                false,
-            ),
-        ];
+        let nodes = two_aws_one_gcp("35.0.0.1:51820");
         for g in [Granularity::Full, Granularity::Cross] {
             let opts = MeshOptions {
                 granularity: g,
