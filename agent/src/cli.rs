@@ -136,9 +136,7 @@ impl BackendArgs {
         if self.backend != BackendKind::Kubernetes {
             return Vec::new();
         }
-        let (options, notes) = loaded.announced.resolve(self.given(), &loaded.options);
-        loaded.options = options;
-        notes
+        loaded.resolve_options(self.given())
     }
 
     /// The mesh-wide options given as flags; the rest is the cluster's.

@@ -169,8 +169,7 @@ fn pass(
     said: &mut Vec<String>,
 ) -> Result<usize, String> {
     let mut loaded = kube.observe().map_err(|e| e.to_string())?;
-    let (options, notes) = loaded.announced.resolve(o.given, &loaded.options);
-    loaded.options = options;
+    let notes = loaded.resolve_options(o.given);
     if notes != *said {
         for n in &notes {
             tracing::warn!("{n}");

@@ -6,7 +6,7 @@
 //! addresses no tunnel holds. An agent compares them with its own flags,
 //! since nodes that disagree compute different meshes.
 
-use crate::model::{Granularity, MeshOptions};
+use crate::model::{Granularity, Loaded, MeshOptions};
 use ipnet::IpNet;
 use std::fmt::Display;
 
@@ -46,7 +46,7 @@ impl Announced {
         let mut options = defaults.clone();
         let mut notes = Vec::new();
         options.subnet = given.subnet.unwrap_or_else(|| {
-            let (v, note) = given_or(
+            let (v, note) = most_announced(
                 "WireGuard subnet",
                 "--subnet",
                 &self.subnets,
@@ -56,7 +56,7 @@ impl Announced {
             v
         });
         options.granularity = given.granularity.unwrap_or_else(|| {
-            let (v, note) = given_or(
+            let (v, note) = most_announced(
                 "mesh granularity",
                 "--mesh-granularity",
                 &self.granularities,
@@ -90,9 +90,20 @@ impl Announced {
     }
 }
 
+impl Loaded {
+    /// Fills in the options not `given` from what the nodes announce (see
+    /// [`Announced::resolve`]); a sentence for each value guessed or
+    /// disputed.
+    pub fn resolve_options(&mut self, given: Given) -> Vec<String> {
+        let (options, notes) = self.announced.resolve(given, &self.options);
+        self.options = options;
+        notes
+    }
+}
+
 /// The value most nodes announce (the first announced among equals), with
 /// a note when nodes differ or none announces one.
-fn given_or<T: PartialEq + Copy + Display>(
+fn most_announced<T: PartialEq + Copy + Display>(
     what: &str,
     flag: &str,
     seen: &[(String, T)],

@@ -234,31 +234,28 @@ impl Topology {
             // leader: over the private network, or with flannel through
             // its VXLAN to the leader's VTEP (its pod CIDR's network
             // address, IPv4 only, as flannel's vxlan backend has it).
-            let via_leader = |dst: IpNet, gw: IpAddr| match self.options.compatibility {
-                Compatibility::Flannel => Route {
-                    dst,
-                    gateway: Some(gw),
-                    device: RouteDevice::Flannel,
-                    src: None,
-                },
-                Compatibility::None => via_private(dst, gw),
-            };
-            // The leader's address of the destination's family (an IPv6
-            // destination needs the leader's internal IPv6).
             let leader = seg.leader();
-            let gw_for = |dst: &IpNet| match self.options.compatibility {
-                Compatibility::Flannel => leader
-                    .pod_cidrs
-                    .iter()
-                    .find(|c| c.addr().is_ipv4())
-                    .filter(|_| dst.addr().is_ipv4())
-                    .map(|c| c.network()),
-                Compatibility::None => leader.private_for(dst.addr()),
-            };
+            let vtep = leader
+                .pod_cidrs
+                .iter()
+                .find(|c| c.addr().is_ipv4())
+                .map(|c| c.network());
+            // To the leader's address of the destination's family (an IPv6
+            // destination needs the leader's internal IPv6).
             let mut to_leader = |dst: IpNet| {
-                if let Some(gw) = gw_for(&dst) {
-                    routes.push(via_leader(dst, gw));
-                }
+                routes.extend(match self.options.compatibility {
+                    Compatibility::Flannel => {
+                        vtep.filter(|_| dst.addr().is_ipv4()).map(|gw| Route {
+                            dst,
+                            gateway: Some(gw),
+                            device: RouteDevice::Flannel,
+                            src: None,
+                        })
+                    }
+                    Compatibility::None => leader
+                        .private_for(dst.addr())
+                        .map(|gw| via_private(dst, gw)),
+                });
             };
             for (j, other) in self.segments.iter().enumerate() {
                 let wireguard_ip = host(other.wireguard_ip.addr());

@@ -458,10 +458,10 @@ impl Netlink {
             out.extend(
                 self.list_routes(v4)?
                     .into_iter()
-                    .filter(|(p, _, r)| {
+                    .filter(|(p, r)| {
                         *p == protocol && (r.table == MAIN_TABLE || r.table == own_table)
                     })
-                    .map(|(_, _, r)| r),
+                    .map(|(_, r)| r),
             );
         }
         Ok(out)
@@ -671,8 +671,8 @@ impl Netlink {
         Ok(self
             .list_routes(v4)?
             .into_iter()
-            .filter(|(_, table, _)| *table == RouteHeader::RT_TABLE_MAIN)
-            .map(|(_, _, r)| (r.dst, r.gateway, r.oif))
+            .filter(|(_, r)| r.table == MAIN_TABLE)
+            .map(|(_, r)| (r.dst, r.gateway, r.oif))
             .collect())
     }
 
@@ -725,8 +725,9 @@ impl Netlink {
         })
     }
 
-    /// Every route of one family with its protocol and table.
-    fn list_routes(&self, v4: bool) -> Result<Vec<(RouteProtocol, u8, OwnedRoute)>, NetlinkError> {
+    /// Every route of one family with its protocol (the table is in the
+    /// route).
+    fn list_routes(&self, v4: bool) -> Result<Vec<(RouteProtocol, OwnedRoute)>, NetlinkError> {
         let msg = if v4 {
             RouteMessageBuilder::<Ipv4Addr>::new().build()
         } else {
@@ -778,7 +779,7 @@ impl Netlink {
                         _ => {}
                     }
                 }
-                out.push((m.header.protocol, m.header.table, r));
+                out.push((m.header.protocol, r));
             }
             Ok(out)
         })

@@ -23,7 +23,7 @@ use crate::backend::{unix_now, Backend};
 use crate::forwarding::{self, Family, Sysctls};
 use crate::mesh::{DesiredState, Endpoint, Mtu, RecordError, Topology};
 use crate::metrics::{ErrorStage, Metrics, PeerIdentity, PeerStat};
-use crate::mtu::{self, Choice, Underlay};
+use crate::mtu::{self, Underlay};
 use crate::reconcile::{Changes, CleanUp, ReconcileError, Reconciler};
 use crate::status::Status;
 use announce::Announcer;
@@ -103,7 +103,7 @@ struct Memory {
     /// Mesh-wide options other nodes announce differently, as last logged.
     disagreements: Vec<String>,
     /// The tunnel's MTU as last chosen (and logged).
-    mtu: Option<Choice>,
+    mtu: Option<u16>,
 }
 
 pub struct Controller {
@@ -329,16 +329,15 @@ impl Controller {
             Mtu::Fixed(_) => Vec::new(),
         };
         let choice = mtu::choose(policy, &measured);
-        if self.memory.mtu.as_ref().map(|c| c.mtu) != Some(choice.mtu) {
+        if self.memory.mtu != Some(choice.mtu) {
             match &choice.problem {
                 Some(_) => tracing::warn!(mtu = choice.mtu, "tunnel and pod MTU {choice}"),
                 None => tracing::info!(mtu = choice.mtu, "tunnel and pod MTU {choice}"),
             }
             self.metrics.set_mtu(choice.mtu);
+            self.memory.mtu = Some(choice.mtu);
         }
-        let mtu = choice.mtu;
-        self.memory.mtu = Some(choice);
-        mtu
+        choice.mtu
     }
 
     /// This node's location and who each tunnel peer is, for the metrics'

@@ -420,7 +420,22 @@ impl Reconciler {
         } else {
             MAIN_TABLE
         };
-        let mut flannel = None;
+        // flannel's device, looked up once where a route needs it.
+        let flannel = if desired
+            .routes
+            .iter()
+            .any(|r| r.device == RouteDevice::Flannel)
+        {
+            let link = self.nl.link(FLANNEL_DEVICE)?.ok_or_else(|| {
+                ReconcileError::Other(format!(
+                    "no {FLANNEL_DEVICE} on this node: --compatibility=flannel needs \
+                     flannel's VXLAN backend running here"
+                ))
+            })?;
+            Some(link.index)
+        } else {
+            None
+        };
         let mut want: BTreeSet<OwnedRoute> = BTreeSet::new();
         for r in &desired.routes {
             let (oif, onlink) = match (r.device, r.gateway, vxlan_index) {
@@ -428,23 +443,10 @@ impl Reconciler {
                     Some(i) => (i, false),
                     None => continue,
                 },
-                (RouteDevice::Flannel, Some(_), _) => {
-                    let index = match flannel {
-                        Some(i) => i,
-                        None => {
-                            let i = self.nl.link(FLANNEL_DEVICE)?.map(|l| l.index).ok_or_else(
-                                || {
-                                    ReconcileError::Other(format!(
-                                    "no {FLANNEL_DEVICE} on this node: --compatibility=flannel \
-                                     needs flannel's VXLAN backend running here"
-                                ))
-                                },
-                            )?;
-                            *flannel.insert(i)
-                        }
-                    };
-                    (index, true)
-                }
+                (RouteDevice::Flannel, Some(_), _) => match flannel {
+                    Some(i) => (i, true),
+                    None => continue,
+                },
                 (RouteDevice::Encapsulation, Some(std::net::IpAddr::V4(gw)), Some(vx)) => {
                     // The remote end answers on its own VXLAN MAC, found
                     // through a permanent neighbour and forwarding entry.
